@@ -1,0 +1,21 @@
+# The test command of README.md. It installs the system packages the tests use as
+# oracles (openssl, curl) when they are missing, then runs every test against the real
+# binary, built with the failpoints feature so crash-safety tests can stop it mid-write.
+APT_PACKAGES := openssl curl
+
+.PHONY: test lint deps
+
+test: deps
+	cargo test --features failpoints
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --features failpoints -- -D warnings
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi

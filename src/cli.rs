@@ -1,0 +1,451 @@
+//! The command line (DESIGN.md, "Command line"): argument parsing, dispatch to [`ops`],
+//! and the human and `--json` renderings. Exit status: 0 success, 1 user error (one line
+//! on stderr naming the flag, file or id), 2 usage error (from clap).
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::config::Config;
+use crate::ops::{self, CertView, CreateParams, Report, RequestView, Shown};
+use crate::pki::{self, IdentityRequest, KeyType, Subject};
+use crate::store::Store;
+
+const EXAMPLES: &str = "\
+Examples:
+  portcullis cert create-self-signed --name 'Support site' --common-name support.example.com --san '*.example.com'
+  portcullis cert request --name 'Support 2027' --key rsa-3072 --country DE --org 'Example GmbH' --san support.example.com > support.csr
+  portcullis cert list --json
+  portcullis cert set-default support-site
+  portcullis status";
+
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version = crate::VERSION, about = "A TLS edge proxy that owns its certificates", after_help = EXAMPLES)]
+pub struct Cli {
+    /// Configuration file (default: built-in defaults, store under ./portcullis-data)
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Store directory; overrides the configuration
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+    /// Print listings and results as JSON
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the node: version, hostname, listeners, certificates in use with fingerprints
+    Status,
+    /// Validate the configuration and the store; print every problem
+    CheckConfig,
+    /// Manage certificates and certificate signing requests
+    #[command(subcommand)]
+    Cert(Box<CertCommand>),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// List certificates (or, with --requests, pending certificate signing requests)
+    #[command(
+        after_help = "Examples:\n  portcullis cert list\n  portcullis cert list --requests\n  portcullis cert list --json"
+    )]
+    List {
+        /// List pending certificate signing requests instead
+        #[arg(long)]
+        requests: bool,
+    },
+    /// Show one certificate or request by id or friendly name
+    #[command(
+        after_help = "Examples:\n  portcullis cert show support-site\n  portcullis cert show support-site --pem > chain.pem"
+    )]
+    Show {
+        id: String,
+        /// Print PEM only: the certificate then its chain (or the CSR)
+        #[arg(long)]
+        pem: bool,
+    },
+    /// Create a key and a self-signed certificate
+    #[command(
+        after_help = "Example:\n  portcullis cert create-self-signed --name Lab --key ed25519 --common-name lab.example.com --days 90"
+    )]
+    CreateSelfSigned {
+        #[command(flatten)]
+        new: NewArgs,
+        /// Validity in days
+        #[arg(long, default_value_t = pki::DEFAULT_DAYS)]
+        days: u32,
+    },
+    /// Create a key and a certificate signing request; prints the CSR PEM for your CA
+    #[command(
+        after_help = "Example:\n  portcullis cert request --name 'Support 2027' --country US --org Example --common-name support.example.com > support.csr"
+    )]
+    Request {
+        #[command(flatten)]
+        new: NewArgs,
+    },
+    /// Make a certificate the default (served without SNI or for unknown names)
+    SetDefault { id: String },
+    /// Delete a certificate or a pending request (never the factory default)
+    Delete { id: String },
+}
+
+#[derive(Debug, Args)]
+struct NewArgs {
+    /// Friendly name, unique in the store (e.g. the main DNS name, or the month and year)
+    #[arg(long)]
+    name: String,
+    /// Key type: ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072, rsa-4096
+    #[arg(long, default_value = "ecdsa-p256")]
+    key: String,
+    /// Country: ISO 3166-1 alpha-2 code (e.g. US, DE)
+    #[arg(long)]
+    country: Option<String>,
+    /// State or province, written out in full
+    #[arg(long)]
+    state: Option<String>,
+    /// City (locality)
+    #[arg(long)]
+    locality: Option<String>,
+    /// Organization
+    #[arg(long)]
+    org: Option<String>,
+    /// Organizational unit
+    #[arg(long)]
+    org_unit: Option<String>,
+    /// Common name; if it is a DNS name it also becomes the first SAN (default: the friendly name)
+    #[arg(long)]
+    common_name: Option<String>,
+    /// Subject alternative name: DNS name, *.wildcard, or IP address (repeat for more)
+    #[arg(long = "san", value_name = "NAME")]
+    sans: Vec<String>,
+}
+
+impl NewArgs {
+    fn params(&self, days: u32) -> Result<CreateParams> {
+        let key_type: KeyType =
+            self.key.parse().map_err(|reason: String| anyhow::anyhow!("--key {:?}: {reason}", self.key))?;
+        Ok(CreateParams {
+            identity: IdentityRequest {
+                friendly_name: self.name.clone(),
+                subject: Subject {
+                    country: self.country.clone(),
+                    state: self.state.clone(),
+                    locality: self.locality.clone(),
+                    org: self.org.clone(),
+                    org_unit: self.org_unit.clone(),
+                    common_name: self.common_name.clone(),
+                },
+                sans: self.sans.clone(),
+            },
+            key_type,
+            days,
+        })
+    }
+}
+
+/// Parses the command line, runs it and maps the outcome to an exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // One line, whatever the chain of causes.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+struct Ctx {
+    config: Config,
+    store_dir: PathBuf,
+    json: bool,
+}
+
+impl Ctx {
+    fn open_store(&self) -> Result<Store> {
+        let mut store = Store::open(&self.store_dir)?;
+        for note in store.take_notes() {
+            eprintln!("note: {note}");
+        }
+        Ok(store)
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    let store_dir = cli.store.clone().unwrap_or_else(|| config.store_dir.clone());
+    let ctx = Ctx { config, store_dir, json: cli.json };
+    match cli.command {
+        None => {
+            eprintln!("note: the data plane is not built yet; showing the node's status");
+            status(&ctx)
+        }
+        Some(Command::Status) => status(&ctx),
+        Some(Command::CheckConfig) => check_config(&ctx),
+        Some(Command::Cert(cmd)) => cert(&ctx, *cmd),
+    }
+}
+
+fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
+    let now = OffsetDateTime::now_utc();
+    match cmd {
+        CertCommand::List { requests: false } => {
+            let store = ctx.open_store()?;
+            let (certs, problems) = ops::list_certs(&store, now)?;
+            warn_all("skipped unreadable entry", &problems);
+            if ctx.json { print_json(&certs)? } else { print_cert_table(&certs) }
+        }
+        CertCommand::List { requests: true } => {
+            let store = ctx.open_store()?;
+            let (requests, problems) = ops::list_requests(&store)?;
+            warn_all("skipped unreadable entry", &problems);
+            if ctx.json { print_json(&requests)? } else { print_request_table(&requests) }
+        }
+        CertCommand::Show { id, pem } => {
+            let store = ctx.open_store()?;
+            match ops::show(&store, &id, now)? {
+                Shown::Cert(_, text) | Shown::Request(_, text) if pem => print!("{text}"),
+                Shown::Cert(view, _) if ctx.json => print_json(&view)?,
+                Shown::Request(view, _) if ctx.json => print_json(&view)?,
+                Shown::Cert(view, _) => print_cert(&view),
+                Shown::Request(view, text) => print_request(&view, &text),
+            }
+        }
+        CertCommand::CreateSelfSigned { new, days } => {
+            let params = new.params(days)?;
+            let mut store = ctx.open_store()?;
+            let report = ops::create_self_signed(&mut store, &params)?;
+            tell(&report);
+            if ctx.json {
+                print_json(&report.value)?;
+            } else {
+                println!("created self-signed certificate {} ({})", report.value.id, report.value.friendly_name);
+                print_cert(&report.value);
+            }
+        }
+        CertCommand::Request { new } => {
+            let params = new.params(0)?;
+            let mut store = ctx.open_store()?;
+            let report = ops::create_request(&mut store, &params)?;
+            tell(&report);
+            eprintln!(
+                "created request {} ({}): give the CSR below to your certificate authority",
+                report.value.request.id, report.value.request.friendly_name
+            );
+            if ctx.json { print_json(&report.value)? } else { print!("{}", report.value.csr_pem) }
+        }
+        CertCommand::SetDefault { id } => {
+            let mut store = ctx.open_store()?;
+            let report = ops::set_default(&mut store, &id)?;
+            tell(&report);
+            if ctx.json {
+                print_json(&report.value)?;
+            } else {
+                println!("default certificate: {} (was {})", report.value.id, report.value.previous);
+            }
+        }
+        CertCommand::Delete { id } => {
+            let mut store = ctx.open_store()?;
+            let report = ops::delete(&mut store, &id)?;
+            tell(&report);
+            if ctx.json {
+                print_json(&report.value)?;
+            } else {
+                println!("deleted {} {}", report.value.kind, report.value.id);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(ctx: &Ctx) -> Result<ExitCode> {
+    let store = ctx.open_store()?;
+    let s = ops::status(&store, &ctx.config)?;
+    if ctx.json {
+        print_json(&s)?;
+    } else {
+        println!("Portcullis {} on {}", s.version, s.hostname);
+        println!("store:        {}", s.store);
+        match &ctx.config.source {
+            Some(p) => println!("config:       {}", p.display()),
+            None => println!("config:       built-in defaults"),
+        }
+        for l in &s.listeners {
+            println!("listener:     {} on {}", l.name, l.bind.join(", "));
+        }
+        println!("certificates: {} ({} pending request(s))", s.certificates, s.pending_requests);
+        println!("in use:");
+        for u in &s.in_use {
+            println!("  {:<24} {:<28} expires {}  sha256 {}", u.id, u.role, u.not_after, u.fingerprint_sha256);
+        }
+        for p in &s.problems {
+            println!("problem:      {p}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(ctx: &Ctx) -> Result<ExitCode> {
+    let store = ctx.open_store()?;
+    let (certs, mut problems) = ops::list_certs(&store, OffsetDateTime::now_utc())?;
+    let (_, bad_requests) = ops::list_requests(&store)?;
+    problems.extend(bad_requests);
+    let status = ops::status(&store, &ctx.config)?;
+    problems.extend(status.problems.iter().filter(|p| p.starts_with("state.toml")).cloned());
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    if problems.is_empty() {
+        println!(
+            "ok: {} ({} certificate(s), store {})",
+            ctx.config.source.as_ref().map_or("built-in configuration".into(), |p| p.display().to_string()),
+            certs.len(),
+            store.root().display()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn tell<T>(report: &Report<T>) {
+    for n in &report.notes {
+        eprintln!("note: {n}");
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+fn warn_all(what: &str, problems: &[String]) {
+    for p in problems {
+        eprintln!("warning: {what}: {p}");
+    }
+}
+
+fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).context("writing JSON")?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn print_cert(c: &CertView) {
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let rows: [(&str, String); 17] = [
+        ("id", c.id.clone()),
+        ("friendly name", c.friendly_name.clone()),
+        ("source", c.source.to_owned()),
+        ("issued to", c.issued_to.clone()),
+        ("issued by", c.issued_by.clone()),
+        ("subject", c.subject.clone()),
+        ("alternative names", c.sans.join(", ")),
+        ("valid from", c.not_before.clone()),
+        ("expires", format!("{} ({} days)", c.not_after, c.days_left)),
+        ("key", c.key.clone()),
+        ("signature", c.signature.clone()),
+        ("serial", c.serial.clone()),
+        ("sha256 fingerprint", c.fingerprint_sha256.clone()),
+        ("private key", yes_no(c.has_private_key).to_owned()),
+        ("default", yes_no(c.default).to_owned()),
+        ("listeners", if c.listeners.is_empty() { "-".into() } else { c.listeners.join(", ") }),
+        ("created", c.created.clone()),
+    ];
+    for (k, v) in rows {
+        println!("{:<19} {v}", format!("{k}:"));
+    }
+    for w in &c.warnings {
+        println!("{:<19} {w}", "warning:");
+    }
+}
+
+fn print_request(r: &RequestView, pem: &str) {
+    println!("id:                 {}", r.id);
+    println!("friendly name:      {}", r.friendly_name);
+    println!("subject:            {}", r.subject);
+    println!("alternative names:  {}", r.sans.join(", "));
+    println!("key:                {}", r.key_type);
+    println!("created:            {}", r.created);
+    print!("{pem}");
+}
+
+fn print_cert_table(certs: &[CertView]) {
+    let header =
+        ["ID", "FRIENDLY NAME", "ISSUED TO", "ISSUED BY", "EXPIRES", "SANS", "KEY", "DEFAULT", "LISTENERS", "WARNINGS"];
+    let rows: Vec<Vec<String>> = certs
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.clone(),
+                c.friendly_name.clone(),
+                c.issued_to.clone(),
+                c.issued_by.clone(),
+                c.not_after.get(..10).unwrap_or(&c.not_after).to_owned(),
+                c.sans.join(","),
+                if c.has_private_key { "yes" } else { "no" }.into(),
+                if c.default { "*" } else { "" }.into(),
+                c.listeners.join(","),
+                c.warnings.join("; "),
+            ]
+        })
+        .collect();
+    print_table(&header, &rows);
+}
+
+fn print_request_table(requests: &[RequestView]) {
+    let header = ["ID", "FRIENDLY NAME", "SUBJECT", "SANS", "KEY", "CREATED"];
+    let rows: Vec<Vec<String>> = requests
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.friendly_name.clone(),
+                r.subject.clone(),
+                r.sans.join(","),
+                r.key_type.to_string(),
+                r.created.clone(),
+            ]
+        })
+        .collect();
+    print_table(&header, &rows);
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

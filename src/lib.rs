@@ -1,0 +1,35 @@
+//! Portcullis: a TLS edge proxy that owns its certificates.
+//!
+//! # Layout
+//!
+//! The modules mirror the boxes of DESIGN.md. Built so far, control plane only:
+//!
+//! - [`config`]: the configuration file, `portcullis.toml → FileConfig → Config`.
+//! - [`store`]: the on-disk certificate store: atomic writes, the writers' lock,
+//!   permissions, `state.toml`, the factory default certificate.
+//! - [`pki`]: keys, self-signed certificates, CSRs, reading certificates back. Pure: no
+//!   file system.
+//! - [`ops`]: one function per admin action, shared by the CLI and (later) the job runner.
+//! - [`cli`]: argument parsing and rendering; the only place that prints.
+//!
+//! Still to come (see the issues): `sni` and `proxy` (the data plane), `watch` (hot
+//! reload), `acme`, `jobs`, `admin`.
+//!
+//! **Invariant:** `pki` never touches the file system; `store` is the only module that
+//! writes files, and only through `store::atomic`.
+
+pub mod cli;
+pub mod config;
+pub mod ops;
+pub mod pki;
+pub mod store;
+
+/// The version printed by `--version` and `status`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// This node's host name, if the OS gives one that is UTF-8.
+pub fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
+}

@@ -1,0 +1,698 @@
+//! The certificate store: the on-disk database of certificates, pending requests, the
+//! trust pool and the node's state (DESIGN.md, "The certificate store").
+//!
+//! ```text
+//! store/
+//!   .lock  .staging/                     advisory lock of every writer; atomic-write area
+//!   certs/<id>/    meta.toml cert.pem chain.pem key.pem
+//!   requests/<id>/ meta.toml request.pem key.pem
+//!   trust/  acme/
+//!   state.toml                           default certificate, listener assignments
+//! ```
+//!
+//! A [`Store`] is a writer: opening one takes the exclusive lock for its lifetime, removes
+//! leftovers of interrupted writes and creates the factory default certificate on first
+//! use. Files are only ever replaced through [`atomic`]. What the store cannot read is
+//! reported with its path and never rewritten: a damaged entry is skipped (and listed as
+//! a problem), a damaged or newer `state.toml` stops every command.
+
+mod atomic;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::pki::{self, CertInfo, IdentityRequest, KeyLink, KeyType, PrivateKey, Subject};
+use atomic::{FILE_MODE, KEY_MODE, StagedFile};
+
+/// The store format this version reads and writes.
+pub const FORMAT: u32 = 1;
+/// Id and friendly name of the factory default certificate.
+pub const FACTORY_ID: &str = "portcullis-default";
+pub const FACTORY_NAME: &str = "Portcullis Default";
+const FACTORY_DAYS: u32 = 3650;
+/// Longest friendly name accepted.
+const MAX_NAME: usize = 128;
+
+/// Store errors. Each names the path (or id, or flag) and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file system refused an operation.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// A file exists but is not what the store expects (damaged by hand, truncated, ...).
+    #[error("{path}: {reason}")]
+    Damaged { path: PathBuf, reason: String },
+    /// The store was written by a newer Portcullis; this one will not touch it.
+    #[error(
+        "{path}: written by a newer Portcullis (store format {found}; this version reads {FORMAT}); upgrade Portcullis"
+    )]
+    Newer { path: PathBuf, found: i64 },
+    /// No certificate or request has this id (or friendly name).
+    #[error("{0:?}: no certificate or request with this id or friendly name (see `portcullis cert list`)")]
+    NotFound(String),
+    /// `--name` failed validation or is taken.
+    #[error("--name {value:?}: {reason}")]
+    Name { value: String, reason: String },
+    /// The factory default certificate is permanent.
+    #[error("{0}: the factory default certificate cannot be deleted")]
+    FactoryPermanent(String),
+    /// Building the factory default certificate failed.
+    #[error(transparent)]
+    Pki(#[from] pki::Error),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_owned(), source }
+}
+
+/// Where a certificate came from (DESIGN.md `source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    Factory,
+    SelfSigned,
+    Csr,
+    Imported,
+    Acme,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Factory => "factory",
+            Self::SelfSigned => "self-signed",
+            Self::Csr => "csr",
+            Self::Imported => "imported",
+            Self::Acme => "acme",
+        }
+    }
+}
+
+/// `certs/<id>/meta.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertMeta {
+    pub store_format: u32,
+    pub friendly_name: String,
+    pub source: Source,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<KeyType>,
+}
+
+/// `requests/<id>/meta.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestMeta {
+    pub store_format: u32,
+    pub friendly_name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    pub key_type: KeyType,
+    pub subject: Subject,
+    pub sans: Vec<String>,
+}
+
+/// `state.toml`: which certificate is the default, per node and per listener.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub store_format: u32,
+    /// The global default certificate; absent means the factory default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listeners: BTreeMap<String, ListenerState>,
+}
+
+/// A listener's own default and assigned certificates.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerState {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assigned: Vec<String>,
+}
+
+impl State {
+    /// The id served as global default.
+    pub fn default_id(&self) -> &str {
+        self.default.as_deref().unwrap_or(FACTORY_ID)
+    }
+
+    /// Listeners on which `id` is assigned or the listener default.
+    pub fn listeners_of(&self, id: &str) -> Vec<String> {
+        self.listeners
+            .iter()
+            .filter(|(_, l)| l.default.as_deref() == Some(id) || l.assigned.iter().any(|a| a == id))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+/// A certificate entry as read from disk.
+#[derive(Debug)]
+pub struct CertEntry {
+    pub id: String,
+    pub dir: PathBuf,
+    pub meta: CertMeta,
+    pub cert_pem: String,
+    pub chain_pem: String,
+    pub info: CertInfo,
+    pub key: KeyLink,
+    /// Problems with the entry's files that do not stop it being used (e.g. key mode).
+    pub file_warnings: Vec<String>,
+}
+
+/// A pending certificate signing request.
+#[derive(Debug)]
+pub struct RequestEntry {
+    pub id: String,
+    pub dir: PathBuf,
+    pub meta: RequestMeta,
+    pub request_pem: String,
+}
+
+/// What a writer wants stored as a new certificate entry.
+pub struct NewCert<'a> {
+    pub friendly_name: &'a str,
+    pub source: Source,
+    pub key_type: Option<KeyType>,
+    pub cert_pem: &'a str,
+    pub chain_pem: &'a str,
+    pub key_pem: Option<&'a str>,
+}
+
+/// What a writer wants stored as a new pending request.
+pub struct NewRequest<'a> {
+    pub friendly_name: &'a str,
+    pub key_type: KeyType,
+    pub subject: &'a Subject,
+    pub sans: &'a [String],
+    pub request_pem: &'a str,
+    pub key_pem: &'a str,
+}
+
+/// Which kind of entry an id named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Cert,
+    Request,
+}
+
+/// An open, locked store.
+pub struct Store {
+    root: PathBuf,
+    state: State,
+    notes: Vec<String>,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens the store at `root` for writing, creating and initialising it if it does not
+    /// exist. Blocks while another writer holds the lock.
+    pub fn open(root: &Path) -> Result<Self, Error> {
+        match fs::metadata(root) {
+            Ok(m) if !m.is_dir() => {
+                return Err(Error::Damaged { path: root.to_owned(), reason: "not a directory".into() });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => atomic::create_dir(root).map_err(io_err(root))?,
+            Err(e) => return Err(Error::Io { path: root.to_owned(), source: e }),
+        }
+        let lock_path = root.join(".lock");
+        let lock = atomic::open_lock(&lock_path).map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
+        let mut store = Self { root: root.to_owned(), state: State::default(), notes: Vec::new(), _lock: lock };
+
+        let removed = atomic::clean_staging(root).map_err(io_err(&root.join(atomic::STAGING)))?;
+        if !removed.is_empty() {
+            store.notes.push(format!(
+                "removed {} leftover(s) of an interrupted write from {}",
+                removed.len(),
+                root.join(atomic::STAGING).display()
+            ));
+        }
+        let state_path = store.state_path();
+        if state_path.exists() {
+            store.state = read_versioned(&state_path)?;
+        } else {
+            store.initialise()?;
+        }
+        if !store.cert_dir(FACTORY_ID).exists() {
+            store.create_factory()?;
+            store.notes.push(format!(
+                "{} was missing: created a new factory default certificate",
+                store.cert_dir(FACTORY_ID).display()
+            ));
+        }
+        Ok(store)
+    }
+
+    /// A fresh store has no state.toml. One that has certificates but lost its state.toml
+    /// was damaged, and initialising it would silently drop the default and assignments.
+    fn initialise(&mut self) -> Result<(), Error> {
+        let others: Vec<String> = list_ids(&self.root.join("certs"))?
+            .into_iter()
+            .chain(list_ids(&self.root.join("requests"))?)
+            .filter(|id| id != FACTORY_ID)
+            .collect();
+        if !others.is_empty() {
+            return Err(Error::Damaged {
+                path: self.state_path(),
+                reason: format!(
+                    "missing, but the store holds {} other entr{} ({}); restore state.toml from a backup, or create it with the single line `store_format = {FORMAT}`",
+                    others.len(),
+                    if others.len() == 1 { "y" } else { "ies" },
+                    others.join(", ")
+                ),
+            });
+        }
+        for sub in ["certs", "requests", "trust", "acme"] {
+            let dir = self.root.join(sub);
+            atomic::create_dir(&dir).map_err(io_err(&dir))?;
+        }
+        if !self.cert_dir(FACTORY_ID).exists() {
+            self.create_factory()?;
+        }
+        self.state = State { store_format: FORMAT, ..State::default() };
+        self.write_state()?;
+        self.notes.push(format!("initialised a new store at {}", self.root.display()));
+        Ok(())
+    }
+
+    fn create_factory(&mut self) -> Result<(), Error> {
+        let mut sans = vec!["localhost".to_owned()];
+        if let Some(host) = crate::hostname().filter(|h| h != "localhost" && pki::validate_dns_name(h).is_ok()) {
+            sans.push(host.to_ascii_lowercase());
+        }
+        sans.extend(["127.0.0.1".to_owned(), "::1".to_owned()]);
+        let identity = IdentityRequest {
+            friendly_name: FACTORY_NAME.into(),
+            subject: Subject { org: Some("Portcullis".into()), ..Subject::default() },
+            sans,
+        }
+        .validate()?;
+        let key_type = KeyType::EcdsaP256;
+        let key = key_type.generate()?;
+        let cert = pki::self_signed(&identity, key_type, &key, FACTORY_DAYS, OffsetDateTime::now_utc())?;
+        self.write_cert_entry(
+            FACTORY_ID,
+            &NewCert {
+                friendly_name: FACTORY_NAME,
+                source: Source::Factory,
+                key_type: Some(key_type),
+                cert_pem: &cert,
+                chain_pem: "",
+                key_pem: Some(&key.to_pem()),
+            },
+        )
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Things worth telling the operator that happened while opening (initialisation,
+    /// cleanup after a crash).
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.root.join("state.toml")
+    }
+
+    pub fn cert_dir(&self, id: &str) -> PathBuf {
+        self.root.join("certs").join(id)
+    }
+
+    pub fn request_dir(&self, id: &str) -> PathBuf {
+        self.root.join("requests").join(id)
+    }
+
+    fn write_state(&self) -> Result<(), Error> {
+        let path = self.state_path();
+        let text =
+            toml::to_string(&self.state).map_err(|e| Error::Damaged { path: path.clone(), reason: e.to_string() })?;
+        atomic::replace_file(&self.root, &path, text.as_bytes(), FILE_MODE).map_err(io_err(&path))
+    }
+
+    // === reading ===
+
+    /// Every certificate entry, sorted by id, and the entries that could not be read.
+    pub fn certs(&self) -> Result<(Vec<CertEntry>, Vec<Error>), Error> {
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for id in list_ids(&self.root.join("certs"))? {
+            match self.read_cert(&id) {
+                Ok(entry) => ok.push(entry),
+                Err(e) => bad.push(e),
+            }
+        }
+        Ok((ok, bad))
+    }
+
+    /// Every pending request, sorted by id, and the entries that could not be read.
+    pub fn requests(&self) -> Result<(Vec<RequestEntry>, Vec<Error>), Error> {
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for id in list_ids(&self.root.join("requests"))? {
+            match self.read_request(&id) {
+                Ok(entry) => ok.push(entry),
+                Err(e) => bad.push(e),
+            }
+        }
+        Ok((ok, bad))
+    }
+
+    pub fn read_cert(&self, id: &str) -> Result<CertEntry, Error> {
+        let dir = self.cert_dir(id);
+        let meta: CertMeta = read_versioned(&dir.join("meta.toml"))?;
+        let cert_path = dir.join("cert.pem");
+        let cert_pem = read_text(&cert_path)?;
+        let leaf = single_cert(&cert_path, &cert_pem)?;
+        let info = CertInfo::from_der(&leaf).map_err(|reason| Error::Damaged { path: cert_path.clone(), reason })?;
+        let chain_path = dir.join("chain.pem");
+        let chain_pem = match fs::read_to_string(&chain_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(Error::Io { path: chain_path, source: e }),
+        };
+        let mut file_warnings = Vec::new();
+        let key_path = dir.join("key.pem");
+        let key = match fs::read_to_string(&key_path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => KeyLink::Missing,
+            Err(e) => KeyLink::Unreadable(format!("{}: {e}", key_path.display())),
+            Ok(pem) => {
+                if let Ok(m) = fs::metadata(&key_path) {
+                    let mode = m.permissions().mode() & 0o777;
+                    if mode & 0o077 != 0 {
+                        file_warnings.push(format!("{} is mode {mode:04o}; keys must be 0600", key_path.display()));
+                    }
+                }
+                match PrivateKey::from_pem(&pem) {
+                    Ok(k) if k.public_key_raw() == info.public_key_raw.as_slice() => KeyLink::Matches,
+                    Ok(_) => KeyLink::Mismatch,
+                    Err(why) => KeyLink::Unreadable(format!("{}: {why}", key_path.display())),
+                }
+            }
+        };
+        Ok(CertEntry { id: id.to_owned(), dir, meta, cert_pem, chain_pem, info, key, file_warnings })
+    }
+
+    pub fn read_request(&self, id: &str) -> Result<RequestEntry, Error> {
+        let dir = self.request_dir(id);
+        let meta: RequestMeta = read_versioned(&dir.join("meta.toml"))?;
+        let request_pem = read_text(&dir.join("request.pem"))?;
+        Ok(RequestEntry { id: id.to_owned(), dir, meta, request_pem })
+    }
+
+    /// Finds an entry by id, or else by friendly name (case-insensitive).
+    pub fn resolve(&self, key: &str) -> Result<(EntryKind, String), Error> {
+        if valid_id(key) {
+            if self.cert_dir(key).is_dir() {
+                return Ok((EntryKind::Cert, key.to_owned()));
+            }
+            if self.request_dir(key).is_dir() {
+                return Ok((EntryKind::Request, key.to_owned()));
+            }
+        }
+        self.find_by_name(key).ok_or_else(|| Error::NotFound(key.to_owned()))
+    }
+
+    /// Friendly names are unique across certificates and requests, because a request's
+    /// name passes to the certificate that answers it.
+    fn find_by_name(&self, name: &str) -> Option<(EntryKind, String)> {
+        let wanted = name.trim().to_lowercase();
+        for (kind, sub) in [(EntryKind::Cert, "certs"), (EntryKind::Request, "requests")] {
+            for id in list_ids(&self.root.join(sub)).ok()? {
+                let meta_path = self.root.join(sub).join(&id).join("meta.toml");
+                let Ok(table) = read_versioned::<toml::Table>(&meta_path) else { continue };
+                if table.get("friendly_name").and_then(|v| v.as_str()).map(str::to_lowercase) == Some(wanted.clone()) {
+                    return Some((kind, id));
+                }
+            }
+        }
+        None
+    }
+
+    /// Validates a new friendly name and returns it trimmed.
+    pub fn check_new_name(&self, name: &str) -> Result<String, Error> {
+        let bad = |reason: &str| Error::Name { value: name.to_owned(), reason: reason.to_owned() };
+        let trimmed = name.trim();
+        if trimmed.is_empty() {
+            return Err(bad("must not be empty"));
+        }
+        if trimmed.chars().count() > MAX_NAME {
+            return Err(bad(&format!("longer than {MAX_NAME} characters")));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(bad("control characters are not allowed"));
+        }
+        if let Some((kind, id)) = self.find_by_name(trimmed) {
+            let what = if kind == EntryKind::Cert { "certificate" } else { "pending request" };
+            return Err(bad(&format!("already used by {what} {id}")));
+        }
+        Ok(trimmed.to_owned())
+    }
+
+    /// A short id made from the friendly name, unique among certificates and requests.
+    pub fn new_id(&self, friendly_name: &str) -> String {
+        let mut slug = String::new();
+        for c in friendly_name.chars().flat_map(char::to_lowercase) {
+            if c.is_ascii_alphanumeric() {
+                slug.push(c);
+            } else if !slug.ends_with('-') && !slug.is_empty() {
+                slug.push('-');
+            }
+            if slug.len() >= 40 {
+                break;
+            }
+        }
+        let slug = slug.trim_end_matches('-');
+        let base = if slug.is_empty() { "cert" } else { slug };
+        let free = |id: &str| !self.cert_dir(id).exists() && !self.request_dir(id).exists();
+        if free(base) {
+            return base.to_owned();
+        }
+        (2..).map(|n| format!("{base}-{n}")).find(|id| free(id)).expect("ids are unbounded")
+    }
+
+    // === writing ===
+
+    /// Stores a new certificate entry under a fresh id made from its friendly name.
+    pub fn add_cert(&mut self, new: &NewCert<'_>) -> Result<String, Error> {
+        let id = self.new_id(new.friendly_name);
+        self.write_cert_entry(&id, new)?;
+        Ok(id)
+    }
+
+    fn write_cert_entry(&self, id: &str, new: &NewCert<'_>) -> Result<(), Error> {
+        let meta = CertMeta {
+            store_format: FORMAT,
+            friendly_name: new.friendly_name.to_owned(),
+            source: new.source,
+            created: now_seconds(),
+            key_type: new.key_type,
+        };
+        let meta = toml_text(&meta);
+        let mut files = vec![
+            StagedFile { name: "meta.toml", bytes: meta.as_bytes(), mode: FILE_MODE },
+            StagedFile { name: "cert.pem", bytes: new.cert_pem.as_bytes(), mode: FILE_MODE },
+        ];
+        if !new.chain_pem.is_empty() {
+            files.push(StagedFile { name: "chain.pem", bytes: new.chain_pem.as_bytes(), mode: FILE_MODE });
+        }
+        if let Some(key) = new.key_pem {
+            files.push(StagedFile { name: "key.pem", bytes: key.as_bytes(), mode: KEY_MODE });
+        }
+        let dir = self.cert_dir(id);
+        atomic::create_entry(&self.root, &dir, &files).map_err(io_err(&dir))
+    }
+
+    /// Stores a new pending request (CSR and its private key).
+    pub fn add_request(&mut self, new: &NewRequest<'_>) -> Result<String, Error> {
+        let id = self.new_id(new.friendly_name);
+        let meta = RequestMeta {
+            store_format: FORMAT,
+            friendly_name: new.friendly_name.to_owned(),
+            created: now_seconds(),
+            key_type: new.key_type,
+            subject: new.subject.clone(),
+            sans: new.sans.to_vec(),
+        };
+        let meta = toml_text(&meta);
+        let files = [
+            StagedFile { name: "meta.toml", bytes: meta.as_bytes(), mode: FILE_MODE },
+            StagedFile { name: "request.pem", bytes: new.request_pem.as_bytes(), mode: FILE_MODE },
+            StagedFile { name: "key.pem", bytes: new.key_pem.as_bytes(), mode: KEY_MODE },
+        ];
+        let dir = self.request_dir(&id);
+        atomic::create_entry(&self.root, &dir, &files).map_err(io_err(&dir))?;
+        Ok(id)
+    }
+
+    /// Makes `id` (a certificate) the global default; returns the previous default id.
+    pub fn set_default(&mut self, id: &str) -> Result<String, Error> {
+        if !self.cert_dir(id).is_dir() {
+            return Err(Error::NotFound(id.to_owned()));
+        }
+        let previous = self.state.default_id().to_owned();
+        let mut state = self.state.clone();
+        // The factory default is the implicit default: store it as "no default".
+        state.default = (id != FACTORY_ID).then(|| id.to_owned());
+        self.commit_state(state)?;
+        Ok(previous)
+    }
+
+    /// Deletes a certificate or request. A certificate's default role and listener
+    /// assignments are dropped first, so a crash in between leaves no dangling reference.
+    pub fn delete(&mut self, kind: EntryKind, id: &str) -> Result<Deleted, Error> {
+        if kind == EntryKind::Request {
+            let dir = self.request_dir(id);
+            atomic::remove_entry(&self.root, &dir).map_err(io_err(&dir))?;
+            return Ok(Deleted { was_default: false, listeners: Vec::new() });
+        }
+        if id == FACTORY_ID {
+            return Err(Error::FactoryPermanent(id.to_owned()));
+        }
+        let mut state = self.state.clone();
+        let was_default = state.default.as_deref() == Some(id);
+        if was_default {
+            state.default = None;
+        }
+        let listeners = state.listeners_of(id);
+        for l in state.listeners.values_mut() {
+            if l.default.as_deref() == Some(id) {
+                l.default = None;
+            }
+            l.assigned.retain(|a| a != id);
+        }
+        if was_default || !listeners.is_empty() {
+            self.commit_state(state)?;
+        }
+        let dir = self.cert_dir(id);
+        atomic::remove_entry(&self.root, &dir).map_err(io_err(&dir))?;
+        Ok(Deleted { was_default, listeners })
+    }
+
+    fn commit_state(&mut self, state: State) -> Result<(), Error> {
+        let previous = std::mem::replace(&mut self.state, state);
+        if let Err(e) = self.write_state() {
+            self.state = previous;
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// What a deletion changed besides removing the entry.
+#[derive(Debug)]
+pub struct Deleted {
+    pub was_default: bool,
+    pub listeners: Vec<String>,
+}
+
+/// Ids are what `new_id` makes: lowercase ASCII letters, digits and inner hyphens.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+}
+
+/// Entry directories under `dir`, sorted; a missing `dir` is empty. Names that are not
+/// valid ids (editor backups, dot-files) are not entries.
+fn list_ids(dir: &Path) -> Result<Vec<String>, Error> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::Io { path: dir.to_owned(), source: e }),
+    };
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if valid_id(&name) && entry.file_type().map_err(io_err(dir))?.is_dir() {
+            ids.push(name);
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+fn read_text(path: &Path) -> Result<String, Error> {
+    fs::read_to_string(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::Damaged { path: path.to_owned(), reason: "missing".into() },
+        io::ErrorKind::InvalidData => Error::Damaged { path: path.to_owned(), reason: "not UTF-8 text".into() },
+        _ => Error::Io { path: path.to_owned(), source: e },
+    })
+}
+
+/// Reads a TOML file that carries `store_format`, refusing newer formats before looking
+/// at anything else (a newer version may have added fields).
+fn read_versioned<T: DeserializeOwned>(path: &Path) -> Result<T, Error> {
+    let text = read_text(path)?;
+    let damaged = |reason: String| Error::Damaged { path: path.to_owned(), reason };
+    let table: toml::Table = toml::from_str(&text).map_err(|e| damaged(one_line(&e.to_string())))?;
+    match table.get("store_format") {
+        Some(toml::Value::Integer(n)) if *n > i64::from(FORMAT) => {
+            return Err(Error::Newer { path: path.to_owned(), found: *n });
+        }
+        Some(toml::Value::Integer(n)) if *n >= 1 => {}
+        Some(_) => return Err(damaged("store_format must be a positive integer".into())),
+        None => return Err(damaged("store_format is missing".into())),
+    }
+    toml::from_str(&text).map_err(|e| damaged(one_line(&e.to_string())))
+}
+
+/// toml's messages span several lines with a source excerpt; keep the first and the last.
+pub(crate) fn one_line(msg: &str) -> String {
+    let lines: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    match (lines.first(), lines.last()) {
+        (Some(first), Some(last)) if lines.len() > 1 => {
+            let first = first.trim_start_matches("TOML parse error ");
+            format!("{first}: {last}")
+        }
+        _ => msg.trim().to_owned(),
+    }
+}
+
+fn toml_text<T: Serialize>(value: &T) -> String {
+    toml::to_string(value).expect("store metadata always serialises")
+}
+
+fn now_seconds() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap_or(now)
+}
+
+/// The one certificate of a `cert.pem`, as DER.
+fn single_cert(path: &Path, pem: &str) -> Result<Vec<u8>, Error> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let damaged = |reason: String| Error::Damaged { path: path.to_owned(), reason };
+    let mut certs = CertificateDer::pem_slice_iter(pem.as_bytes());
+    let first = certs
+        .next()
+        .ok_or_else(|| damaged("no PEM certificate".into()))?
+        .map_err(|e| damaged(format!("bad PEM ({e})")))?;
+    if certs.next().is_some() {
+        return Err(damaged("more than one certificate (the chain belongs in chain.pem)".into()));
+    }
+    Ok(first.to_vec())
+}

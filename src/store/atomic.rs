@@ -1,0 +1,141 @@
+//! Crash-safe writes. Everything is written into `.staging/` on the store's file system,
+//! fsynced, then renamed into place and the parent directory fsynced, so a crash at any
+//! point leaves either the old state or the new one, plus leftovers in `.staging/` that
+//! the next writer removes.
+
+// The one place allowed to create files: everything else goes through these functions.
+#![allow(clippy::disallowed_methods)]
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Name of the staging directory inside the store.
+pub(crate) const STAGING: &str = ".staging";
+
+/// Mode of private keys; everything else is 0644 inside 0700 directories.
+pub(crate) const KEY_MODE: u32 = 0o600;
+pub(crate) const FILE_MODE: u32 = 0o644;
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+/// One file of a staged write.
+pub(crate) struct StagedFile<'a> {
+    pub name: &'a str,
+    pub bytes: &'a [u8],
+    pub mode: u32,
+}
+
+/// Test builds can stop the process at a named point to prove crash safety.
+#[cfg(feature = "failpoints")]
+fn failpoint(name: &str) {
+    if std::env::var("PORTCULLIS_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+fn failpoint(_name: &str) {}
+
+fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{prefix}-{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+pub(crate) fn create_dir(path: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(path)
+}
+
+fn fsync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn staging(root: &Path) -> io::Result<PathBuf> {
+    let dir = root.join(STAGING);
+    create_dir(&dir)?;
+    Ok(dir)
+}
+
+fn parent(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
+/// Creates directory `target` with `files`, all or nothing. Fails if `target` exists.
+pub(crate) fn create_entry(root: &Path, target: &Path, files: &[StagedFile<'_>]) -> io::Result<()> {
+    let stage = staging(root)?.join(unique_name("entry"));
+    create_dir(&stage)?;
+    for f in files {
+        write_synced(&stage.join(f.name), f.bytes, f.mode)?;
+    }
+    fsync_dir(&stage)?;
+    failpoint("entry-staged");
+    if target.exists() {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "already exists"));
+    }
+    create_dir(parent(target))?;
+    fs::rename(&stage, target)?;
+    fsync_dir(parent(target))?;
+    failpoint("entry-renamed");
+    Ok(())
+}
+
+/// Replaces (or creates) one file atomically.
+pub(crate) fn replace_file(root: &Path, target: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let stage = staging(root)?.join(unique_name("file"));
+    write_synced(&stage, bytes, mode)?;
+    failpoint("file-staged");
+    fs::rename(&stage, target)?;
+    fsync_dir(parent(target))?;
+    failpoint("file-renamed");
+    Ok(())
+}
+
+/// Removes directory `target`: one rename takes it out of the store, then it is deleted.
+pub(crate) fn remove_entry(root: &Path, target: &Path) -> io::Result<()> {
+    let grave = staging(root)?.join(unique_name("deleted"));
+    fs::rename(target, &grave)?;
+    fsync_dir(parent(target))?;
+    failpoint("entry-unlinked");
+    fs::remove_dir_all(&grave)
+}
+
+/// Removes what interrupted writes left in `.staging/`; returns the names removed.
+/// Only a writer holding the store lock may call this.
+pub(crate) fn clean_staging(root: &Path) -> io::Result<Vec<String>> {
+    let dir = root.join(STAGING);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+        }
+        removed.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    if !removed.is_empty() {
+        fsync_dir(&dir)?;
+    }
+    Ok(removed)
+}
+
+/// Opens (creating if needed) the lock file.
+pub(crate) fn open_lock(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(KEY_MODE).open(path)
+}
