@@ -1,0 +1,134 @@
+//! Certificate signing requests: verified by `openssl req` and signed by a test CA made
+//! with openssl, whose answer must match the key kept in the store.
+
+mod common;
+
+use common::{Env, mode, openssl, openssl_ok};
+
+fn make_ca(env: &Env) -> (String, String) {
+    let ca = env.path("ca.pem").display().to_string();
+    let ca_key = env.path("ca.key").display().to_string();
+    openssl_ok(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Portcullis test CA",
+        ],
+        None,
+    );
+    (ca, ca_key)
+}
+
+#[test]
+fn every_key_type_makes_a_csr_a_ca_can_sign() {
+    let env = Env::initialised();
+    let (ca, ca_key) = make_ca(&env);
+    for key in ["ecdsa-p256", "ecdsa-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096"] {
+        let run = env.run(&[
+            "cert",
+            "request",
+            "--name",
+            &format!("Request {key}"),
+            "--key",
+            key,
+            "--country",
+            "US",
+            "--state",
+            "New York",
+            "--locality",
+            "Albany",
+            "--org",
+            "Example Inc",
+            "--org-unit",
+            "Ops",
+            "--common-name",
+            "support.example.test",
+            "--san",
+            "remote.example.test",
+        ]);
+        let csr = run.ok().to_owned();
+        assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"), "{key}: {csr}");
+        assert!(run.stderr.contains("private key stays in"), "{}", run.stderr);
+        let csr_path = env.write(&format!("{key}.csr"), &csr).display().to_string();
+
+        let (ok, text, err) = openssl(&["req", "-in", &csr_path, "-verify", "-noout", "-text"], None);
+        assert!(ok, "{key}: {err}");
+        assert!(err.contains("verify OK") || text.contains("verify OK"), "{key}: {err}");
+        for want in [
+            "Subject: C = US, ST = New York, L = Albany, O = Example Inc, OU = Ops, CN = support.example.test",
+            "DNS:support.example.test, DNS:remote.example.test",
+        ] {
+            assert!(text.contains(want), "{key}: CSR lacks {want:?}:\n{text}");
+        }
+
+        // The CA signs it; the answer verifies and belongs to the stored key.
+        let signed = env.path(&format!("{key}.crt")).display().to_string();
+        openssl_ok(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr_path,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                "30",
+                "-copy_extensions",
+                "copyall",
+                "-out",
+                &signed,
+            ],
+            None,
+        );
+        let (ok, out, err) = openssl(&["verify", "-CAfile", &ca, &signed], None);
+        assert!(ok && out.contains(": OK"), "{key}: {out}{err}");
+        let text = openssl_ok(&["x509", "-in", &signed, "-noout", "-text"], None);
+        assert!(text.contains("DNS:support.example.test, DNS:remote.example.test"), "{key}: {text}");
+
+        let requests = env.run(&["--json", "cert", "list", "--requests"]).json();
+        let entry = requests.as_array().unwrap().iter().find(|r| r["friendly_name"] == format!("Request {key}"));
+        let id = entry.unwrap_or_else(|| panic!("{key}: not listed: {requests}"))["id"].as_str().unwrap().to_owned();
+        let key_path = env.store().join("requests").join(&id).join("key.pem");
+        assert_eq!(mode(&key_path), 0o600);
+        let from_key = openssl_ok(&["pkey", "-in", key_path.to_str().unwrap(), "-pubout"], None);
+        let from_cert = openssl_ok(&["x509", "-in", &signed, "-noout", "-pubkey"], None);
+        assert_eq!(from_key, from_cert, "{key}: the signed certificate is not for the stored key");
+
+        // `cert show` of a request prints the CSR.
+        assert_eq!(env.run(&["cert", "show", &id, "--pem"]).ok(), csr);
+    }
+    // Requests are not certificates: the certificate table is still just the factory default.
+    assert_eq!(env.list().len(), 1);
+}
+
+#[test]
+fn request_table_lists_pending_requests() {
+    let env = Env::initialised();
+    env.run(&["cert", "request", "--name", "Support 2027", "--san", "support.example.test"]).ok();
+    let table = env.run(&["cert", "list", "--requests"]).ok().to_owned();
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("ID"), "{table}");
+    let row = lines.next().unwrap();
+    assert!(
+        row.starts_with("support-2027") && row.contains("support.example.test") && row.contains("ecdsa-p256"),
+        "{row}"
+    );
+    // Deleting a request removes its key too.
+    env.run(&["cert", "delete", "support-2027"]).ok();
+    assert!(!env.store().join("requests/support-2027").exists());
+}
