@@ -1,6 +1,9 @@
 //! The store: permissions, the default certificate, damage and newer versions reported
 //! without rewriting, crash safety, and writers serialised by the lock.
 
+// These tests damage the store by hand, as an operator might.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::fs;
