@@ -91,6 +91,59 @@ enum CertCommand {
         #[command(flatten)]
         new: NewArgs,
     },
+    /// Import certificates, chains and keys: PEM, DER, PKCS#7, PKCS#8, PKCS#12, legacy keys
+    #[command(
+        after_help = "Formats are detected by content, never by file name. Examples:\n  portcullis cert import signed.crt intermediate.crt root.crt\n  portcullis cert import server.pfx --password-file pfx.pass --name 'Support 2027'\n  portcullis cert import bundle.p7b server.key"
+    )]
+    Import {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Friendly name of the imported identity certificate (default: from the file or its subject)
+        #[arg(long)]
+        name: Option<String>,
+        /// File whose first line is the password of encrypted keys or PKCS#12 files
+        #[arg(long, value_name = "F")]
+        password_file: Option<PathBuf>,
+    },
+    /// Export a certificate (with chain and key on request) for another node or system
+    #[command(
+        after_help = "Examples:\n  portcullis cert export support-site --format p12 --include-chain --password-file pass --out support.p12\n  portcullis cert export support-site --format p7b --out support.p7b\n  portcullis cert export support-site --format pem --include-chain --out chain.pem"
+    )]
+    Export {
+        id: String,
+        /// der, pem, p7b, p8 or p12
+        #[arg(long)]
+        format: String,
+        /// Where to write; never overwritten without --force
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Include the private key (pem); p8 and p12 always hold it
+        #[arg(long)]
+        include_key: bool,
+        /// Include the chain: intermediates and, when known, the root
+        #[arg(long)]
+        include_chain: bool,
+        /// File whose first line is the password that protects the exported key
+        #[arg(long, value_name = "F", conflicts_with = "no_password")]
+        password_file: Option<PathBuf>,
+        /// Write the private key unencrypted
+        #[arg(long)]
+        no_password: bool,
+        /// Overwrite FILE if it exists
+        #[arg(long)]
+        force: bool,
+    },
+    /// Move OLD's default role and listener assignments to NEW (e.g. after a renewal)
+    #[command(
+        after_help = "Example:\n  portcullis cert replace support-2026 support-2027 && portcullis cert delete support-2026"
+    )]
+    Replace {
+        old: String,
+        new: String,
+        /// Replace even if NEW does not cover all of OLD's names
+        #[arg(long)]
+        force: bool,
+    },
     /// Make a certificate the default (served without SNI or for unknown names)
     SetDefault { id: String },
     /// Delete a certificate or a pending request (never the factory default)
@@ -250,6 +303,65 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
             );
             if ctx.json { print_json(&report.value)? } else { print!("{}", report.value.csr_pem) }
         }
+        CertCommand::Import { files, name, password_file } => {
+            let password = password_file.as_deref().map(ops::read_password_file).transpose()?;
+            let mut store = ctx.open_store()?;
+            let report = ops::import(&mut store, &ops::ImportParams { files, name, password })?;
+            tell(&report);
+            if ctx.json {
+                print_json(&report.value)?;
+            } else {
+                let v = &report.value;
+                for t in &v.trust {
+                    let what = if t.added { "added to" } else { "already in" };
+                    println!("{} {what} the trust pool: {}", t.role, t.subject);
+                }
+                for c in &v.certificates {
+                    println!("imported certificate {} ({})", c.id, c.friendly_name);
+                    print_cert(c);
+                }
+            }
+        }
+        CertCommand::Export { id, format, out, include_key, include_chain, password_file, no_password, force } => {
+            let format = format.parse().map_err(|reason: String| anyhow::anyhow!("--format {format:?}: {reason}"))?;
+            let password = match password_file.as_deref().map(ops::read_password_file).transpose()? {
+                Some(bytes) => Some(String::from_utf8(bytes).map_err(|_| {
+                    anyhow::anyhow!(
+                        "--password-file {}: the password is not UTF-8",
+                        password_file.as_ref().map_or(String::new(), |p| p.display().to_string())
+                    )
+                })?),
+                None => None,
+            };
+            let store = ctx.open_store()?;
+            let params =
+                ops::ExportParams { id, format, out, include_key, include_chain, password, no_password, force };
+            let report = ops::export(&store, &params)?;
+            tell(&report);
+            if ctx.json {
+                print_json(&report.value)?;
+            } else {
+                let v = &report.value;
+                let key = match (v.includes_key, v.key_encrypted) {
+                    (true, true) => " and its encrypted private key",
+                    (true, false) => " and its UNENCRYPTED private key",
+                    _ => "",
+                };
+                println!("exported {} as {} to {}: {} certificate(s){key}", v.id, v.format, v.path, v.certificates);
+            }
+        }
+        CertCommand::Replace { old, new, force } => {
+            let mut store = ctx.open_store()?;
+            let report = ops::replace(&mut store, &old, &new, force)?;
+            tell(&report);
+            if ctx.json {
+                print_json(&report.value)?;
+            } else if report.value.moved.is_empty() {
+                println!("nothing moved from {} to {}", report.value.old, report.value.new);
+            } else {
+                println!("{} replaces {}: moved {}", report.value.new, report.value.old, report.value.moved.join(", "));
+            }
+        }
         CertCommand::SetDefault { id } => {
             let mut store = ctx.open_store()?;
             let report = ops::set_default(&mut store, &id)?;
@@ -348,7 +460,7 @@ fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
 
 fn print_cert(c: &CertView) {
     let yes_no = |b: bool| if b { "yes" } else { "no" };
-    let rows: [(&str, String); 17] = [
+    let rows: [(&str, String); 18] = [
         ("id", c.id.clone()),
         ("friendly name", c.friendly_name.clone()),
         ("source", c.source.to_owned()),
@@ -365,6 +477,7 @@ fn print_cert(c: &CertView) {
         ("private key", yes_no(c.has_private_key).to_owned()),
         ("default", yes_no(c.default).to_owned()),
         ("listeners", if c.listeners.is_empty() { "-".into() } else { c.listeners.join(", ") }),
+        ("chain", if c.chain.is_empty() { "-".into() } else { c.chain.join(" <- ") }),
         ("created", c.created.clone()),
     ];
     for (k, v) in rows {

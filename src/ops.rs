@@ -6,8 +6,11 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
 use crate::config::Config;
-use crate::pki::{self, IdentityRequest, KeyType, rfc3339};
+use crate::pki::{self, ExportFormat, FormatError, IdentityRequest, KeyType, PrivateKey, Role, rfc3339};
 use crate::store::{self, CertEntry, EntryKind, NewCert, NewRequest, RequestEntry, Source, State, Store};
 
 /// Errors of an operation: the store's or the PKI's, each naming path, id or flag.
@@ -20,6 +23,21 @@ pub enum Error {
     /// The id names a request where a certificate is needed (or the reverse).
     #[error("{id}: {reason}")]
     WrongKind { id: String, reason: &'static str },
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// An input file could not be read.
+    #[error("{path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    /// A flag does not fit the rest of the command.
+    #[error("{flag}: {reason}")]
+    Flag { flag: &'static str, reason: String },
+    /// `cert replace`: the new certificate does not qualify.
+    #[error("{0}")]
+    Replace(String),
+}
+
+fn flag(flag: &'static str, reason: impl Into<String>) -> Error {
+    Error::Flag { flag, reason: reason.into() }
 }
 
 /// A result with what the operator should be told about it.
@@ -57,6 +75,8 @@ pub struct CertView {
     pub default: bool,
     pub listeners: Vec<String>,
     pub warnings: Vec<String>,
+    /// Issuer first: the intermediates, then the root when known.
+    pub chain: Vec<String>,
     pub created: String,
 }
 
@@ -64,6 +84,7 @@ impl CertView {
     pub fn new(entry: &CertEntry, state: &State, now: OffsetDateTime) -> Self {
         let info = &entry.info;
         let mut warnings = info.warnings(entry.key.clone(), now);
+        warnings.extend(entry.chain.warnings.iter().cloned());
         warnings.extend(entry.file_warnings.iter().cloned());
         Self {
             id: entry.id.clone(),
@@ -84,6 +105,7 @@ impl CertView {
             default: state.default_id() == entry.id,
             listeners: state.listeners_of(&entry.id),
             warnings,
+            chain: entry.chain.intermediates.iter().chain(&entry.chain.root).map(|c| c.info.subject.clone()).collect(),
             created: rfc3339(entry.meta.created),
         }
     }
@@ -207,11 +229,8 @@ pub fn show(store: &Store, key: &str, now: OffsetDateTime) -> Result<Shown, Erro
     Ok(match store.resolve(key)? {
         (EntryKind::Cert, id) => {
             let entry = store.read_cert(&id)?;
-            let mut pem = entry.cert_pem.clone();
-            if !pem.ends_with('\n') {
-                pem.push('\n');
-            }
-            pem.push_str(&entry.chain_pem);
+            // What is served: the leaf, then the intermediates.
+            let pem = entry.served_chain().iter().map(|der| store::pem_cert(der)).collect();
             Shown::Cert(Box::new(CertView::new(&entry, store.state(), now)), pem)
         }
         (EntryKind::Request, id) => {
@@ -372,4 +391,410 @@ pub fn status(store: &Store, config: &Config) -> Result<Status, Error> {
         pending_requests: requests.len(),
         problems,
     })
+}
+
+/// What `cert import` reads.
+#[derive(Clone, Debug, Default)]
+pub struct ImportParams {
+    pub files: Vec<PathBuf>,
+    /// Friendly name for the (single) identity certificate.
+    pub name: Option<String>,
+    pub password: Option<Vec<u8>>,
+}
+
+/// A root or intermediate certificate of an import.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrustView {
+    pub role: &'static str,
+    pub subject: String,
+    pub fingerprint_sha256: String,
+    /// False when the trust pool already had it.
+    pub added: bool,
+}
+
+/// The outcome of `cert import`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Imported {
+    /// New certificate entries.
+    pub certificates: Vec<CertView>,
+    /// Existing entries that received their private key.
+    pub keys_attached: Vec<String>,
+    /// Identity certificates that were already in the store, by id.
+    pub already_present: Vec<String>,
+    pub trust: Vec<TrustView>,
+}
+
+/// Where an imported leaf's key comes from.
+enum KeySource {
+    Import(usize),
+    Request(String),
+    Stored(String, PrivateKey),
+    None,
+}
+
+/// `cert import`: reads every file first (nothing is written if any fails), classifies
+/// the certificates, links keys, then stores trust certificates, identities and keys.
+pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Imported>, Error> {
+    let mut found = pki::Found::default();
+    for path in &params.files {
+        let file = path.display().to_string();
+        let size = std::fs::metadata(path).map_err(|source| Error::File { path: path.clone(), source })?.len();
+        if size > pki::MAX_FILE as u64 {
+            return Err(FormatError::TooLarge { file, size: usize::try_from(size).unwrap_or(usize::MAX) }.into());
+        }
+        let bytes = std::fs::read(path).map_err(|source| Error::File { path: path.clone(), source })?;
+        pki::read_file(&file, &bytes, params.password.as_deref(), &mut found)?;
+    }
+    let now = OffsetDateTime::now_utc();
+    let mut report = Report::new(Imported::default());
+
+    // Certificates, once each, with their parsed form.
+    let mut seen = HashSet::new();
+    let mut certs = Vec::new();
+    for c in found.certs {
+        let info = pki::CertInfo::from_der(&c.der).map_err(|reason| FormatError::Corrupt {
+            file: c.origin.clone(),
+            format: "certificate",
+            reason,
+        })?;
+        if seen.insert(info.fingerprint_sha256.clone()) {
+            certs.push((c, info));
+        }
+    }
+    let mut keys: Vec<pki::FoundKey> = Vec::new();
+    for k in found.keys {
+        if !keys.iter().any(|o| o.key.public_key_raw() == k.key.public_key_raw()) {
+            keys.push(k);
+        }
+    }
+    let (stored, _) = store.certs()?;
+
+    // Plan: leaves with their key source and name; trust certificates; keys for keyless entries.
+    struct Leaf {
+        der: Vec<u8>,
+        info: pki::CertInfo,
+        key: KeySource,
+        name: String,
+        origin: String,
+    }
+    let mut leaves: Vec<Leaf> = Vec::new();
+    let mut trust = Vec::new();
+    let mut used_keys = HashSet::new();
+    let mut attach: Vec<(String, usize)> = Vec::new();
+    let mut names_planned: HashSet<String> = HashSet::new();
+    let leaf_count = certs
+        .iter()
+        .filter(|(c, info)| {
+            let has_key = keys.iter().any(|k| k.key.public_key_raw() == info.public_key_raw.as_slice());
+            pki::classify(info, &c.der, has_key) == Role::Leaf
+        })
+        .count();
+    if params.name.is_some() && leaf_count != 1 {
+        return Err(flag(
+            "--name",
+            format!(
+                "the import holds {leaf_count} identity certificates; --name names exactly one (import them separately, or without --name)"
+            ),
+        ));
+    }
+    for (c, info) in certs {
+        let in_import = keys.iter().position(|k| k.key.public_key_raw() == info.public_key_raw.as_slice());
+        let stored_key = match in_import {
+            Some(_) => None,
+            None => store.find_key(&info.public_key_raw)?,
+        };
+        let role = pki::classify(&info, &c.der, in_import.is_some() || stored_key.is_some());
+        if role != Role::Leaf {
+            trust.push((c.der, info, role));
+            continue;
+        }
+        if let Some(existing) = stored.iter().find(|e| e.info.fingerprint_sha256 == info.fingerprint_sha256) {
+            match in_import {
+                Some(k) if !existing.key.has_key() => {
+                    used_keys.insert(k);
+                    attach.push((existing.id.clone(), k));
+                }
+                _ => report.value.already_present.push(existing.id.clone()),
+            }
+            continue;
+        }
+        let key = match (in_import, stored_key) {
+            (Some(k), _) => {
+                used_keys.insert(k);
+                KeySource::Import(k)
+            }
+            (None, Some((EntryKind::Request, id, _))) => KeySource::Request(id),
+            (None, Some((EntryKind::Cert, id, key))) => KeySource::Stored(id, key),
+            (None, None) => KeySource::None,
+        };
+        let name = match (&params.name, &key) {
+            (Some(name), _) => store.check_new_name(name)?,
+            (None, KeySource::Request(id)) => store.read_request(id)?.meta.friendly_name,
+            (None, _) => {
+                // The key bag's name is the entry's alias; certificate bags often carry the subject.
+                let alias = in_import.and_then(|k| keys[k].alias.clone()).or_else(|| c.alias.clone());
+                let base = alias.filter(|a| !a.trim().is_empty()).unwrap_or_else(|| info.issued_to.clone());
+                let base: String = base.trim().chars().take(100).collect();
+                let expiry = format!("{base} (expires {})", &rfc3339(info.not_after)[..10]);
+                let free = |n: &str| !names_planned.contains(&n.to_lowercase()) && store.check_new_name(n).is_ok();
+                [base.clone(), expiry.clone()]
+                    .into_iter()
+                    .chain((2..).map(|i| format!("{expiry} #{i}")))
+                    .find(|n| free(n))
+                    .expect("names are unbounded")
+            }
+        };
+        names_planned.insert(name.to_lowercase());
+        leaves.push(Leaf { der: c.der, info, key, name, origin: c.origin });
+    }
+    // Keys for certificates already in the store without one.
+    for (i, k) in keys.iter().enumerate() {
+        if used_keys.contains(&i) {
+            continue;
+        }
+        if let Some(entry) =
+            stored.iter().find(|e| !e.key.has_key() && e.info.public_key_raw.as_slice() == k.key.public_key_raw())
+        {
+            used_keys.insert(i);
+            attach.push((entry.id.clone(), i));
+        } else {
+            report.warnings.push(format!(
+                "{}: private key ({}) matches no certificate in this import or the store; not stored",
+                k.origin,
+                k.key.describe()
+            ));
+        }
+    }
+    if leaves.is_empty() && trust.is_empty() && attach.is_empty() && report.value.already_present.is_empty() {
+        let files: Vec<String> = params.files.iter().map(|p| p.display().to_string()).collect();
+        return Err(Error::Replace(format!(
+            "{}: nothing to import (a private key needs its certificate, in the same import or already in the store)",
+            files.join(", ")
+        )));
+    }
+
+    // Write: trust pool first, so the new entries' chains are complete when read back.
+    for (der, info, role) in trust {
+        let added = store.add_trust(&der)?;
+        report.value.trust.push(TrustView {
+            role: role.as_str(),
+            subject: info.subject.clone(),
+            fingerprint_sha256: info.fingerprint_sha256.clone(),
+            added,
+        });
+    }
+    for leaf in leaves {
+        let cert_pem = store::pem_cert(&leaf.der);
+        let key_pem = match &leaf.key {
+            KeySource::Import(k) => Some(keys[*k].key.to_pem()),
+            KeySource::Stored(_, key) => Some(key.to_pem()),
+            KeySource::Request(id) => Some(
+                std::fs::read_to_string(store.request_dir(id).join("key.pem"))
+                    .map_err(|source| Error::File { path: store.request_dir(id).join("key.pem"), source })?,
+            ),
+            KeySource::None => None,
+        };
+        let new = NewCert {
+            friendly_name: &leaf.name,
+            source: if matches!(leaf.key, KeySource::Request(_)) { Source::Csr } else { Source::Imported },
+            key_type: None,
+            cert_pem: &cert_pem,
+            chain_pem: "",
+            key_pem: key_pem.as_deref(),
+        };
+        let id = match &leaf.key {
+            KeySource::Request(id) => {
+                store.answer_request(id, &new)?;
+                report.notes.push(format!("{id}: the certificate answers pending request {id}, which is now complete"));
+                id.clone()
+            }
+            _ => store.add_cert(&new)?,
+        };
+        match &leaf.key {
+            KeySource::Stored(other, _) => {
+                report.notes.push(format!("{id}: uses the private key of certificate {other} (same public key)"));
+            }
+            KeySource::None => report.warnings.push(format!(
+                "{id}: no private key in this import or the store ({}); stored without one, so it cannot be served until its key is imported",
+                leaf.origin
+            )),
+            _ => {}
+        }
+        let _ = &leaf.info;
+        let entry = store.read_cert(&id)?;
+        report.value.certificates.push(CertView::new(&entry, store.state(), now));
+    }
+    for (id, k) in attach {
+        store.attach_key(&id, &keys[k].key.to_pem())?;
+        report.notes.push(format!("{id}: private key from {} attached", keys[k].origin));
+        report.value.keys_attached.push(id);
+    }
+    for id in &report.value.already_present {
+        report.notes.push(format!("{id}: this certificate is already in the store"));
+    }
+    Ok(report)
+}
+
+/// What `cert export` writes.
+#[derive(Clone, Debug)]
+pub struct ExportParams {
+    pub id: String,
+    pub format: ExportFormat,
+    pub out: PathBuf,
+    pub include_key: bool,
+    pub include_chain: bool,
+    /// The password; `None` with `no_password` writes an unencrypted key.
+    pub password: Option<String>,
+    pub no_password: bool,
+    pub force: bool,
+}
+
+/// The outcome of `cert export`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportedView {
+    pub id: String,
+    pub format: &'static str,
+    pub path: String,
+    pub certificates: usize,
+    pub includes_key: bool,
+    pub key_encrypted: bool,
+    pub fingerprint_sha256: String,
+}
+
+/// `cert export`: one certificate (with chain and key where asked) in one format.
+pub fn export(store: &Store, p: &ExportParams) -> Result<Report<ExportedView>, Error> {
+    use ExportFormat::{Der, P7b, P8, P12, Pem};
+    let (kind, id) = store.resolve(&p.id)?;
+    if kind == EntryKind::Request {
+        return Err(Error::WrongKind { id, reason: "is a pending request; `cert show ID --pem` prints its CSR" });
+    }
+    match p.format {
+        Der if p.include_key => {
+            return Err(flag("--include-key", "a DER file holds only the certificate; use --format pem or p12"));
+        }
+        Der if p.include_chain => {
+            return Err(flag("--include-chain", "a DER file holds one certificate; use --format p7b, pem or p12"));
+        }
+        P7b if p.include_key => {
+            return Err(flag("--include-key", "PKCS#7 holds no private keys; use --format p12 or pem"));
+        }
+        P8 if p.include_chain => {
+            return Err(flag("--include-chain", "PKCS#8 holds only the key; use --format p12 or pem"));
+        }
+        _ => {}
+    }
+    let wants_key = matches!(p.format, P8 | P12) || (p.format == Pem && p.include_key);
+    let entry = store.read_cert(&id)?;
+    let key = if wants_key {
+        Some(entry.private_key().ok_or(Error::WrongKind { id: id.clone(), reason: "has no private key to export" })?)
+    } else {
+        None
+    };
+    let password = match (&p.password, wants_key) {
+        (Some(pw), true) if pw.is_empty() => {
+            return Err(flag(
+                "--password-file",
+                "the password is empty; use --no-password to export the key unencrypted",
+            ));
+        }
+        (Some(pw), true) => Some(pw.as_str()),
+        (None, true) if p.no_password => None,
+        (None, true) => {
+            return Err(flag(
+                "--password-file",
+                "exporting a private key needs a password (--password-file F), or --no-password to write it unencrypted",
+            ));
+        }
+        (_, false) => None,
+    };
+    if p.out.exists() && !p.force {
+        return Err(flag("--out", format!("{} exists; use --force to overwrite it", p.out.display())));
+    }
+    let leaf = entry.leaf_der();
+    let chain: Vec<Vec<u8>> = if p.include_chain || p.format == P7b {
+        entry.chain.intermediates.iter().chain(&entry.chain.root).map(|c| c.der.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    let exported = pki::export(p.format, &leaf, &chain, key.as_ref(), password, &entry.meta.friendly_name)
+        .map_err(|reason| Error::Replace(format!("{id}: cannot encode as {}: {reason}", p.format)))?;
+    store::write_export(&p.out, &exported.bytes, exported.has_key, p.force)?;
+    let mut report = Report::new(ExportedView {
+        id: id.clone(),
+        format: p.format.as_str(),
+        path: p.out.display().to_string(),
+        certificates: if p.format == P8 { 0 } else { 1 + chain.len() },
+        includes_key: exported.has_key,
+        key_encrypted: exported.has_key && password.is_some(),
+        fingerprint_sha256: entry.info.fingerprint_sha256.clone(),
+    });
+    if exported.has_key && password.is_none() {
+        report.warnings.push(format!("{} holds the private key unencrypted (mode 0600)", p.out.display()));
+    }
+    if !wants_key && p.password.is_some() {
+        report.notes.push("no private key in this export: the password was not used".into());
+    }
+    if (p.include_chain || p.format == P7b) && !entry.chain.warnings.is_empty() {
+        report.warnings.extend(entry.chain.warnings.iter().map(|w| format!("{id}: {w}")));
+    }
+    Ok(report)
+}
+
+/// The outcome of `cert replace`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Replaced {
+    pub old: String,
+    pub new: String,
+    pub moved: Vec<String>,
+}
+
+/// `cert replace OLD NEW`: NEW takes over OLD's default role and listener assignments,
+/// if it has a private key and covers OLD's names (or `force`).
+pub fn replace(store: &mut Store, old: &str, new: &str, force: bool) -> Result<Report<Replaced>, Error> {
+    let cert_id = |key: &str| -> Result<String, Error> {
+        match store.resolve(key)? {
+            (EntryKind::Cert, id) => Ok(id),
+            (EntryKind::Request, id) => Err(Error::WrongKind { id, reason: "is a pending request, not a certificate" }),
+        }
+    };
+    let (old_id, new_id) = (cert_id(old)?, cert_id(new)?);
+    if old_id == new_id {
+        return Err(Error::Replace(format!("{old_id}: a certificate cannot replace itself")));
+    }
+    let (old_e, new_e) = (store.read_cert(&old_id)?, store.read_cert(&new_id)?);
+    if !new_e.key.has_key() {
+        return Err(Error::Replace(format!(
+            "{new_id}: has no usable private key, so it cannot be served; import its key first"
+        )));
+    }
+    let old_names = if old_e.info.sans.is_empty() { vec![old_e.info.issued_to] } else { old_e.info.sans };
+    let missing: Vec<&String> = old_names.iter().filter(|n| !pki::covers(&new_e.info.sans, n)).collect();
+    let mut report = Report::new(Replaced { old: old_id.clone(), new: new_id.clone(), moved: Vec::new() });
+    if !missing.is_empty() {
+        let list = missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+        if !force {
+            return Err(Error::Replace(format!(
+                "{new_id} does not cover these names of {old_id}: {list} (use --force to replace anyway)"
+            )));
+        }
+        report.warnings.push(format!("{new_id} does not cover these names of {old_id}: {list}"));
+    }
+    let now = OffsetDateTime::now_utc();
+    report
+        .warnings
+        .extend(CertView::new(&new_e, store.state(), now).warnings.into_iter().map(|w| format!("{new_id}: {w}")));
+    report.value.moved = store.replace(&old_id, &new_id)?;
+    if report.value.moved.is_empty() {
+        report.notes.push(format!("{old_id} was neither a default nor assigned to a listener: nothing moved"));
+    } else {
+        report.notes.push(format!("{old_id} can now be deleted: portcullis cert delete {old_id}"));
+    }
+    Ok(report)
+}
+
+/// Reads a `--password-file`: its first line, without the line ending.
+pub fn read_password_file(path: &Path) -> Result<Vec<u8>, Error> {
+    let bytes = std::fs::read(path).map_err(|source| Error::File { path: path.to_owned(), source })?;
+    let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    Ok(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
 }

@@ -5,8 +5,12 @@
 //! command-line flag they came from (`--san`, `--country`, ...); the job runner maps the
 //! flag to its field name.
 
+mod chain;
+mod export;
+mod formats;
 mod info;
 mod key;
+mod legacy;
 mod names;
 
 use std::net::IpAddr;
@@ -17,6 +21,9 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+pub use chain::{Chain, PoolCert, Role, build_chain, classify, covers, verify_signed_by};
+pub use export::{ExportFormat, Exported, export};
+pub use formats::{FormatError, Found, FoundCert, FoundKey, MAX_FILE, read_file};
 pub use info::{CertInfo, KeyLink, fingerprint_sha256};
 pub use key::{KeyType, PrivateKey};
 pub use names::{SubjectAltName, common_name_is_dns, normalize_country, validate_dns_name, validate_dns_pattern};

@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::pki::{self, CertInfo, IdentityRequest, KeyLink, KeyType, PrivateKey, Subject};
+use crate::pki::{self, CertInfo, Chain, IdentityRequest, KeyLink, KeyType, PoolCert, PrivateKey, Subject};
 use atomic::{FILE_MODE, KEY_MODE, StagedFile};
 
 /// The store format this version reads and writes.
@@ -66,6 +66,12 @@ pub enum Error {
     /// Building the factory default certificate failed.
     #[error(transparent)]
     Pki(#[from] pki::Error),
+}
+
+/// Writes an export file outside the store, atomically; see `atomic::write_file_at`.
+pub fn write_export(path: &Path, bytes: &[u8], private: bool, overwrite: bool) -> Result<(), Error> {
+    let mode = if private { KEY_MODE } else { FILE_MODE };
+    atomic::write_file_at(path, bytes, mode, overwrite).map_err(io_err(path))
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
@@ -169,8 +175,31 @@ pub struct CertEntry {
     pub chain_pem: String,
     pub info: CertInfo,
     pub key: KeyLink,
+    /// The chain built from the entry's chain.pem and the trust pool.
+    pub chain: Chain,
     /// Problems with the entry's files that do not stop it being used (e.g. key mode).
     pub file_warnings: Vec<String>,
+}
+
+impl CertEntry {
+    /// DER of the leaf.
+    pub fn leaf_der(&self) -> Vec<u8> {
+        first_cert(&self.cert_pem).unwrap_or_default()
+    }
+
+    /// The leaf and the intermediates: what is sent to clients.
+    pub fn served_chain(&self) -> Vec<Vec<u8>> {
+        std::iter::once(self.leaf_der()).chain(self.chain.intermediates.iter().map(|c| c.der.clone())).collect()
+    }
+
+    /// Reads the private key, if the entry has one that matches.
+    pub fn private_key(&self) -> Option<PrivateKey> {
+        if !self.key.has_key() {
+            return None;
+        }
+        let pem = fs::read_to_string(self.dir.join("key.pem")).ok()?;
+        PrivateKey::from_pem(&pem).ok()
+    }
 }
 
 /// A pending certificate signing request.
@@ -255,7 +284,25 @@ impl Store {
                 store.cert_dir(FACTORY_ID).display()
             ));
         }
+        store.finish_consumed_requests()?;
         Ok(store)
+    }
+
+    /// Importing the answer to a CSR writes `certs/<id>/` with the request's key, then
+    /// removes `requests/<id>/`. A crash in between leaves both; the request is then
+    /// already answered, and removing it finishes the import.
+    fn finish_consumed_requests(&mut self) -> Result<(), Error> {
+        for id in list_ids(&self.root.join("requests"))? {
+            let cert_key = self.cert_dir(&id).join("key.pem");
+            let request_key = self.request_dir(&id).join("key.pem");
+            if cert_key.exists() && fs::read(&cert_key).ok() == fs::read(&request_key).ok() {
+                let dir = self.request_dir(&id);
+                atomic::remove_entry(&self.root, &dir).map_err(io_err(&dir))?;
+                self.notes
+                    .push(format!("finished an interrupted import: request {id} was answered by certificate {id}"));
+            }
+        }
+        Ok(())
     }
 
     /// A fresh store has no state.toml. One that has certificates but lost its state.toml
@@ -353,17 +400,81 @@ impl Store {
 
     // === reading ===
 
-    /// Every certificate entry, sorted by id, and the entries that could not be read.
+    /// Every certificate entry, sorted by id, and the entries that could not be read
+    /// (unreadable trust-pool files included).
     pub fn certs(&self) -> Result<(Vec<CertEntry>, Vec<Error>), Error> {
+        let (pool, mut bad) = self.trust_pool()?;
         let mut ok = Vec::new();
-        let mut bad = Vec::new();
         for id in list_ids(&self.root.join("certs"))? {
-            match self.read_cert(&id) {
+            match self.read_cert_with(&id, &pool) {
                 Ok(entry) => ok.push(entry),
                 Err(e) => bad.push(e),
             }
         }
         Ok((ok, bad))
+    }
+
+    /// The imported roots and intermediates in `trust/`, and the files that could not be read.
+    pub fn trust_pool(&self) -> Result<(Vec<PoolCert>, Vec<Error>), Error> {
+        let dir = self.root.join("trust");
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
+            Err(e) => return Err(Error::Io { path: dir, source: e }),
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+            .collect();
+        paths.sort();
+        let mut pool = Vec::new();
+        let mut bad = Vec::new();
+        for path in paths {
+            let parsed = read_text(&path)
+                .and_then(|pem| single_cert(&path, &pem))
+                .and_then(|der| PoolCert::new(der).map_err(|reason| Error::Damaged { path: path.clone(), reason }));
+            match parsed {
+                Ok(c) => pool.push(c),
+                Err(e) => bad.push(e),
+            }
+        }
+        Ok((pool, bad))
+    }
+
+    /// Adds a root or intermediate to the trust pool; false if it was already there.
+    pub fn add_trust(&mut self, der: &[u8]) -> Result<bool, Error> {
+        let dir = self.root.join("trust");
+        let path = dir.join(format!("{}.pem", pki::fingerprint_sha256(der)));
+        if path.exists() {
+            return Ok(false);
+        }
+        atomic::create_dir(&dir).map_err(io_err(&dir))?;
+        let pem = pem_cert(der);
+        atomic::replace_file(&self.root, &path, pem.as_bytes(), FILE_MODE).map_err(io_err(&path))?;
+        Ok(true)
+    }
+
+    /// The certificate entry whose leaf has this SHA-256 fingerprint.
+    pub fn find_fingerprint(&self, fingerprint: &str) -> Result<Option<String>, Error> {
+        let (certs, _) = self.certs()?;
+        Ok(certs.into_iter().find(|c| c.info.fingerprint_sha256 == fingerprint).map(|c| c.id))
+    }
+
+    /// A stored private key (of a pending request, or of a certificate) whose public key
+    /// is `public_raw`.
+    pub fn find_key(&self, public_raw: &[u8]) -> Result<Option<(EntryKind, String, PrivateKey)>, Error> {
+        for (kind, sub) in [(EntryKind::Request, "requests"), (EntryKind::Cert, "certs")] {
+            for id in list_ids(&self.root.join(sub))? {
+                let Ok(pem) = fs::read_to_string(self.root.join(sub).join(&id).join("key.pem")) else { continue };
+                if let Ok(key) = PrivateKey::from_pem(&pem)
+                    && key.public_key_raw() == public_raw
+                {
+                    return Ok(Some((kind, id, key)));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Every pending request, sorted by id, and the entries that could not be read.
@@ -380,6 +491,11 @@ impl Store {
     }
 
     pub fn read_cert(&self, id: &str) -> Result<CertEntry, Error> {
+        let (pool, _) = self.trust_pool()?;
+        self.read_cert_with(id, &pool)
+    }
+
+    fn read_cert_with(&self, id: &str, pool: &[PoolCert]) -> Result<CertEntry, Error> {
         let dir = self.cert_dir(id);
         let meta: CertMeta = read_versioned(&dir.join("meta.toml"))?;
         let cert_path = dir.join("cert.pem");
@@ -392,6 +508,13 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(Error::Io { path: chain_path, source: e }),
         };
+        // The entry's own chain.pem comes first, then the shared trust pool.
+        let mut candidates = Vec::new();
+        for der in all_certs(&chain_path, &chain_pem)? {
+            candidates.push(PoolCert::new(der).map_err(|reason| Error::Damaged { path: chain_path.clone(), reason })?);
+        }
+        candidates.extend(pool.iter().cloned());
+        let chain = pki::build_chain(&leaf, &info, &candidates, OffsetDateTime::now_utc());
         let mut file_warnings = Vec::new();
         let key_path = dir.join("key.pem");
         let key = match fs::read_to_string(&key_path) {
@@ -411,7 +534,7 @@ impl Store {
                 }
             }
         };
-        Ok(CertEntry { id: id.to_owned(), dir, meta, cert_pem, chain_pem, info, key, file_warnings })
+        Ok(CertEntry { id: id.to_owned(), dir, meta, cert_pem, chain_pem, info, key, chain, file_warnings })
     }
 
     pub fn read_request(&self, id: &str) -> Result<RequestEntry, Error> {
@@ -499,6 +622,49 @@ impl Store {
         let id = self.new_id(new.friendly_name);
         self.write_cert_entry(&id, new)?;
         Ok(id)
+    }
+
+    /// Stores the certificate that answers pending request `id` under the same id, with
+    /// the request's key, then removes the request (see `finish_consumed_requests`).
+    pub fn answer_request(&mut self, id: &str, new: &NewCert<'_>) -> Result<(), Error> {
+        self.write_cert_entry(id, new)?;
+        let dir = self.request_dir(id);
+        atomic::remove_entry(&self.root, &dir).map_err(io_err(&dir))
+    }
+
+    /// Gives an existing certificate entry its private key.
+    pub fn attach_key(&mut self, id: &str, key_pem: &str) -> Result<(), Error> {
+        let path = self.cert_dir(id).join("key.pem");
+        atomic::replace_file(&self.root, &path, key_pem.as_bytes(), KEY_MODE).map_err(io_err(&path))
+    }
+
+    /// Moves `old`'s default roles and listener assignments to `new`, in one state write.
+    /// Returns what moved, in words.
+    pub fn replace(&mut self, old: &str, new: &str) -> Result<Vec<String>, Error> {
+        let mut state = self.state.clone();
+        let mut moved = Vec::new();
+        if state.default_id() == old {
+            state.default = (new != FACTORY_ID).then(|| new.to_owned());
+            moved.push("the default certificate".to_owned());
+        }
+        for (name, l) in &mut state.listeners {
+            if l.default.as_deref() == Some(old) {
+                l.default = Some(new.to_owned());
+                moved.push(format!("the default of listener {name}"));
+            }
+            if let Some(i) = l.assigned.iter().position(|a| a == old) {
+                if l.assigned.iter().any(|a| a == new) {
+                    l.assigned.remove(i);
+                } else {
+                    l.assigned[i] = new.to_owned();
+                }
+                moved.push(format!("the assignment to listener {name}"));
+            }
+        }
+        if !moved.is_empty() {
+            self.commit_state(state)?;
+        }
+        Ok(moved)
     }
 
     fn write_cert_entry(&self, id: &str, new: &NewCert<'_>) -> Result<(), Error> {
@@ -679,6 +845,32 @@ fn toml_text<T: Serialize>(value: &T) -> String {
 fn now_seconds() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_nanosecond(0).unwrap_or(now)
+}
+
+/// PEM text of one DER certificate.
+pub(crate) fn pem_cert(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+fn first_cert(pem: &str) -> Option<Vec<u8>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok().map(|c| c.to_vec())
+}
+
+/// Every certificate of a PEM file (chain.pem), as DER.
+fn all_certs(path: &Path, pem: &str) -> Result<Vec<Vec<u8>>, Error> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .map(|c| {
+            c.map(|c| c.to_vec())
+                .map_err(|e| Error::Damaged { path: path.to_owned(), reason: format!("bad PEM ({e})") })
+        })
+        .collect()
 }
 
 /// The one certificate of a `cert.pem`, as DER.

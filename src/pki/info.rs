@@ -34,6 +34,9 @@ pub struct CertInfo {
     pub self_issued: bool,
     /// The raw subjectPublicKey bits, to match against a private key.
     pub public_key_raw: Vec<u8>,
+    /// DER of the subject and issuer names, to link certificates into chains.
+    pub subject_raw: Vec<u8>,
+    pub issuer_raw: Vec<u8>,
 }
 
 /// Lowercase hex SHA-256 of DER bytes.
@@ -114,6 +117,8 @@ impl CertInfo {
             signature,
             is_ca: cert.is_ca(),
             public_key_raw: spki.subject_public_key.data.to_vec(),
+            subject_raw: cert.subject().as_raw().to_vec(),
+            issuer_raw: cert.issuer().as_raw().to_vec(),
         })
     }
 

@@ -92,8 +92,61 @@ impl PrivateKey {
         use rustls_pki_types::PrivateKeyDer;
         use rustls_pki_types::pem::PemObject;
         let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("not a PEM private key ({e})"))?;
-        let pair = KeyPair::try_from(&der).map_err(|e| format!("unsupported private key ({e})"))?;
+        Self::from_der(der.secret_der())
+    }
+
+    /// Reads an unencrypted private key in any of its DER encodings (PKCS#8 v1 or v2,
+    /// PKCS#1 RSA, SEC1 EC) and normalises it to PKCS#8 v1, the form every tool reads.
+    pub fn from_der(der: &[u8]) -> Result<Self, String> {
+        use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+        use aws_lc_rs::rsa::KeyPair as RsaKeyPair;
+        use aws_lc_rs::signature::{
+            ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, ECDSA_P521_SHA512_ASN1_SIGNING,
+            EcdsaKeyPair, Ed25519KeyPair,
+        };
+        let pkcs8: Vec<u8> = if let Ok(rsa) = RsaKeyPair::from_pkcs8(der).or_else(|_| RsaKeyPair::from_der(der)) {
+            let doc: Pkcs8V1Der<'_> = rsa.as_der().map_err(|_| "cannot re-encode the RSA key".to_owned())?;
+            doc.as_ref().to_vec()
+        } else if let Some(ec) =
+            [&ECDSA_P256_SHA256_ASN1_SIGNING, &ECDSA_P384_SHA384_ASN1_SIGNING, &ECDSA_P521_SHA512_ASN1_SIGNING]
+                .into_iter()
+                .find_map(|alg| EcdsaKeyPair::from_private_key_der(alg, der).ok())
+        {
+            ec.to_pkcs8v1().map_err(|_| "cannot re-encode the EC key".to_owned())?.as_ref().to_vec()
+        } else if let Ok(ed) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
+            ed.to_pkcs8v1().map_err(|_| "cannot re-encode the Ed25519 key".to_owned())?.as_ref().to_vec()
+        } else {
+            return Err(
+                "not a supported private key (RSA of 2048 bits or more, ECDSA P-256/P-384/P-521, or Ed25519)".into()
+            );
+        };
+        let pair = KeyPair::try_from(pkcs8.as_slice()).map_err(|e| format!("unsupported private key ({e})"))?;
         Ok(Self { pair })
+    }
+
+    /// The key as unencrypted PKCS#8 DER.
+    pub fn pkcs8_der(&self) -> &[u8] {
+        self.pair.serialized_der()
+    }
+
+    /// "RSA 2048", "ECDSA P-256", "Ed25519"...
+    pub fn describe(&self) -> String {
+        use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ECDSA_P521_SHA512, PKCS_ED25519};
+        let alg = self.pair.algorithm();
+        if alg == &PKCS_ECDSA_P256_SHA256 {
+            "ECDSA P-256".into()
+        } else if alg == &PKCS_ECDSA_P384_SHA384 {
+            "ECDSA P-384".into()
+        } else if alg == &PKCS_ECDSA_P521_SHA512 {
+            "ECDSA P-521".into()
+        } else if alg == &PKCS_ED25519 {
+            "Ed25519".into()
+        } else {
+            match aws_lc_rs::rsa::KeyPair::from_pkcs8(self.pkcs8_der()) {
+                Ok(rsa) => format!("RSA {}", rsa.public_modulus_len() * 8),
+                Err(_) => "RSA".into(),
+            }
+        }
     }
 
     /// PKCS#8 PEM ("PRIVATE KEY").

@@ -139,3 +139,22 @@ pub(crate) fn clean_staging(root: &Path) -> io::Result<Vec<String>> {
 pub(crate) fn open_lock(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(KEY_MODE).open(path)
 }
+
+/// Writes a file outside the store (an export) atomically: a temporary file in the
+/// same directory, fsynced, then linked into place (refusing to replace an existing file)
+/// or, with `overwrite`, renamed over it.
+pub(crate) fn write_file_at(target: &Path, bytes: &[u8], mode: u32, overwrite: bool) -> io::Result<()> {
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{}", unique_name(&format!("{name}.tmp"))));
+    write_synced(&tmp, bytes, mode)?;
+    let placed = if overwrite { fs::rename(&tmp, target) } else { fs::hard_link(&tmp, target) };
+    if !overwrite || placed.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    placed?;
+    fsync_dir(dir)
+}
