@@ -712,3 +712,139 @@ fn replace_moves_the_default_and_checks_names() {
     assert!(run.stderr.contains("keyless: private key from"), "{}", run.stderr);
     assert_eq!(env.list().iter().find(|c| c["id"] == "keyless").unwrap()["has_private_key"], true);
 }
+
+/// Signs `leaf.csr` with the intermediate for an arbitrary validity window, with
+/// `openssl ca` (the one openssl command that takes explicit dates in OpenSSL 3.0).
+fn sign_with_dates(p: &Pki, csr: &str, start: &str, end: &str, out: &str) {
+    fs::write(p.f("index.txt"), "").unwrap();
+    fs::write(p.f("serial"), "1000\n").unwrap();
+    let cnf = format!(
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\nnew_certs_dir = {}\nserial = {}\npolicy = any\ndefault_md = sha256\ncopy_extensions = copy\nunique_subject = no\n[any]\ncommonName = supplied\n",
+        p.f("index.txt"),
+        p.env.dir.path().display(),
+        p.f("serial")
+    );
+    fs::write(p.f("ca.cnf"), cnf).unwrap();
+    p.ossl(&[
+        "ca",
+        "-batch",
+        "-config",
+        p.f("ca.cnf"),
+        "-cert",
+        p.f("int.pem"),
+        "-keyfile",
+        p.f("int.key"),
+        "-in",
+        csr,
+        "-startdate",
+        start,
+        "-enddate",
+        end,
+        "-out",
+        out,
+    ]);
+}
+
+#[test]
+fn certificate_warnings_match_what_openssl_made() {
+    let p = Pki::new("ec");
+    let env = Env::initialised();
+    env.run(&["cert", "import", p.f("int.pem"), p.f("root.pem")]).ok();
+    let warnings_of = |file: &str| {
+        let v = env.run(&["--json", "cert", "import", file]).json();
+        v["certificates"][0]["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    sign_with_dates(&p, p.f("leaf.csr"), "20200101000000Z", "20210101000000Z", p.f("expired.pem"));
+    let w = warnings_of(p.f("expired.pem"));
+    assert!(w.iter().any(|w| w == "expired on 2021-01-01T00:00:00Z"), "{w:?}");
+    assert!(w.iter().any(|w| w == "no private key"), "{w:?}");
+    // The CA signed the request without SANs: that is flagged too.
+    assert!(w.iter().any(|w| w.starts_with("no subjectAltName")), "{w:?}");
+
+    sign_with_dates(&p, p.f("leaf.csr"), "20400101000000Z", "20410101000000Z", p.f("future.pem"));
+    let w = warnings_of(p.f("future.pem"));
+    assert!(w.iter().any(|w| w == "not valid before 2040-01-01T00:00:00Z"), "{w:?}");
+
+    p.ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        p.f("leaf.csr"),
+        "-CA",
+        p.f("int.pem"),
+        "-CAkey",
+        p.f("int.key"),
+        "-CAcreateserial",
+        "-days",
+        "10",
+        "-extfile",
+        p.f("leaf.ext"),
+        "-out",
+        p.f("soon.pem"),
+    ]);
+    let w = warnings_of(p.f("soon.pem"));
+    assert!(w.iter().any(|w| w == "expires in 10 days"), "{w:?}");
+    assert!(!w.iter().any(|w| w.contains("chain")), "the chain is complete: {w:?}");
+
+    // A weak self-signed certificate: RSA-1024 with SHA-1.
+    let (ok, _, err) = openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:1024",
+            "-sha1",
+            "-nodes",
+            "-keyout",
+            p.f("weak.key"),
+            "-out",
+            p.f("weak.pem"),
+            "-days",
+            "100",
+            "-subj",
+            "/CN=weak.example.test",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let w = warnings_of(p.f("weak.pem"));
+    assert!(w.iter().any(|w| w == "weak key: RSA 1024 bits (2048 at least)"), "{w:?}");
+    assert!(w.iter().any(|w| w == "weak signature: sha1WithRSAEncryption"), "{w:?}");
+}
+
+#[test]
+fn ber_pkcs7_from_a_streaming_signer_imports() {
+    let p = Pki::new("ec");
+    fs::write(p.f("data.txt"), "payload\n").unwrap();
+    // `openssl cms -stream` writes indefinite-length BER, as Windows tools do.
+    p.ossl(&[
+        "cms",
+        "-sign",
+        "-in",
+        p.f("data.txt"),
+        "-signer",
+        p.f("leaf.pem"),
+        "-inkey",
+        p.f("leaf.key"),
+        "-certfile",
+        p.f("chain.pem"),
+        "-outform",
+        "DER",
+        "-stream",
+        "-nodetach",
+        "-out",
+        p.f("ber.p7"),
+    ]);
+    let bytes = fs::read(p.f("ber.p7")).unwrap();
+    assert_eq!(&bytes[..2], &[0x30, 0x80], "openssl wrote definite-length DER, not BER");
+    let c = import_one(&p, &[p.f("ber.p7"), p.f("leaf.key")], false);
+    assert_eq!(c["fingerprint_sha256"], p.fingerprint(p.f("leaf.pem"), "PEM").as_str());
+    assert_eq!(c["chain"].as_array().unwrap().len(), 2);
+}
