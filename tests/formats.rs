@@ -544,6 +544,41 @@ fn csr_flow_with_chain_completed_later() {
     run.ok();
     assert!(run.stderr.contains("already in the store"), "{}", run.stderr);
     assert_eq!(env.tree(), before);
+
+    // Renewal with the same key: the CA signs the same request again, for longer. The
+    // renewed certificate becomes a new entry with the stored key and a later expiry.
+    p.ossl(&[
+        "x509",
+        "-req",
+        "-in",
+        p.f("ours.csr"),
+        "-CA",
+        p.f("int.pem"),
+        "-CAkey",
+        p.f("int.key"),
+        "-CAcreateserial",
+        "-days",
+        "60",
+        "-copy_extensions",
+        "copyall",
+        "-out",
+        p.f("renewed.pem"),
+    ]);
+    let run = env.run(&["--json", "cert", "import", p.f("renewed.pem")]);
+    let renewed = run.json()["certificates"][0].clone();
+    assert!(run.stderr.contains("uses the private key of certificate support-2027"), "{}", run.stderr);
+    assert_eq!(renewed["has_private_key"], true);
+    assert_eq!(renewed["warnings"], serde_json::json!([]));
+    assert_eq!(renewed["days_left"], 60);
+    let list = env.list();
+    assert_eq!(list.iter().filter(|c| c["issued_to"] == "support.example.test").count(), 2);
+    env.run(&["cert", "replace", "support-2027", renewed["id"].as_str().unwrap()]).ok();
+    env.run(&["cert", "delete", "support-2027"]).ok();
+    let key = env.store().join("certs").join(renewed["id"].as_str().unwrap()).join("key.pem");
+    assert_eq!(
+        p.pubkey_of_key(key.to_str().unwrap(), &[]),
+        p.ossl(&["x509", "-in", p.f("renewed.pem"), "-noout", "-pubkey"])
+    );
 }
 
 #[test]
