@@ -42,6 +42,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the proxy: listeners, admin endpoint; SIGHUP reloads, SIGTERM drains and exits
+    Run,
     /// Show the node: version, hostname, listeners, certificates in use with fingerprints
     Status,
     /// Validate the configuration and the store; print every problem
@@ -145,7 +147,37 @@ enum CertCommand {
         force: bool,
     },
     /// Make a certificate the default (served without SNI or for unknown names)
-    SetDefault { id: String },
+    #[command(
+        after_help = "Examples:\n  portcullis cert set-default support-site\n  portcullis cert set-default support-site --listener public"
+    )]
+    SetDefault {
+        id: String,
+        /// Set the default of this listener instead of the global one
+        #[arg(long, value_name = "NAME")]
+        listener: Option<String>,
+    },
+    /// Serve a certificate on listeners (a listener with assignments serves only those)
+    #[command(after_help = "Example:\n  portcullis cert assign support-site --listener public --listener internal")]
+    Assign {
+        id: String,
+        #[arg(long = "listener", value_name = "NAME", required = true)]
+        listeners: Vec<String>,
+    },
+    /// Stop serving a certificate on listeners
+    Unassign {
+        id: String,
+        #[arg(long = "listener", value_name = "NAME", required = true)]
+        listeners: Vec<String>,
+    },
+    /// Which certificate a listener serves for HOSTNAME, and why ("" for no SNI)
+    #[command(
+        after_help = "Examples:\n  portcullis cert which support.example.com\n  portcullis cert which '' --listener public"
+    )]
+    Which {
+        hostname: String,
+        #[arg(long, value_name = "NAME")]
+        listener: Option<String>,
+    },
     /// Delete a certificate or a pending request (never the factory default)
     Delete { id: String },
 }
@@ -245,9 +277,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let store_dir = cli.store.clone().unwrap_or_else(|| config.store_dir.clone());
     let ctx = Ctx { config, store_dir, json: cli.json };
     match cli.command {
-        None => {
-            eprintln!("note: the data plane is not built yet; showing the node's status");
-            status(&ctx)
+        None | Some(Command::Run) => {
+            init_tracing();
+            crate::daemon::run(crate::daemon::Inputs { config_path: cli.config, store_override: cli.store })?;
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::Status) => status(&ctx),
         Some(Command::CheckConfig) => check_config(&ctx),
@@ -362,7 +395,37 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
                 println!("{} replaces {}: moved {}", report.value.new, report.value.old, report.value.moved.join(", "));
             }
         }
-        CertCommand::SetDefault { id } => {
+        CertCommand::Assign { id, listeners } => assign(ctx, &id, &listeners, true)?,
+        CertCommand::Unassign { id, listeners } => assign(ctx, &id, &listeners, false)?,
+        CertCommand::Which { hostname, listener } => {
+            let store = ctx.open_store()?;
+            let w = ops::which(&store, &ctx.config, &hostname.to_ascii_lowercase(), listener.as_deref())?;
+            if ctx.json {
+                print_json(&w)?;
+            } else {
+                let shown = if w.hostname.is_empty() { "(no SNI)".to_owned() } else { w.hostname.clone() };
+                match (&w.id, &w.friendly_name) {
+                    (Some(id), Some(name)) => {
+                        println!("{shown} on listener {}: {id} ({name}): {}", w.listener, w.reason)
+                    }
+                    _ => println!("{shown} on listener {}: no certificate: {}", w.listener, w.reason),
+                }
+            }
+        }
+        CertCommand::SetDefault { id, listener: Some(listener) } => {
+            let mut store = ctx.open_store()?;
+            let report = ops::set_listener_default(&mut store, &ctx.config, &id, &listener)?;
+            tell(&report);
+            if ctx.json {
+                print_json(&report.value)?;
+            } else {
+                println!(
+                    "default certificate of listener {listener}: {} (was {})",
+                    report.value.id, report.value.previous
+                );
+            }
+        }
+        CertCommand::SetDefault { id, listener: None } => {
             let mut store = ctx.open_store()?;
             let report = ops::set_default(&mut store, &id)?;
             tell(&report);
@@ -384,6 +447,19 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn assign(ctx: &Ctx, id: &str, listeners: &[String], on: bool) -> Result<()> {
+    let mut store = ctx.open_store()?;
+    let report = ops::assign(&mut store, &ctx.config, id, listeners, on)?;
+    tell(&report);
+    if ctx.json {
+        print_json(&report.value)?;
+    } else if !report.value.changed.is_empty() {
+        let verb = if on { "now served on" } else { "no longer served on" };
+        println!("{} {verb} listener(s): {}", report.value.id, report.value.changed.join(", "));
+    }
+    Ok(())
 }
 
 fn status(ctx: &Ctx) -> Result<ExitCode> {
@@ -434,6 +510,20 @@ fn check_config(ctx: &Ctx) -> Result<ExitCode> {
     } else {
         Ok(ExitCode::from(1))
     }
+}
+
+/// Logs for the daemon: one line per event on stderr; RUST_LOG overrides the level.
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let ansi = io::stderr().is_terminal();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .try_init();
 }
 
 fn tell<T>(report: &Report<T>) {

@@ -18,10 +18,15 @@
 //! **Invariant:** `pki` never touches the file system; `store` is the only module that
 //! writes files, and only through `store::atomic`.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod ops;
 pub mod pki;
+pub mod proxy;
+pub mod snapshot;
+pub mod sni;
 pub mod store;
 
 /// The version printed by `--version` and `status`.

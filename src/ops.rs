@@ -247,6 +247,116 @@ pub struct DefaultChanged {
     pub previous: String,
 }
 
+fn check_listeners(config: &Config, listeners: &[String]) -> Result<(), Error> {
+    for name in listeners {
+        if !config.listeners.iter().any(|l| &l.name == name) {
+            let have: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+            return Err(flag(
+                "--listener",
+                format!("{name:?} is not a configured listener (configured: {})", have.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `cert set-default ID --listener NAME`: the listener's own default.
+pub fn set_listener_default(
+    store: &mut Store,
+    config: &Config,
+    key: &str,
+    listener: &str,
+) -> Result<Report<DefaultChanged>, Error> {
+    check_listeners(config, &[listener.to_owned()])?;
+    let (id, warnings) = servable(store, key)?;
+    let previous = store.set_listener_default(listener, Some(&id))?;
+    let mut report = Report::new(DefaultChanged { id, previous: previous.unwrap_or_else(|| "-".into()) });
+    report.warnings = warnings;
+    report.notes.push(format!("listener {listener} now serves only its assigned certificates and this default"));
+    Ok(report)
+}
+
+/// A certificate that can be served: exists, is not a request, has its key.
+fn servable(store: &Store, key: &str) -> Result<(String, Vec<String>), Error> {
+    let (kind, id) = store.resolve(key)?;
+    if kind == EntryKind::Request {
+        return Err(Error::WrongKind {
+            id,
+            reason: "is a pending request; import its signed certificate first, then use that",
+        });
+    }
+    let entry = store.read_cert(&id)?;
+    if !entry.key.has_key() {
+        return Err(Error::WrongKind { id, reason: "has no usable private key, so it cannot be served" });
+    }
+    let warnings = CertView::new(&entry, store.state(), OffsetDateTime::now_utc()).warnings;
+    Ok((id, warnings))
+}
+
+/// The outcome of `cert assign` / `cert unassign`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Assigned {
+    pub id: String,
+    pub changed: Vec<String>,
+}
+
+/// `cert assign ID --listener NAME...` (or unassign): which listeners serve the certificate.
+pub fn assign(
+    store: &mut Store,
+    config: &Config,
+    key: &str,
+    listeners: &[String],
+    assign: bool,
+) -> Result<Report<Assigned>, Error> {
+    check_listeners(config, listeners)?;
+    let (id, warnings) = if assign {
+        servable(store, key)?
+    } else {
+        let (_, id) = store.resolve(key)?;
+        (id, Vec::new())
+    };
+    let changed = store.assign(&id, listeners, assign)?;
+    let mut report = Report::new(Assigned { id: id.clone(), changed: changed.clone() });
+    report.warnings = warnings;
+    if changed.is_empty() {
+        report.notes.push(format!("{id}: nothing changed"));
+    }
+    Ok(report)
+}
+
+/// `cert which HOSTNAME`: the certificate a listener would serve, and why, through the
+/// same `CertMap` lookup as the handshake.
+#[derive(Clone, Debug, Serialize)]
+pub struct Which {
+    pub listener: String,
+    pub hostname: String,
+    pub id: Option<String>,
+    pub friendly_name: Option<String>,
+    pub reason: String,
+}
+
+pub fn which(store: &Store, config: &Config, hostname: &str, listener: Option<&str>) -> Result<Which, Error> {
+    let name = match listener {
+        Some(n) => {
+            check_listeners(config, &[n.to_owned()])?;
+            n.to_owned()
+        }
+        None => config.listeners.first().map(|l| l.name.clone()).unwrap_or_default(),
+    };
+    let shared = crate::snapshot::TlsShared::new().map_err(Error::Replace)?;
+    let snapshot = crate::snapshot::build(config, store, &shared, 0).map_err(Error::Replace)?;
+    let l = snapshot.listener(&name).ok_or_else(|| flag("--listener", format!("{name:?} is not configured")))?;
+    let sni = (!hostname.is_empty()).then_some(hostname);
+    let selection = l.certs.lookup(sni);
+    Ok(Which {
+        listener: name,
+        hostname: hostname.to_owned(),
+        id: selection.served().map(|s| s.id.to_string()),
+        friendly_name: selection.served().map(|s| s.friendly_name.to_string()),
+        reason: selection.reason(),
+    })
+}
+
 /// `cert set-default ID`.
 pub fn set_default(store: &mut Store, key: &str) -> Result<Report<DefaultChanged>, Error> {
     let (kind, id) = store.resolve(key)?;

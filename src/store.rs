@@ -725,6 +725,46 @@ impl Store {
         Ok(previous)
     }
 
+    /// Makes `id` the default of `listener` (`None` clears it); returns the previous one.
+    pub fn set_listener_default(&mut self, listener: &str, id: Option<&str>) -> Result<Option<String>, Error> {
+        let mut state = self.state.clone();
+        let entry = state.listeners.entry(listener.to_owned()).or_default();
+        let previous = std::mem::replace(&mut entry.default, id.map(str::to_owned));
+        if entry.default.is_none() && entry.assigned.is_empty() {
+            state.listeners.remove(listener);
+        }
+        self.commit_state(state)?;
+        Ok(previous)
+    }
+
+    /// Assigns (or with `assign = false` unassigns) `id` on each listener; returns the
+    /// listeners that changed.
+    pub fn assign(&mut self, id: &str, listeners: &[String], assign: bool) -> Result<Vec<String>, Error> {
+        let mut state = self.state.clone();
+        let mut changed = Vec::new();
+        for name in listeners {
+            let entry = state.listeners.entry(name.clone()).or_default();
+            let present = entry.assigned.iter().any(|a| a == id);
+            if assign && !present {
+                entry.assigned.push(id.to_owned());
+                changed.push(name.clone());
+            } else if !assign && (present || entry.default.as_deref() == Some(id)) {
+                entry.assigned.retain(|a| a != id);
+                if entry.default.as_deref() == Some(id) {
+                    entry.default = None;
+                }
+                changed.push(name.clone());
+            }
+            if entry.default.is_none() && entry.assigned.is_empty() {
+                state.listeners.remove(name);
+            }
+        }
+        if !changed.is_empty() {
+            self.commit_state(state)?;
+        }
+        Ok(changed)
+    }
+
     /// Deletes a certificate or request. A certificate's default role and listener
     /// assignments are dropped first, so a crash in between leaves no dangling reference.
     pub fn delete(&mut self, kind: EntryKind, id: &str) -> Result<Deleted, Error> {

@@ -1,0 +1,130 @@
+//! Every Prometheus metric: names and labels live in [`names`]; handles are registered
+//! when a snapshot is built (so the hot path only increments), and the few global ones
+//! are emitted through the helpers here. To add a metric: a constant in `names`, a
+//! `describe_*` line in [`describe`], and the emission site.
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+use crate::snapshot::Snapshot;
+
+pub mod names {
+    pub const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
+    pub const TLS_HANDSHAKE_DURATION: &str = "portcullis_tls_handshake_duration_seconds";
+    pub const SNI_SELECTIONS: &str = "portcullis_sni_selections_total";
+    pub const CONNECTIONS_ACTIVE: &str = "portcullis_connections_active";
+    pub const CONNECTIONS: &str = "portcullis_connections_total";
+    pub const CONNECTIONS_REFUSED: &str = "portcullis_connections_refused_total";
+    pub const BYTES: &str = "portcullis_bytes_total";
+    pub const HTTP_REQUESTS: &str = "portcullis_http_requests_total";
+    pub const UPSTREAM_ERRORS: &str = "portcullis_upstream_errors_total";
+    pub const CERTIFICATE_EXPIRY: &str = "portcullis_certificate_expiry_seconds";
+    pub const RELOADS: &str = "portcullis_reloads_total";
+
+    pub const LISTENER: &str = "listener";
+    pub const RESULT: &str = "result";
+    pub const DIRECTION: &str = "direction";
+    pub const ROUTE: &str = "route";
+    pub const STATUS: &str = "status";
+    pub const OUTCOME: &str = "outcome";
+}
+
+/// Help texts, once at start.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    use names::*;
+    describe_counter!(TLS_HANDSHAKES, "TLS handshakes by listener and result (ok, error, timeout)");
+    describe_histogram!(TLS_HANDSHAKE_DURATION, "Time from accept to a finished TLS handshake");
+    describe_counter!(
+        SNI_SELECTIONS,
+        "Certificate selections by outcome: matched, no_sni_default, no_sni_rejected, unknown_sni_default, unknown_sni_rejected"
+    );
+    describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open now");
+    describe_counter!(CONNECTIONS, "Client connections accepted");
+    describe_counter!(CONNECTIONS_REFUSED, "Connections closed at accept because the listener was at max_connections");
+    describe_counter!(BYTES, "Bytes from (in) and to (out) clients");
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status class");
+    describe_counter!(UPSTREAM_ERRORS, "Failed upstream connections and requests");
+    describe_gauge!(CERTIFICATE_EXPIRY, "Seconds until each stored certificate's not_after (negative once expired)");
+    describe_counter!(RELOADS, "Snapshot builds by result (ok, error)");
+}
+
+/// One listener's handles.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub handshake_ok: Counter,
+    pub handshake_error: Counter,
+    pub handshake_timeout: Counter,
+    pub handshake_duration: Histogram,
+    pub connections: Counter,
+    pub active: Gauge,
+    pub refused: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+}
+
+impl ListenerMetrics {
+    pub fn new(listener: &str) -> Self {
+        use names::*;
+        let l = listener.to_owned();
+        let hs = |result: &'static str| counter!(TLS_HANDSHAKES, LISTENER => l.clone(), RESULT => result);
+        Self {
+            handshake_ok: hs("ok"),
+            handshake_error: hs("error"),
+            handshake_timeout: hs("timeout"),
+            handshake_duration: histogram!(TLS_HANDSHAKE_DURATION, LISTENER => l.clone()),
+            connections: counter!(CONNECTIONS, LISTENER => l.clone()),
+            active: gauge!(CONNECTIONS_ACTIVE, LISTENER => l.clone()),
+            refused: counter!(CONNECTIONS_REFUSED, LISTENER => l.clone()),
+            bytes_in: counter!(BYTES, LISTENER => l.clone(), DIRECTION => "in"),
+            bytes_out: counter!(BYTES, LISTENER => l, DIRECTION => "out"),
+        }
+    }
+}
+
+/// SNI outcome counters of one listener.
+pub fn sni_counters(listener: &str) -> crate::sni::SniCounters {
+    use names::*;
+    let c = |outcome: &'static str| counter!(SNI_SELECTIONS, LISTENER => listener.to_owned(), OUTCOME => outcome);
+    crate::sni::SniCounters {
+        matched: c("matched"),
+        no_sni_default: c("no_sni_default"),
+        no_sni_rejected: c("no_sni_rejected"),
+        unknown_default: c("unknown_sni_default"),
+        unknown_rejected: c("unknown_sni_rejected"),
+    }
+}
+
+/// Per-route request counters by status class (1xx..5xx): registered once, so counting a
+/// request allocates nothing.
+#[derive(Clone)]
+pub struct RouteMetrics([Counter; 5]);
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> Self {
+        use names::*;
+        let c = |class: &'static str| counter!(HTTP_REQUESTS, ROUTE => route.to_owned(), STATUS => class);
+        Self([c("1xx"), c("2xx"), c("3xx"), c("4xx"), c("5xx")])
+    }
+
+    pub fn count(&self, status: u16) {
+        let i = usize::from(status / 100).clamp(1, 5) - 1;
+        self.0[i].increment(1);
+    }
+}
+
+pub fn upstream_error() {
+    counter!(names::UPSTREAM_ERRORS).increment(1);
+}
+
+pub fn reload(ok: bool) {
+    counter!(names::RELOADS, names::RESULT => if ok { "ok" } else { "error" }).increment(1);
+}
+
+/// Sets the expiry gauge of every certificate in the snapshot, relative to now.
+pub fn refresh_certificate_expiry(snapshot: &Snapshot) {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for c in &snapshot.certificates {
+        gauge!(names::CERTIFICATE_EXPIRY, "id" => c.id.to_string(), "friendly_name" => c.friendly_name.to_string())
+            .set((c.not_after - now) as f64);
+    }
+}

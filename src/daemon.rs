@@ -1,0 +1,128 @@
+//! `portcullis run`: starts the data plane and the admin listener from a first snapshot,
+//! reloads on SIGHUP, and drains on SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow};
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin;
+use crate::config::Config;
+use crate::snapshot::{self, Snapshot, TlsShared};
+use crate::store::Store;
+
+/// Where the daemon's inputs are, for reloads.
+pub struct Inputs {
+    pub config_path: Option<PathBuf>,
+    pub store_override: Option<PathBuf>,
+}
+
+impl Inputs {
+    fn load(&self) -> Result<(Config, PathBuf)> {
+        let config = Config::load(self.config_path.as_deref())?;
+        let store = self.store_override.clone().unwrap_or_else(|| config.store_dir.clone());
+        Ok((config, store))
+    }
+}
+
+fn build(config: &Config, store_dir: &std::path::Path, shared: &TlsShared, generation: u64) -> Result<Snapshot> {
+    // The lock is held only while reading, so CLI writers are never blocked for long.
+    let store = Store::open(store_dir)?;
+    let snapshot = snapshot::build(config, &store, shared, generation).map_err(|e| anyhow!(e))?;
+    for p in &snapshot.problems {
+        tracing::error!(problem = %p, "store problem");
+    }
+    Ok(snapshot)
+}
+
+/// Runs until SIGTERM or SIGINT, then drains in-flight connections.
+pub fn run(inputs: Inputs) -> Result<()> {
+    let (config, store_dir) = inputs.load()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all().thread_name("portcullis-worker");
+    if config.worker_threads > 0 {
+        rt.worker_threads(config.worker_threads);
+    }
+    let rt = rt.build().context("starting the runtime")?;
+    rt.block_on(serve(inputs, config, store_dir))
+}
+
+async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()> {
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    admin::metrics::describe();
+    let shared = TlsShared::new().map_err(|e| anyhow!("TLS session tickets: {e}"))?;
+    let first = build(&config, &store_dir, &shared, 1)?;
+    admin::metrics::reload(true);
+    let cell = Arc::new(ArcSwap::from_pointee(first));
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    for l in &config.listeners {
+        let limit = Arc::new(Semaphore::new(l.max_connections));
+        for addr in &l.bind {
+            let tcp =
+                TcpListener::bind(addr).await.with_context(|| format!("listener {}: cannot bind {addr}", l.name))?;
+            tracing::info!(listener = %l.name, %addr, "listening (https)");
+            eprintln!("listening: {} on https://{}", l.name, tcp.local_addr().unwrap_or(*addr));
+            tokio::spawn(crate::proxy::accept_loop(
+                tcp,
+                l.name.as_str().into(),
+                Arc::clone(&cell),
+                Arc::clone(&limit),
+                tracker.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
+    for addr in &config.http_listen {
+        let tcp = TcpListener::bind(addr).await.with_context(|| format!("[http] listen: cannot bind {addr}"))?;
+        eprintln!("listening: redirect to https on http://{addr}");
+        tokio::spawn(crate::proxy::redirect_loop(tcp, tracker.clone(), shutdown.clone()));
+    }
+    let admin_tcp = admin::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("[admin] listen: cannot bind {}", config.admin_listen))?;
+    eprintln!("listening: admin on http://{} (/metrics, /healthz)", config.admin_listen);
+    tokio::spawn(admin::serve(admin_tcp, prometheus, Arc::clone(&cell), shutdown.clone()));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut generation = 1;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                generation += 1;
+                let rebuilt = inputs.load().and_then(|(config, store)| build(&config, &store, &shared, generation));
+                match rebuilt {
+                    Ok(s) => {
+                        cell.store(Arc::new(s));
+                        admin::metrics::reload(true);
+                        tracing::info!(generation, "reloaded");
+                    }
+                    Err(e) => {
+                        admin::metrics::reload(false);
+                        tracing::error!(error = %format!("{e:#}"), "reload failed; still serving the last good configuration");
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("shutting down: draining connections (up to {}s)", config.drain_timeout.as_secs());
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
+        tracing::warn!("drain timeout: closing the remaining connections");
+    }
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! The data plane: listeners, the per-connection path (passthrough peek, TLS handshake,
+//! routing to a handler), the plain-HTTP redirect listener, and draining on shutdown.
+//!
+//! Per connection: one `ArcSwap` load at accept; the connection keeps that snapshot until
+//! it closes. No lock is taken; the certificate is chosen by the snapshot's `CertMap`.
+//!
+//! **Invariant:** `proxy` and `sni` never import `store`, `cli` or `config` loading; they
+//! see only `Snapshot`.
+
+pub mod handler;
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::snapshot::{ListenerSnap, Snapshot};
+use handler::{Body, ConnInfo, Handler, Peeked};
+
+/// The snapshot the data plane reads.
+pub type SnapshotCell = Arc<ArcSwap<Snapshot>>;
+
+/// Accepts on `listener` (bound for the configured listener `name`) until `shutdown`.
+pub async fn accept_loop(
+    listener: TcpListener,
+    name: Arc<str>,
+    cell: SnapshotCell,
+    limit: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let snapshot = cell.load_full();
+        let Some(index) = snapshot.listeners.iter().position(|l| *l.config.name == *name) else { continue };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            snapshot.listeners[index].metrics.refused.increment(1);
+            continue; // dropping `tcp` closes it
+        };
+        let _ = tcp.set_nodelay(true);
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let l = &snapshot.listeners[index];
+            l.metrics.connections.increment(1);
+            l.metrics.active.increment(1.0);
+            connection(&snapshot, index, tcp, peer, shutdown).await;
+            l.metrics.active.decrement(1.0);
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(
+    snapshot: &Arc<Snapshot>,
+    index: usize,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let l = &snapshot.listeners[index];
+    if l.has_passthrough {
+        match peek_sni(&tcp, l.config.handshake_timeout).await {
+            Some(Some(name)) => {
+                if let Some(route) = l.route(&name)
+                    && let Handler::Passthrough(p) = &route.handler
+                {
+                    let (up, down) = p.splice(tcp).await;
+                    l.metrics.bytes_in.increment(up);
+                    l.metrics.bytes_out.increment(down);
+                    return;
+                }
+            }
+            Some(None) => {}
+            None => return, // not TLS, or nothing arrived in time
+        }
+    }
+    let start = Instant::now();
+    let counted = Counted::new(tcp, l);
+    let acceptor = TlsAcceptor::from(Arc::clone(&l.tls));
+    let tls = match tokio::time::timeout(l.config.handshake_timeout, acceptor.accept(counted)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            l.metrics.handshake_error.increment(1);
+            tracing::debug!(listener = %l.config.name, %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            l.metrics.handshake_timeout.increment(1);
+            return;
+        }
+    };
+    l.metrics.handshake_ok.increment(1);
+    l.metrics.handshake_duration.record(start.elapsed().as_secs_f64());
+    let conn = ConnInfo { peer };
+    // Stream handlers are chosen by SNI; HTTP handlers per request by Host.
+    let sni_route = tls.get_ref().1.server_name().and_then(|sni| l.route(sni));
+    if let Some(route) = sni_route
+        && let Handler::Stream(h) = &route.handler
+    {
+        h.serve(Box::new(tls), conn).await;
+        return;
+    }
+    serve_http(snapshot, index, tls, conn, shutdown).await;
+}
+
+/// Reads the ClientHello with `peek` (nothing consumed) and returns its SNI:
+/// `Some(None)` for a hello without SNI, `None` if it is not TLS or did not arrive in time.
+async fn peek_sni(tcp: &TcpStream, timeout: Duration) -> Option<Option<String>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = vec![0u8; 16 * 1024 + 5];
+    loop {
+        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        match handler::parse_sni(&buf[..n]) {
+            Peeked::Hello(name) => return Some(name.map(str::to_ascii_lowercase)),
+            Peeked::NotTls => return None,
+            Peeked::Incomplete if n == buf.len() => return None,
+            // peek returns what is buffered; wait a moment for the rest of the record.
+            Peeked::Incomplete => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+async fn serve_http<I>(snapshot: &Arc<Snapshot>, index: usize, io: I, conn: ConnInfo, shutdown: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let l = &snapshot.listeners[index];
+    let snap = Arc::clone(snapshot);
+    let service = service_fn(move |req: Request<Incoming>| {
+        let l = &snap.listeners[index];
+        let route = request_host(&req).and_then(|h| l.routes.iter().position(|r| r.hosts.iter().any(|p| p.matches(h))));
+        let fut = route.and_then(|ri| match &l.routes[ri].handler {
+            Handler::Http(h) => Some((h.call(req, conn), ri)),
+            _ => None,
+        });
+        let snap = Arc::clone(&snap);
+        async move {
+            let resp: Response<Body> = match fut {
+                Some((f, ri)) => {
+                    let resp = f.await;
+                    snap.listeners[index].routes[ri].metrics.count(resp.status().as_u16());
+                    resp
+                }
+                None => {
+                    handler::text(StatusCode::MISDIRECTED_REQUEST, "421 Misdirected Request: no route for this host\n")
+                }
+            };
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(l.config.idle_timeout)
+        .max_buf_size(l.config.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(l.config.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(l.config.idle_timeout / 2))
+        .keep_alive_timeout(l.config.idle_timeout / 2);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// The request's host without port: :authority for HTTP/2, Host for HTTP/1.1. Borrowed:
+/// route matching is case-insensitive, so nothing is allocated.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()))?;
+    if let Some(v6) = raw.strip_prefix('[') {
+        return v6.split(']').next();
+    }
+    Some(match raw.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => raw,
+    })
+}
+
+/// The plain-HTTP listener: everything redirects to https on the same host.
+pub async fn redirect_loop(listener: TcpListener, tracker: TaskTracker, shutdown: CancellationToken) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+            () = shutdown.cancelled() => return,
+        };
+        tracker.spawn(async move {
+            let service = service_fn(|req: Request<Incoming>| {
+                let host = request_host(&req).unwrap_or_default();
+                let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let location = format!("https://{host}{path}");
+                let mut resp = handler::text(StatusCode::MOVED_PERMANENTLY, format!("moved to {location}\n"));
+                if let Ok(v) = location.parse() {
+                    resp.headers_mut().insert(hyper::header::LOCATION, v);
+                }
+                std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+/// A TCP stream that counts bytes locally and adds them to the listener's counters
+/// when dropped: no atomic per read or write.
+struct Counted {
+    inner: TcpStream,
+    read: u64,
+    written: u64,
+    bytes_in: metrics::Counter,
+    bytes_out: metrics::Counter,
+}
+
+impl Counted {
+    fn new(inner: TcpStream, l: &ListenerSnap) -> Self {
+        Self {
+            inner,
+            read: 0,
+            written: 0,
+            bytes_in: l.metrics.bytes_in.clone(),
+            bytes_out: l.metrics.bytes_out.clone(),
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.bytes_in.increment(self.read);
+        self.bytes_out.increment(self.written);
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        r
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
+        }
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.written += n as u64;
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,119 @@
+//! Handlers as plugins. Each handler type is one module: an options struct (serde, unknown
+//! keys rejected), a constructor that validates them, and an implementation of
+//! [`HttpHandler`] (answers requests after TLS) or [`StreamHandler`] (takes the byte
+//! stream). [`REGISTRY`] maps the `type` of a route's handler table to its constructor;
+//! adding a handler means adding a module and one line there.
+
+mod http_proxy;
+mod passthrough;
+mod redirect;
+mod static_page;
+mod tcp_proxy;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use passthrough::{Passthrough, Peeked, parse_sni};
+
+/// Body of every response we send.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A byte stream a handler can take over (TLS-terminated or raw).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What a handler knows about the request's connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+}
+
+/// Answers HTTP requests (HTTP/1.1 and HTTP/2 after TLS).
+pub trait HttpHandler: Send + Sync {
+    fn call(&self, req: Request<Incoming>, conn: ConnInfo) -> BoxFuture<Response<Body>>;
+}
+
+/// Takes over a TLS-terminated connection's byte stream.
+pub trait StreamHandler: Send + Sync {
+    fn serve(&self, io: Box<dyn Io>, conn: ConnInfo) -> BoxFuture<()>;
+}
+
+/// A built handler.
+#[derive(Clone)]
+pub enum Handler {
+    Http(Arc<dyn HttpHandler>),
+    Stream(Arc<dyn StreamHandler>),
+    /// Not terminated: the raw TLS bytes go to the upstream.
+    Passthrough(Arc<Passthrough>),
+}
+
+/// A handler type: its name in config and its constructor.
+pub struct Plugin {
+    pub name: &'static str,
+    pub build: fn(&toml::Table) -> Result<Handler, String>,
+}
+
+/// Every compiled-in handler type.
+pub static REGISTRY: &[Plugin] = &[
+    Plugin { name: "static", build: static_page::build },
+    Plugin { name: "redirect", build: redirect::build },
+    Plugin { name: "http_proxy", build: http_proxy::build },
+    Plugin { name: "tcp_proxy", build: tcp_proxy::build },
+    Plugin { name: "passthrough", build: passthrough::build },
+];
+
+/// Builds the handler a route's table describes.
+pub fn build(table: &toml::Table) -> Result<Handler, String> {
+    let ty = table.get("type").and_then(toml::Value::as_str).unwrap_or_default();
+    let plugin = REGISTRY.iter().find(|p| p.name == ty).ok_or_else(|| {
+        let names: Vec<&str> = REGISTRY.iter().map(|p| p.name).collect();
+        format!("type {ty:?} is not a handler (expected one of: {})", names.join(", "))
+    })?;
+    (plugin.build)(table)
+}
+
+/// Deserialises a handler's options (everything but `type`), naming the bad key.
+fn options<T: DeserializeOwned>(table: &toml::Table) -> Result<T, String> {
+    let mut t = table.clone();
+    t.remove("type");
+    toml::Value::Table(t).try_into().map_err(|e: toml::de::Error| e.message().trim().to_owned())
+}
+
+/// A complete response with a short text body.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static"));
+    resp
+}
+
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Upstream addresses: host:port, resolved when connecting.
+fn check_upstreams(upstreams: &[String]) -> Result<(), String> {
+    if upstreams.is_empty() {
+        return Err("upstreams: needs at least one host:port".into());
+    }
+    for u in upstreams {
+        let Some((host, port)) = u.rsplit_once(':') else {
+            return Err(format!("upstreams: {u:?} is not host:port"));
+        };
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!("upstreams: {u:?} is not host:port"));
+        }
+    }
+    Ok(())
+}

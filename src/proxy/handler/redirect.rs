@@ -1,0 +1,52 @@
+//! `redirect`: answers every request with a redirect to `to` plus the request's path.
+
+use hyper::{Response, StatusCode};
+use serde::Deserialize;
+
+use super::{Handler, HttpHandler};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    /// Target prefix, e.g. "https://www.example.com".
+    to: String,
+    #[serde(default = "permanent")]
+    status: u16,
+}
+
+fn permanent() -> u16 {
+    301
+}
+
+struct Redirect {
+    to: String,
+    status: StatusCode,
+}
+
+pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
+    let o: Options = super::options(table)?;
+    if !(o.to.starts_with("https://") || o.to.starts_with("http://")) {
+        return Err(format!("to: {:?} must start with https:// or http://", o.to));
+    }
+    if ![301, 302, 303, 307, 308].contains(&o.status) {
+        return Err(format!("status: {} is not a redirect status (301, 302, 303, 307, 308)", o.status));
+    }
+    let status = StatusCode::from_u16(o.status).map_err(|e| e.to_string())?;
+    Ok(Handler::Http(std::sync::Arc::new(Redirect { to: o.to.trim_end_matches('/').to_owned(), status })))
+}
+
+impl HttpHandler for Redirect {
+    fn call(
+        &self,
+        req: hyper::Request<hyper::body::Incoming>,
+        _conn: super::ConnInfo,
+    ) -> super::BoxFuture<Response<super::Body>> {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("{}{path}", self.to);
+        let mut resp = super::text(self.status, format!("moved to {location}\n"));
+        if let Ok(v) = location.parse() {
+            resp.headers_mut().insert(hyper::header::LOCATION, v);
+        }
+        Box::pin(std::future::ready(resp))
+    }
+}

@@ -1,0 +1,66 @@
+//! `tcp_proxy`: the TLS-terminated byte stream, copied both ways to an upstream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::net::TcpStream;
+
+use super::{ConnInfo, Handler, Io, StreamHandler};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Options {
+    upstream: String,
+    #[serde(default = "five")]
+    connect_timeout_secs: u64,
+}
+
+fn five() -> u64 {
+    5
+}
+
+pub(super) struct TcpProxy {
+    upstream: String,
+    connect_timeout: Duration,
+}
+
+pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
+    let o: Options = super::options(table)?;
+    super::check_upstreams(std::slice::from_ref(&o.upstream)).map_err(|e| e.replacen("upstreams", "upstream", 1))?;
+    Ok(Handler::Stream(Arc::new(TcpProxy {
+        upstream: o.upstream,
+        connect_timeout: Duration::from_secs(o.connect_timeout_secs.max(1)),
+    })))
+}
+
+/// Connects to `upstream` within `timeout`, counting failures.
+pub(super) async fn connect(upstream: &str, timeout: Duration) -> Option<TcpStream> {
+    match tokio::time::timeout(timeout, TcpStream::connect(upstream)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Some(s)
+        }
+        Ok(Err(e)) => {
+            crate::admin::metrics::upstream_error();
+            tracing::warn!(upstream, error = %e, "upstream connect failed");
+            None
+        }
+        Err(_) => {
+            crate::admin::metrics::upstream_error();
+            tracing::warn!(upstream, "upstream connect timed out");
+            None
+        }
+    }
+}
+
+impl StreamHandler for TcpProxy {
+    fn serve(&self, mut io: Box<dyn Io>, _conn: ConnInfo) -> super::BoxFuture<()> {
+        let upstream = self.upstream.clone();
+        let timeout = self.connect_timeout;
+        Box::pin(async move {
+            let Some(mut up) = connect(&upstream, timeout).await else { return };
+            let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
+        })
+    }
+}

@@ -1,0 +1,209 @@
+//! The `Snapshot`: everything the data plane needs, built whole by the control plane
+//! from the configuration and the store, validated, then published with one
+//! `ArcSwap::store`. Connections load it once at accept and keep it until they close.
+//!
+//! Which certificates a listener serves (state.toml): a listener with assignments serves
+//! only those, falling back to its own default (or its first assignment), like an
+//! appliance's IP addresses; a listener without assignments serves the global default,
+//! which is the factory default until `cert set-default` names another.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::server::{ProducesTickets, StoresServerSessions};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::admin::metrics::{self, ListenerMetrics, RouteMetrics};
+use crate::config::{self, Config, HostPattern};
+use crate::proxy::handler::{self, Handler};
+use crate::sni::{CertMap, CertMapBuilder, DefaultKind, Resolver, Served};
+use crate::store::{self, CertEntry, Store};
+
+/// A routed handler.
+pub struct Route {
+    pub hosts: Vec<HostPattern>,
+    pub handler: Handler,
+    /// "route[2]" or the built-in route: the metric label.
+    pub name: Arc<str>,
+    pub metrics: RouteMetrics,
+}
+
+/// One listener, ready to accept.
+pub struct ListenerSnap {
+    pub config: config::Listener,
+    pub certs: Arc<CertMap>,
+    pub tls: Arc<ServerConfig>,
+    pub routes: Vec<Route>,
+    pub has_passthrough: bool,
+    pub metrics: ListenerMetrics,
+}
+
+impl ListenerSnap {
+    /// The first route whose host patterns match `host` (lowercase, without port).
+    pub fn route(&self, host: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.hosts.iter().any(|h| h.matches(host)))
+    }
+}
+
+/// A certificate's identity and expiry, for the expiry gauge and status.
+pub struct CertSummary {
+    pub id: Arc<str>,
+    pub friendly_name: Arc<str>,
+    pub not_after: i64,
+}
+
+/// State shared by every snapshot, so TLS sessions survive reloads.
+#[derive(Clone)]
+pub struct TlsShared {
+    pub ticketer: Arc<dyn ProducesTickets>,
+    pub sessions: Arc<dyn StoresServerSessions>,
+}
+
+impl TlsShared {
+    pub fn new() -> Result<Self, String> {
+        Ok(Self {
+            // Rotating ticket keys (AWS-LC ticketer: a new key every 6 hours, the old one
+            // still accepted), and a bounded stateful cache for TLS 1.2 session ids.
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?,
+            sessions: rustls::server::ServerSessionMemoryCache::new(20_000),
+        })
+    }
+}
+
+pub struct Snapshot {
+    pub generation: u64,
+    pub listeners: Vec<ListenerSnap>,
+    pub certificates: Vec<CertSummary>,
+    /// Store entries that were skipped, and other things worth reporting.
+    pub problems: Vec<String>,
+}
+
+impl Snapshot {
+    pub fn listener(&self, name: &str) -> Option<&ListenerSnap> {
+        self.listeners.iter().find(|l| l.config.name == name)
+    }
+}
+
+fn certified_key(entry: &CertEntry, send_root: bool) -> Result<Arc<CertifiedKey>, String> {
+    let mut chain: Vec<CertificateDer<'static>> = entry.served_chain().into_iter().map(CertificateDer::from).collect();
+    if send_root && let Some(root) = &entry.chain.root {
+        chain.push(CertificateDer::from(root.der.clone()));
+    }
+    let key = entry.private_key().ok_or("no usable private key")?;
+    let key = PrivateKeyDer::try_from(key.pkcs8_der().to_vec()).map_err(|e| e.to_string())?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    CertifiedKey::from_der(chain, key, &provider).map(Arc::new).map_err(|e| e.to_string())
+}
+
+/// Builds a snapshot. Configuration errors (a route's handler options) fail the build;
+/// an unreadable store entry is skipped and reported in `problems`.
+pub fn build(config: &Config, store: &Store, shared: &TlsShared, generation: u64) -> Result<Snapshot, String> {
+    let source = config.source.as_ref().map_or("built-in configuration".to_owned(), |p| p.display().to_string());
+    let (entries, bad) = store.certs().map_err(|e| e.to_string())?;
+    let mut problems: Vec<String> = bad.iter().map(ToString::to_string).collect();
+    let by_id: HashMap<&str, &CertEntry> = entries.iter().map(|e| (e.id.as_str(), e)).collect();
+    let mut keys: HashMap<(String, bool), Option<Arc<CertifiedKey>>> = HashMap::new();
+    let mut served = |id: &str, send_root: bool, problems: &mut Vec<String>| -> Option<(Served, Vec<String>, i64)> {
+        let entry = by_id.get(id)?;
+        let key = keys
+            .entry((id.to_owned(), send_root))
+            .or_insert_with(|| match certified_key(entry, send_root) {
+                Ok(k) => Some(k),
+                Err(why) => {
+                    problems.push(format!("{}: not served: {why}", entry.dir.display()));
+                    None
+                }
+            })
+            .clone()?;
+        let s = Served { id: entry.id.as_str().into(), friendly_name: entry.meta.friendly_name.as_str().into(), key };
+        Some((s, entry.info.sans.clone(), entry.info.not_after.unix_timestamp()))
+    };
+    let state = store.state();
+    for name in state.listeners.keys() {
+        if !config.listeners.iter().any(|l| &l.name == name) {
+            problems.push(format!("state.toml: listener {name} has assignments but is not in the configuration"));
+        }
+    }
+
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut listeners = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        let mut builder = CertMapBuilder::new(l.no_sni, l.unknown_sni);
+        let assigned = state.listeners.get(&l.name);
+        let mut fallback: Option<(usize, DefaultKind)> = None;
+        if let Some(a) = assigned.filter(|a| !a.assigned.is_empty() || a.default.is_some()) {
+            let ids = a.default.iter().chain(a.assigned.iter());
+            for id in ids {
+                match served(id, l.send_root, &mut problems) {
+                    Some((s, names, not_after)) => {
+                        let i = builder.add(s, &names, not_after);
+                        fallback.get_or_insert((i, DefaultKind::Listener));
+                    }
+                    None => problems.push(format!("listener {}: assigned certificate {id} cannot be served", l.name)),
+                }
+            }
+        }
+        let map = match fallback {
+            Some((i, kind)) => builder.build_with(i, kind),
+            None => {
+                let global = state.default.as_deref().and_then(|id| served(id, l.send_root, &mut problems));
+                let (s, names, not_after, kind) = match global {
+                    Some((s, n, t)) => (s, n, t, DefaultKind::Global),
+                    None => {
+                        let (s, n, t) = served(store::FACTORY_ID, l.send_root, &mut problems).ok_or_else(|| {
+                            format!("the factory default certificate {} cannot be served", store::FACTORY_ID)
+                        })?;
+                        (s, n, t, DefaultKind::Factory)
+                    }
+                };
+                let i = builder.add(s, &names, not_after);
+                builder.build_with(i, kind)
+            }
+        };
+        let certs = Arc::new(map);
+
+        let mut routes = Vec::new();
+        for r in config.routes.iter().filter(|r| r.listener == l.name) {
+            let handler = handler::build(&r.handler).map_err(|e| format!("{source}: {}.handler: {e}", r.origin))?;
+            routes.push(Route {
+                hosts: r.hosts.clone(),
+                handler,
+                name: r.origin.as_str().into(),
+                metrics: RouteMetrics::new(&r.origin),
+            });
+        }
+        let has_passthrough = routes.iter().any(|r| matches!(r.handler, Handler::Passthrough(_)));
+        let has_http = routes.iter().any(|r| matches!(r.handler, Handler::Http(_)));
+
+        let resolver = Resolver { map: Arc::clone(&certs), counters: metrics::sni_counters(&l.name) };
+        let mut tls = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(resolver));
+        if has_http {
+            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        }
+        tls.ticketer = Arc::clone(&shared.ticketer);
+        tls.session_storage = Arc::clone(&shared.sessions);
+        listeners.push(ListenerSnap {
+            config: l.clone(),
+            certs,
+            tls: Arc::new(tls),
+            routes,
+            has_passthrough,
+            metrics: ListenerMetrics::new(&l.name),
+        });
+    }
+    let certificates = entries
+        .iter()
+        .map(|e| CertSummary {
+            id: e.id.as_str().into(),
+            friendly_name: e.meta.friendly_name.as_str().into(),
+            not_after: e.info.not_after.unix_timestamp(),
+        })
+        .collect();
+    Ok(Snapshot { generation, listeners, certificates, problems })
+}

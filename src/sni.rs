@@ -1,0 +1,346 @@
+//! Certificate selection by SNI: the `CertMap` of one listener and its rustls resolver.
+//!
+//! Order (DESIGN.md): the exact name, then a wildcard covering exactly one leftmost
+//! label, then the listener's default, the global default, the factory default. Names
+//! are stored lowercase; a lookup borrows the SNI and allocates nothing. Everything is
+//! validated when the map is built, never when it is read.
+//!
+//! **Invariant:** this module never touches the store or the config files; it sees only
+//! what `snapshot` hands it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use metrics::Counter;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::SniPolicy;
+
+/// A certificate ready to serve.
+pub struct Served {
+    pub id: Arc<str>,
+    pub friendly_name: Arc<str>,
+    pub key: Arc<CertifiedKey>,
+}
+
+impl fmt::Debug for Served {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Served").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// Why the fallback certificate was chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultKind {
+    /// `cert set-default ID --listener NAME`, or the first certificate assigned to it.
+    Listener,
+    /// `cert set-default ID`.
+    Global,
+    Factory,
+}
+
+/// Why SNI did not pick a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// The client sent no SNI.
+    NoSni,
+    /// The client sent a name no certificate of this listener covers.
+    Unknown,
+}
+
+impl Miss {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoSni => "no_sni",
+            Self::Unknown => "unknown_sni",
+        }
+    }
+}
+
+/// The answer of a lookup, shared by the handshake, metrics and `cert which`.
+#[derive(Debug)]
+pub enum Selection<'a> {
+    Exact(&'a Served),
+    Wildcard(&'a Served),
+    Default {
+        served: &'a Served,
+        kind: DefaultKind,
+        miss: Miss,
+    },
+    /// The listener's policy rejects this case: the handshake fails.
+    Rejected(Miss),
+}
+
+impl Selection<'_> {
+    pub fn served(&self) -> Option<&Served> {
+        match self {
+            Self::Exact(s) | Self::Wildcard(s) | Self::Default { served: s, .. } => Some(s),
+            Self::Rejected(_) => None,
+        }
+    }
+
+    /// One line for `cert which` and logs.
+    pub fn reason(&self) -> String {
+        let miss = |m: &Miss| match m {
+            Miss::NoSni => "no SNI",
+            Miss::Unknown => "no certificate covers the name",
+        };
+        match self {
+            Self::Exact(_) => "exact name match".into(),
+            Self::Wildcard(_) => "wildcard match".into(),
+            Self::Default { kind, miss: m, .. } => {
+                let kind = match kind {
+                    DefaultKind::Listener => "listener default",
+                    DefaultKind::Global => "global default",
+                    DefaultKind::Factory => "factory default",
+                };
+                format!("{kind} ({})", miss(m))
+            }
+            Self::Rejected(m) => format!("rejected by the listener's {} policy ({})", m.as_str(), miss(m)),
+        }
+    }
+}
+
+/// One listener's certificates by name.
+#[derive(Debug)]
+pub struct CertMap {
+    entries: Vec<Served>,
+    exact: HashMap<Box<str>, usize>,
+    /// Keyed by the parent domain: `*.example.com` is stored under `example.com`.
+    wildcard: HashMap<Box<str>, usize>,
+    default: usize,
+    default_kind: DefaultKind,
+    no_sni: SniPolicy,
+    unknown_sni: SniPolicy,
+}
+
+/// Builds a [`CertMap`]: add certificates, then choose the fallback.
+pub struct CertMapBuilder {
+    map: CertMap,
+    /// not_after (Unix seconds) of the entry that owns each name, so renewals win.
+    expiry: Vec<i64>,
+}
+
+impl CertMapBuilder {
+    pub fn new(no_sni: SniPolicy, unknown_sni: SniPolicy) -> Self {
+        Self {
+            map: CertMap {
+                entries: Vec::new(),
+                exact: HashMap::new(),
+                wildcard: HashMap::new(),
+                default: 0,
+                default_kind: DefaultKind::Factory,
+                no_sni,
+                unknown_sni,
+            },
+            expiry: Vec::new(),
+        }
+    }
+
+    /// Adds a certificate for its DNS `names`. When two certificates claim a name, the
+    /// one that expires later wins (a renewal before the old one is deleted).
+    pub fn add(&mut self, served: Served, names: &[String], not_after: i64) -> usize {
+        let index = self.map.entries.len();
+        self.map.entries.push(served);
+        self.expiry.push(not_after);
+        for name in names {
+            let name = name.to_ascii_lowercase();
+            let (table, key) = match name.strip_prefix("*.") {
+                Some(parent) => (&mut self.map.wildcard, parent.to_owned()),
+                None => (&mut self.map.exact, name),
+            };
+            match table.get(key.as_str()) {
+                Some(&other) if self.expiry[other] >= not_after => {}
+                _ => {
+                    table.insert(key.into_boxed_str(), index);
+                }
+            }
+        }
+        index
+    }
+
+    /// Finishes with `served` as the fallback certificate.
+    pub fn build(mut self, served: Served, kind: DefaultKind) -> CertMap {
+        let index = self.map.entries.iter().position(|e| e.id == served.id).unwrap_or_else(|| {
+            self.map.entries.push(served);
+            self.map.entries.len() - 1
+        });
+        self.map.default = index;
+        self.map.default_kind = kind;
+        self.map
+    }
+
+    /// Finishes with an already added entry as the fallback.
+    pub fn build_with(mut self, index: usize, kind: DefaultKind) -> CertMap {
+        self.map.default = index;
+        self.map.default_kind = kind;
+        self.map
+    }
+}
+
+/// Longest DNS name; longer SNI cannot match anything.
+const MAX_NAME: usize = 253;
+
+impl CertMap {
+    /// Selects the certificate for `sni`. Allocation-free: a name with upper-case
+    /// letters is lowered into a stack buffer.
+    pub fn lookup(&self, sni: Option<&str>) -> Selection<'_> {
+        let Some(name) = sni.filter(|n| !n.is_empty()) else { return self.fallback(Miss::NoSni) };
+        if name.len() > MAX_NAME {
+            return self.fallback(Miss::Unknown);
+        }
+        let mut buf = [0u8; MAX_NAME];
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            let lowered = &mut buf[..name.len()];
+            lowered.copy_from_slice(name.as_bytes());
+            lowered.make_ascii_lowercase();
+            match std::str::from_utf8(lowered) {
+                Ok(s) => s,
+                Err(_) => return self.fallback(Miss::Unknown),
+            }
+        } else {
+            name
+        };
+        if let Some(&i) = self.exact.get(name) {
+            return Selection::Exact(&self.entries[i]);
+        }
+        if let Some((label, parent)) = name.split_once('.')
+            && !label.is_empty()
+            && let Some(&i) = self.wildcard.get(parent)
+        {
+            return Selection::Wildcard(&self.entries[i]);
+        }
+        self.fallback(Miss::Unknown)
+    }
+
+    fn fallback(&self, miss: Miss) -> Selection<'_> {
+        let policy = match miss {
+            Miss::NoSni => self.no_sni,
+            Miss::Unknown => self.unknown_sni,
+        };
+        match policy {
+            SniPolicy::Reject => Selection::Rejected(miss),
+            SniPolicy::Default => {
+                Selection::Default { served: &self.entries[self.default], kind: self.default_kind, miss }
+            }
+        }
+    }
+
+    /// Every certificate this listener may serve.
+    pub fn entries(&self) -> &[Served] {
+        &self.entries
+    }
+}
+
+/// Counters of one listener's SNI outcomes, registered once when the snapshot is built
+/// so the handshake only increments.
+#[derive(Clone)]
+pub struct SniCounters {
+    pub matched: Counter,
+    pub no_sni_default: Counter,
+    pub no_sni_rejected: Counter,
+    pub unknown_default: Counter,
+    pub unknown_rejected: Counter,
+}
+
+/// The rustls hook: one map, no lock.
+pub struct Resolver {
+    pub map: Arc<CertMap>,
+    pub counters: SniCounters,
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver").finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let selection = self.map.lookup(hello.server_name());
+        let c = &self.counters;
+        match &selection {
+            Selection::Exact(_) | Selection::Wildcard(_) => c.matched.increment(1),
+            Selection::Default { miss: Miss::NoSni, .. } => c.no_sni_default.increment(1),
+            Selection::Default { miss: Miss::Unknown, .. } => c.unknown_default.increment(1),
+            Selection::Rejected(Miss::NoSni) => c.no_sni_rejected.increment(1),
+            Selection::Rejected(Miss::Unknown) => c.unknown_rejected.increment(1),
+        }
+        selection.served().map(|s| Arc::clone(&s.key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(id: &str) -> Served {
+        let key = crate::pki::KeyType::EcdsaP256.generate().unwrap();
+        let identity = crate::pki::IdentityRequest {
+            friendly_name: id.into(),
+            sans: vec![format!("{id}.test")],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let pem = crate::pki::self_signed(
+            &identity,
+            crate::pki::KeyType::EcdsaP256,
+            &key,
+            1,
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let der = pem::parse(pem).unwrap().into_contents();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let key = CertifiedKey::from_der(
+            vec![der.into()],
+            rustls_pki_types::PrivateKeyDer::try_from(key.pkcs8_der().to_vec()).unwrap(),
+            &provider,
+        )
+        .unwrap();
+        Served { id: id.into(), friendly_name: id.into(), key: Arc::new(key) }
+    }
+
+    fn map(no_sni: SniPolicy, unknown: SniPolicy) -> CertMap {
+        let mut b = CertMapBuilder::new(no_sni, unknown);
+        b.add(served("exact"), &["www.example.com".into(), "EXAMPLE.com".into()], 100);
+        b.add(served("wild"), &["*.example.com".into()], 100);
+        b.add(served("newer"), &["api.example.com".into()], 200);
+        b.add(served("older"), &["api.example.com".into()], 50);
+        b.build(served("fallback"), DefaultKind::Global)
+    }
+
+    fn check(map: &CertMap, sni: Option<&str>, want: &str, kind: &str) {
+        let sel = map.lookup(sni);
+        let got = sel.served().map_or("-", |s| &s.id);
+        let got_kind = match sel {
+            Selection::Exact(_) => "exact",
+            Selection::Wildcard(_) => "wildcard",
+            Selection::Default { .. } => "default",
+            Selection::Rejected(_) => "rejected",
+        };
+        assert_eq!((got, got_kind), (want, kind), "{sni:?}");
+    }
+
+    #[test]
+    fn selection_rules() {
+        let m = map(SniPolicy::Default, SniPolicy::Default);
+        check(&m, Some("www.example.com"), "exact", "exact");
+        check(&m, Some("WWW.Example.COM"), "exact", "exact");
+        check(&m, Some("example.com"), "exact", "exact");
+        check(&m, Some("foo.example.com"), "wild", "wildcard");
+        check(&m, Some("a.b.example.com"), "fallback", "default");
+        check(&m, Some("api.example.com"), "newer", "exact");
+        check(&m, Some("other.test"), "fallback", "default");
+        check(&m, None, "fallback", "default");
+        check(&m, Some(""), "fallback", "default");
+        check(&m, Some(&"a".repeat(300)), "fallback", "default");
+        let strict = map(SniPolicy::Reject, SniPolicy::Reject);
+        check(&strict, None, "-", "rejected");
+        check(&strict, Some("other.test"), "-", "rejected");
+        check(&strict, Some("foo.example.com"), "wild", "wildcard");
+    }
+}
