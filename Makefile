@@ -1,7 +1,7 @@
 # The test command of README.md. It installs the system packages the tests use as
 # oracles (openssl, curl) when they are missing, then runs every test against the real
 # binary, built with the failpoints feature so crash-safety tests can stop it mid-write.
-APT_PACKAGES := openssl curl
+APT_PACKAGES := openssl curl python3 testssl.sh
 
 .PHONY: test lint deps
 

@@ -162,3 +162,113 @@ pub fn epoch_of(openssl_date: &str) -> i64 {
 pub fn now_epoch() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
+
+/// A free loopback port (bound then released: a tiny race, acceptable in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until something accepts on 127.0.0.1:`port` (at most 10 s).
+pub fn wait_port(port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Proc {
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.0.id().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits (at most `secs`) for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<i32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "process did not exit in {secs}s");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Env {
+    /// Starts `portcullis run` with `config` (TOML text written to portcullis.toml) and
+    /// waits for every port in `ports`.
+    pub fn daemon(&self, config: &str, ports: &[u16]) -> Proc {
+        let path = self.write("portcullis.toml", config);
+        let log = fs::File::create(self.path("daemon.log")).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .arg("--store")
+            .arg(self.store())
+            .arg("run")
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let proc = Proc(child);
+        for p in ports {
+            wait_port(*p);
+        }
+        proc
+    }
+
+    pub fn daemon_log(&self) -> String {
+        fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    /// Starts tests/support/backend.py on a free port.
+    pub fn backend(&self) -> (Proc, u16) {
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/backend.py");
+        let child = Command::new("python3").arg(script).arg(port.to_string()).stdout(Stdio::null()).spawn().unwrap();
+        let proc = Proc(child);
+        wait_port(port);
+        (proc, port)
+    }
+}
+
+/// The subject CN of the certificate a TLS server on `port` presents for `sni`
+/// (`None`: no SNI), by `openssl s_client`; `None` when the handshake fails.
+pub fn served_cn(port: u16, sni: Option<&str>) -> Option<String> {
+    let connect = format!("127.0.0.1:{port}");
+    let mut args = vec!["s_client", "-connect", &connect, "-showcerts"];
+    match sni {
+        Some(name) => args.extend(["-servername", name]),
+        None => args.push("-noservername"),
+    }
+    let (_, out, _) = openssl(&args, Some(""));
+    let pem_start = out.find("-----BEGIN CERTIFICATE-----")?;
+    let pem_end = out.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+    let subject = openssl_ok(&["x509", "-noout", "-subject", "-nameopt", "multiline"], Some(&out[pem_start..pem_end]));
+    subject
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("commonName").map(|v| v.trim().trim_start_matches('=').trim().to_owned()))
+}
+
+/// Runs curl with `args`; returns (exit success, stdout).
+pub fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl (make test installs it)");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn finds_sni_in_a_real_client_hello() {
         let h = hello("Pass.Example.test");
-        assert_eq!(parse_sni(&h), Peeked::Hello(Some("pass.example.test")));
+        assert_eq!(parse_sni(&h), Peeked::Hello(Some("Pass.Example.test")), "as sent: the caller lowercases");
         assert_eq!(parse_sni(&h[..h.len() - 1]), Peeked::Incomplete);
         assert_eq!(parse_sni(&h[..3]), Peeked::Incomplete);
         assert_eq!(parse_sni(b"GET / HTTP/1.1\r\n"), Peeked::NotTls);

@@ -1,0 +1,365 @@
+//! The data plane against real clients: openssl s_client for certificate selection,
+//! curl over HTTP/1.1 and HTTP/2 through http_proxy to a real backend, passthrough to a
+//! backend TLS server, tcp_proxy to an echo server, and the admin metrics.
+
+// Fixtures are written by hand.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+
+use common::{Env, curl, free_port, openssl, served_cn, wait_port};
+
+fn cfg_arg(env: &Env) -> String {
+    env.path("portcullis.toml").display().to_string()
+}
+
+fn create(env: &Env, name: &str, extra: &[&str]) {
+    let mut args = vec!["cert", "create-self-signed", "--name", name];
+    args.extend_from_slice(extra);
+    env.run(&args).ok();
+}
+
+#[test]
+fn sni_selection_per_listener() {
+    let env = Env::initialised();
+    let (p1, p2, p3, admin) = (free_port(), free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[listener]]
+name = "public"
+bind = ["127.0.0.1:{p1}"]
+
+[[listener]]
+name = "strict"
+bind = ["127.0.0.1:{p2}"]
+no_sni = "reject"
+unknown_sni = "reject"
+
+[[listener]]
+name = "plain"
+bind = ["127.0.0.1:{p3}"]
+
+[[route]]
+listener = "public"
+hosts = ["*"]
+handler = {{ type = "static", body = "public" }}
+"#
+    );
+    env.write("portcullis.toml", &config);
+    let c = cfg_arg(&env);
+    create(&env, "Exact", &["--common-name", "www.example.test"]);
+    create(&env, "Wild", &["--san", "*.example.test"]);
+    create(&env, "Fallback A", &["--san", "fallback-a.example.test"]);
+    create(&env, "Global", &["--san", "global.example.test"]);
+    for (id, listeners) in [("exact", vec!["public", "strict"]), ("wild", vec!["public"])] {
+        let mut args = vec!["--config", &c, "cert", "assign", id];
+        for l in &listeners {
+            args.extend(["--listener", l]);
+        }
+        env.run(&args).ok();
+    }
+    env.run(&["--config", &c, "cert", "set-default", "fallback-a", "--listener", "public"]).ok();
+    // Listener names are checked against the configuration.
+    let run = env.run(&["--config", &c, "cert", "assign", "exact", "--listener", "nope"]);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("--listener: \"nope\" is not a configured listener"), "{}", run.stderr);
+    // `cert list` shows where each certificate is in use.
+    let list = env.list();
+    let listeners_of = |id: &str| list.iter().find(|c| c["id"] == id).unwrap()["listeners"].clone();
+    assert_eq!(listeners_of("exact"), serde_json::json!(["public", "strict"]));
+    assert_eq!(listeners_of("fallback-a"), serde_json::json!(["public"]));
+
+    let mut daemon = env.daemon(&config, &[p1, p2, p3, admin]);
+    // (listener, port, SNI, expected CN or None for a refused handshake, expected `cert which` reason)
+    type Case<'a> = (&'a str, u16, Option<&'a str>, Option<&'a str>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        ("public", p1, Some("www.example.test"), Some("www.example.test"), "exact name match"),
+        ("public", p1, Some("WWW.Example.TEST"), Some("www.example.test"), "exact name match"),
+        ("public", p1, Some("foo.example.test"), Some("Wild"), "wildcard match"),
+        (
+            "public",
+            p1,
+            Some("a.b.example.test"),
+            Some("Fallback A"),
+            "listener default (no certificate covers the name)",
+        ),
+        ("public", p1, Some("example.test"), Some("Fallback A"), "listener default"),
+        ("public", p1, Some("unknown.test"), Some("Fallback A"), "listener default"),
+        ("public", p1, None, Some("Fallback A"), "listener default (no SNI)"),
+        ("strict", p2, Some("www.example.test"), Some("www.example.test"), "exact name match"),
+        ("strict", p2, Some("foo.example.test"), None, "rejected by the listener's unknown_sni policy"),
+        ("strict", p2, None, None, "rejected by the listener's no_sni policy"),
+        ("plain", p3, Some("www.example.test"), Some("Portcullis Default"), "factory default"),
+        ("plain", p3, None, Some("Portcullis Default"), "factory default (no SNI)"),
+    ];
+    for (listener, port, sni, want, reason) in &cases {
+        assert_eq!(served_cn(*port, *sni).as_deref(), *want, "{listener} {sni:?}");
+        let which =
+            env.run(&["--config", &c, "--json", "cert", "which", sni.unwrap_or(""), "--listener", listener]).json();
+        assert!(which["reason"].as_str().unwrap().starts_with(reason), "{listener} {sni:?}: {which}");
+    }
+
+    // A global default takes over listeners without assignments, after a reload.
+    env.run(&["cert", "set-default", "global"]).ok();
+    daemon.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while served_cn(p3, None).as_deref() != Some("Global") {
+        assert!(std::time::Instant::now() < deadline, "the global default was not picked up:\n{}", env.daemon_log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(served_cn(p1, None).as_deref(), Some("Fallback A"), "assigned listeners keep their own default");
+
+    // TLS 1.1 is refused; TLS 1.2 and 1.3 work.
+    let connect = format!("127.0.0.1:{p1}");
+    let (ok, _, _) =
+        openssl(&["s_client", "-connect", &connect, "-tls1_1", "-servername", "www.example.test"], Some(""));
+    assert!(!ok, "TLS 1.1 handshake succeeded");
+    for v in ["-tls1_2", "-tls1_3"] {
+        let (_, out, _) = openssl(&["s_client", "-connect", &connect, v, "-servername", "www.example.test"], Some(""));
+        assert!(out.contains("Cipher is") && !out.contains("Cipher is (NONE)"), "{v}: {out}");
+    }
+
+    // Metrics count what happened.
+    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    let value = |needle: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{needle} not in:\n{metrics}"))
+    };
+    assert!(value("portcullis_tls_handshakes_total{listener=\"public\",result=\"ok\"}") >= 8.0);
+    assert!(value("portcullis_tls_handshakes_total{listener=\"strict\",result=\"error\"}") >= 2.0);
+    assert!(value("portcullis_sni_selections_total{listener=\"strict\",outcome=\"no_sni_rejected\"}") >= 1.0);
+    assert!(value("portcullis_sni_selections_total{listener=\"strict\",outcome=\"unknown_sni_rejected\"}") >= 1.0);
+    assert!(value("portcullis_sni_selections_total{listener=\"public\",outcome=\"unknown_sni_default\"}") >= 3.0);
+    assert!(value("portcullis_sni_selections_total{listener=\"public\",outcome=\"matched\"}") >= 3.0);
+    assert!(value("portcullis_connections_total{listener=\"public\"}") >= 8.0);
+    assert!(value("portcullis_bytes_total{listener=\"public\",direction=\"out\"}") > 1000.0);
+    assert!(value("portcullis_certificate_expiry_seconds{id=\"exact\",friendly_name=\"Exact\"}") > 364.0 * 86400.0);
+    assert!(value("portcullis_reloads_total{result=\"ok\"}") >= 2.0);
+    assert!(metrics.contains("portcullis_tls_handshake_duration_seconds"), "{metrics}");
+    assert!(metrics.contains("portcullis_connections_active{listener=\"public\"}"), "{metrics}");
+    let (ok, health) = curl(&[&format!("http://127.0.0.1:{admin}/healthz")]);
+    assert!(ok && health == "ok\n");
+
+    // SIGTERM: exits 0.
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(10), Some(0), "{}", env.daemon_log());
+}
+
+#[test]
+fn http_proxy_tcp_proxy_and_passthrough() {
+    let env = Env::initialised();
+    let (_backend, backend_port) = env.backend();
+    let (https, plain, admin) = (free_port(), free_port(), free_port());
+    // A TLS backend with its own certificate, for passthrough.
+    let tls_backend_port = free_port();
+    let bkey = env.path("backend.key").display().to_string();
+    let bcert = env.path("backend.pem").display().to_string();
+    common::openssl_ok(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &bkey,
+            "-out",
+            &bcert,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=backend.example.test",
+            "-addext",
+            "subjectAltName=DNS:pass.example.test",
+        ],
+        None,
+    );
+    let accept = tls_backend_port.to_string();
+    let _tls_backend = common::Proc(
+        std::process::Command::new("openssl")
+            .args(["s_server", "-accept", &accept, "-cert", &bcert, "-key", &bkey, "-www", "-quiet"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(tls_backend_port);
+    // An echo server, for tcp_proxy.
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in echo.incoming().take(4) {
+            let mut s = stream.unwrap();
+            let mut line = String::new();
+            BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+            s.write_all(format!("echo: {line}").as_bytes()).unwrap();
+        }
+    });
+    let dead_port = free_port();
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[http]
+listen = ["127.0.0.1:{plain}"]
+
+[[listener]]
+name = "public"
+bind = ["127.0.0.1:{https}"]
+
+[[route]]
+hosts = ["www.example.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{backend_port}"] }}
+
+[[route]]
+hosts = ["echo.example.test"]
+handler = {{ type = "tcp_proxy", upstream = "127.0.0.1:{echo_port}" }}
+
+[[route]]
+hosts = ["pass.example.test"]
+handler = {{ type = "passthrough", upstream = "127.0.0.1:{tls_backend_port}" }}
+
+[[route]]
+hosts = ["down.example.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{dead_port}"], connect_timeout_secs = 2 }}
+
+[[route]]
+hosts = ["old.example.test"]
+handler = {{ type = "redirect", to = "https://www.example.test", status = 308 }}
+"#
+    );
+    env.write("portcullis.toml", &config);
+    let c = cfg_arg(&env);
+    create(&env, "Site", &["--common-name", "www.example.test", "--san", "*.example.test"]);
+    env.run(&["--config", &c, "cert", "assign", "site", "--listener", "public"]).ok();
+    let site_pem = env.write("site.pem", env.run(&["cert", "show", "site", "--pem"]).ok());
+    let cacert = site_pem.display().to_string();
+    let mut daemon = env.daemon(&config, &[https, plain, admin]);
+    let resolve = |host: &str| format!("{host}:{https}:127.0.0.1");
+    let url = |host: &str, path: &str| format!("https://{host}:{https}{path}");
+
+    // HTTP/1.1 and HTTP/2, verified against our certificate, with forwarded headers and a
+    // 100 kB upload streamed through.
+    let upload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let upload_path = env.path("upload.bin");
+    std::fs::write(&upload_path, &upload).unwrap();
+    let data = format!("@{}", upload_path.display());
+    for version in ["--http1.1", "--http2"] {
+        let (ok, body) = curl(&[
+            version,
+            "--cacert",
+            &cacert,
+            "--resolve",
+            &resolve("www.example.test"),
+            "-H",
+            "Connection: x-client-hop",
+            "-H",
+            "X-Client-Hop: secret",
+            "-H",
+            "X-Forwarded-For: 203.0.113.9",
+            "--data-binary",
+            &data,
+            "-w",
+            "\n%{http_version} %{http_code}",
+            "-D",
+            "-",
+            &url("www.example.test", "/upload?x=1"),
+        ]);
+        assert!(ok, "{version}: curl failed: {body}\n{}", env.daemon_log());
+        let (head_and_json, tail) = body.rsplit_once('\n').unwrap();
+        let want_version = if version == "--http2" { "2" } else { "1.1" };
+        assert_eq!(tail, format!("{want_version} 200"), "{body}");
+        let json_start = head_and_json.find('{').unwrap();
+        let (head, json) = head_and_json.split_at(json_start);
+        assert!(!head.to_lowercase().contains("x-backend-hop"), "hop-by-hop response header leaked: {head}");
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["method"], "POST");
+        assert_eq!(v["path"], "/upload?x=1");
+        assert_eq!(v["body_len"], 100_000);
+        assert_eq!(v["body_sha256"], hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&upload)));
+        let h = &v["headers"];
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1", "{version}");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], format!("www.example.test:{https}"));
+        if version == "--http1.1" {
+            // (HTTP/2 has no Connection header: there X-Client-Hop is an ordinary header.)
+            assert!(h.get("x-client-hop").is_none(), "hop-by-hop request header leaked: {h}");
+        }
+    }
+
+    // Upstream down: 502 with a short body.
+    let (_, body) =
+        curl(&["-k", "--resolve", &resolve("down.example.test"), "-w", "%{http_code}", &url("down.example.test", "/")]);
+    assert!(body.ends_with("502") && body.contains("Bad Gateway"), "{body}");
+    // Unknown host on a listener without a catch-all route: 421.
+    let (_, body) = curl(&[
+        "-k",
+        "--resolve",
+        &resolve("nobody.example.test"),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url("nobody.example.test", "/"),
+    ]);
+    assert_eq!(body, "421");
+    // Redirect handler.
+    let (_, body) = curl(&[
+        "-k",
+        "--resolve",
+        &resolve("old.example.test"),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &url("old.example.test", "/a?b"),
+    ]);
+    assert_eq!(body, "308 https://www.example.test/a?b");
+    // The plain-HTTP listener redirects to https.
+    let (_, body) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-H",
+        "Host: www.example.test",
+        &format!("http://127.0.0.1:{plain}/x"),
+    ]);
+    assert_eq!(body, "301 https://www.example.test/x");
+
+    // tcp_proxy: TLS-terminated echo.
+    let connect = format!("127.0.0.1:{https}");
+    let (_, out, err) = openssl(
+        &["s_client", "-connect", &connect, "-servername", "echo.example.test", "-quiet", "-ign_eof"],
+        Some("hello tcp\n"),
+    );
+    assert!(out.contains("echo: hello tcp"), "{out}{err}");
+
+    // passthrough: the backend's own certificate reaches the client.
+    assert_eq!(served_cn(https, Some("pass.example.test")).as_deref(), Some("backend.example.test"));
+    assert_eq!(served_cn(https, Some("www.example.test")).as_deref(), Some("www.example.test"));
+
+    // SIGTERM drains: a slow request in flight completes, then the process exits 0.
+    let slow = std::thread::spawn({
+        let (cacert, resolve, url) = (cacert, resolve("www.example.test"), url("www.example.test", "/slow"));
+        move || curl(&["--cacert", &cacert, "--resolve", &resolve, "-w", "\n%{http_code}", &url])
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    daemon.signal("TERM");
+    let (ok, body) = slow.join().unwrap();
+    assert!(ok && body.ends_with("\n200"), "in-flight request was dropped: {body}");
+    assert_eq!(daemon.wait_exit(15), Some(0), "{}", env.daemon_log());
+}
