@@ -1,7 +1,8 @@
 # The test command of README.md. It installs the system packages the tests use as
-# oracles (openssl, curl) when they are missing, then runs every test against the real
+# oracles and peers (openssl, curl, python3 for a test backend, testssl.sh) when missing, then runs every test against the real
 # binary, built with the failpoints feature so crash-safety tests can stop it mid-write.
-APT_PACKAGES := openssl curl python3 testssl.sh
+# command:package pairs
+APT_PACKAGES := openssl:openssl curl:curl python3:python3 testssl:testssl.sh
 
 .PHONY: test lint deps
 
@@ -13,7 +14,7 @@ lint:
 	cargo clippy --all-targets --features failpoints -- -D warnings
 
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for cp in $(APT_PACKAGES); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

@@ -186,6 +186,8 @@ pub fn build(config: &Config, store: &Store, shared: &TlsShared, generation: u64
         if has_http {
             tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
+        // Our suite order (AEAD, strongest first) rather than the client's.
+        tls.ignore_client_order = true;
         tls.ticketer = Arc::clone(&shared.ticketer);
         tls.session_storage = Arc::clone(&shared.sessions);
         listeners.push(ListenerSnap {
