@@ -234,6 +234,34 @@ impl CertMap {
     }
 }
 
+/// A throwaway self-signed certificate as a `Served`, for benchmarks and tests.
+#[doc(hidden)]
+pub fn test_served(id: &str) -> Served {
+    let key_type = crate::pki::KeyType::EcdsaP256;
+    let key = key_type.generate().expect("keygen");
+    let identity = crate::pki::IdentityRequest {
+        friendly_name: id.into(),
+        sans: vec![format!("{id}.test")],
+        ..Default::default()
+    }
+    .validate()
+    .expect("valid identity");
+    let pem = crate::pki::self_signed(&identity, key_type, &key, 1, time::OffsetDateTime::now_utc()).expect("sign");
+    let der = pem::parse(pem).expect("pem").into_contents();
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let key_der = rustls_pki_types::PrivateKeyDer::try_from(key.pkcs8_der().to_vec()).expect("pkcs8");
+    let key = CertifiedKey::from_der(vec![der.into()], key_der, &provider).expect("certified key");
+    Served { id: id.into(), friendly_name: id.into(), key: Arc::new(key) }
+}
+
+impl Served {
+    /// The same certificate under another id (benchmarks with many entries).
+    #[doc(hidden)]
+    pub fn alias(&self, id: &str) -> Self {
+        Self { id: id.into(), friendly_name: id.into(), key: Arc::clone(&self.key) }
+    }
+}
+
 /// Counters of one listener's SNI outcomes, registered once when the snapshot is built
 /// so the handshake only increments.
 #[derive(Clone)]
@@ -277,31 +305,7 @@ mod tests {
     use super::*;
 
     fn served(id: &str) -> Served {
-        let key = crate::pki::KeyType::EcdsaP256.generate().unwrap();
-        let identity = crate::pki::IdentityRequest {
-            friendly_name: id.into(),
-            sans: vec![format!("{id}.test")],
-            ..Default::default()
-        }
-        .validate()
-        .unwrap();
-        let pem = crate::pki::self_signed(
-            &identity,
-            crate::pki::KeyType::EcdsaP256,
-            &key,
-            1,
-            time::OffsetDateTime::now_utc(),
-        )
-        .unwrap();
-        let der = pem::parse(pem).unwrap().into_contents();
-        let provider = rustls::crypto::aws_lc_rs::default_provider();
-        let key = CertifiedKey::from_der(
-            vec![der.into()],
-            rustls_pki_types::PrivateKeyDer::try_from(key.pkcs8_der().to_vec()).unwrap(),
-            &provider,
-        )
-        .unwrap();
-        Served { id: id.into(), friendly_name: id.into(), key: Arc::new(key) }
+        test_served(id)
     }
 
     fn map(no_sni: SniPolicy, unknown: SniPolicy) -> CertMap {
