@@ -496,6 +496,13 @@ fn check_config(ctx: &Ctx) -> Result<ExitCode> {
     problems.extend(bad_requests);
     let status = ops::status(&store, &ctx.config)?;
     problems.extend(status.problems.iter().filter(|p| p.starts_with("state.toml")).cloned());
+    // Build the snapshot the daemon would serve: handler options, keys, listeners.
+    match crate::snapshot::TlsShared::new().and_then(|shared| crate::snapshot::build(&ctx.config, &store, &shared, 0)) {
+        Ok(snapshot) => problems.extend(snapshot.problems),
+        Err(e) => problems.push(e),
+    }
+    problems.sort();
+    problems.dedup();
     for p in &problems {
         eprintln!("error: {p}");
     }

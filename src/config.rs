@@ -268,6 +268,9 @@ impl Config {
         }
         if !raw.listener.is_empty() {
             config.listeners.clear();
+        }
+        if !raw.listener.is_empty() || !raw.route.is_empty() {
+            // Configured routes replace the built-in welcome page.
             config.routes.clear();
         }
         for (i, l) in raw.listener.into_iter().enumerate() {

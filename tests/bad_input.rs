@@ -106,3 +106,26 @@ fn bad_config_names_file_line_and_key() {
     assert!(line.contains("portcullis.toml:6:1: unknown field `port`"), "{line}");
     assert_eq!(env.tree(), before);
 }
+
+#[test]
+fn example_config_is_valid_and_bad_handlers_are_named() {
+    let env = Env::initialised();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/portcullis.toml");
+    let run = env.run(&["--config", example, "check-config"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let cfg = env.write(
+        "bad.toml",
+        "[[listener]]\nname = \"x\"\nbind = [\"127.0.0.1:1\"]\n[[route]]\nhosts = [\"*\"]\nhandler = { type = \"http_proxy\", upstreams = [\"nohost\"] }\n",
+    );
+    let run = env.run(&["--config", cfg.to_str().unwrap(), "check-config"]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stderr.contains("bad.toml: route[0].handler: upstreams: \"nohost\" is not host:port"),
+        "{}",
+        run.stderr
+    );
+    let cfg = env.write("bad2.toml", "[[route]]\nhosts = [\"*\"]\nhandler = { type = \"teleport\" }\n");
+    let run = env.run(&["--config", cfg.to_str().unwrap(), "check-config"]);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("type \"teleport\" is not a handler"), "{}", run.stderr);
+}

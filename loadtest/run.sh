@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# loadtest/run.sh — Portcullis against HAProxy and nginx (Debian packages) in one run:
+# same certificate, same plain-HTTP backend, same CPU pinning, loopback only.
+#
+#   full_ecdsa  full TLS 1.3 handshakes/s, ECDSA P-256, one request per connection
+#   full_rsa    the same with RSA-2048
+#   resumed     ticket-resumed handshakes/s (ECDSA)
+#   keepalive   requests/s and p99 latency, 100-byte body, 64 keep-alive connections
+#   bulk        MB/s of 1 MiB bodies over 8 keep-alive connections
+#   rss         peak RSS (VmHWM) of the proxy's process tree
+#
+# Each proxy gets CPU $PROXY_CPU alone with one worker; the client (loadtest/client.rs,
+# rustls; h2load and wrk resume sessions, so they cannot measure full handshakes) and
+# the backend (nginx) share CPU $CLIENT_CPU. ROUNDS runs of everything, interleaved;
+# the table gives medians and Portcullis's ratio to the best peer.
+#
+# Usage: loadtest/run.sh            (ROUNDS=3 DURATION=8 WARMUP=2 by default)
+# Needs: apt-get install -y haproxy nginx; builds target/release/portcullis and the client.
+# Every load run stops by itself (WARMUP + DURATION seconds); every process started
+# here is stopped on exit.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+WARMUP=${WARMUP:-2}
+PROXY_CPU=${PROXY_CPU:-1}
+CLIENT_CPU=${CLIENT_CPU:-0}
+BASE_PORT=${BASE_PORT:-19080}
+PEERS=${PEERS:-"portcullis haproxy nginx"}
+OUT=${OUT:-/tmp/portcullis-loadtest.json}
+HOST=bench.test
+
+for c in taskset setsid nginx haproxy openssl curl awk; do
+    command -v "$c" >/dev/null || { echo "missing $c (apt-get install -y haproxy nginx openssl curl)" >&2; exit 1; }
+done
+(cd "$HERE" && cargo build --release --quiet --bin portcullis --example loadclient)
+CLIENT=$HERE/target/release/examples/loadclient
+TMP=$(mktemp -d /tmp/loadtest.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
+    sleep 0.3
+    for p in "${PIDS[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+log() { printf '[loadtest %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+start() { # CPU CMD... ; sets LAST
+    local cpu=$1; shift
+    setsid taskset -c "$cpu" "$@" >>"$TMP/procs.log" 2>&1 </dev/null &
+    LAST=$!
+    PIDS+=("$LAST")
+}
+stop() {
+    kill -TERM -- "-$1" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+tree() { # PID and descendants
+    awk -v root="$1" '{ pid=$1; sub(/^.*\) /, ""); pp[pid]=$2 } END { keep[root]=1; ch=1;
+        while (ch) { ch=0; for (p in pp) if (!(p in keep) && (pp[p] in keep)) { keep[p]=1; ch=1 } }
+        for (p in keep) if (p in pp) print p }' /proc/[0-9]*/stat 2>/dev/null
+}
+hwm_kb() { local t=0 v p; for p in $(tree "$1"); do v=$(awk '$1=="VmHWM:"{print $2}' "/proc/$p/status" 2>/dev/null || true); t=$((t + ${v:-0})); done; echo "$t"; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
+
+# Certificates and backend.
+for kind in ecdsa rsa; do
+    if [[ $kind == rsa ]]; then newkey=(-newkey rsa:2048); else newkey=(-newkey ec -pkeyopt ec_paramgen_curve:P-256); fi
+    openssl req -x509 "${newkey[@]}" -nodes -keyout "$TMP/$kind.key" -out "$TMP/$kind.crt" -days 7 \
+        -subj "/CN=$HOST" -addext "subjectAltName=DNS:$HOST" 2>/dev/null
+    cat "$TMP/$kind.crt" "$TMP/$kind.key" >"$TMP/$kind.pem"
+done
+mkdir -p "$TMP/backend/www"
+head -c 1048576 /dev/zero | tr '\0' 'b' >"$TMP/backend/www/1m"
+head -c 100 /dev/zero | tr '\0' 'x' >"$TMP/backend/www/small"
+USER_LINE=""; [[ $EUID == 0 ]] && USER_LINE="user root;"
+temp_paths() { echo "client_body_temp_path $1/cb; proxy_temp_path $1/pt; fastcgi_temp_path $1/ft; uwsgi_temp_path $1/ut; scgi_temp_path $1/st;"; }
+cat >"$TMP/backend/nginx.conf" <<NGINX
+$USER_LINE
+daemon off; worker_processes 1; pid $TMP/backend/nginx.pid; error_log $TMP/backend/error.log error;
+events { worker_connections 4096; }
+http { access_log off; $(temp_paths "$TMP/backend") sendfile on; keepalive_requests 10000000; keepalive_timeout 120s;
+  server { listen 127.0.0.1:$BASE_PORT backlog=4096; root $TMP/backend/www; default_type application/octet-stream; } }
+NGINX
+start "$CLIENT_CPU" nginx -e "$TMP/backend/error.log" -p "$TMP/backend" -c "$TMP/backend/nginx.conf"
+wait_port "$BASE_PORT"
+BACKEND=127.0.0.1:$BASE_PORT
+
+peer_start() { # NAME KIND PORT
+    local name=$1 kind=$2 port=$3 dir=$TMP/$1-$2
+    mkdir -p "$dir"
+    case $name in
+    portcullis)
+        start "$PROXY_CPU" "$HERE/loadtest/portcullis-peer.sh" "$port" "$TMP/$kind.crt" "$TMP/$kind.key" "$BACKEND" 1 "$dir" ;;
+    haproxy)
+        cat >"$dir/haproxy.cfg" <<HAP
+global
+    nbthread 1
+    maxconn 20000
+    tune.ssl.default-dh-param 2048
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:$port ssl crt $TMP/$kind.pem alpn http/1.1
+    default_backend be
+backend be
+    server s1 $BACKEND
+HAP
+        start "$PROXY_CPU" haproxy -db -f "$dir/haproxy.cfg" ;;
+    nginx)
+        cat >"$dir/nginx.conf" <<NGX
+$USER_LINE
+daemon off; worker_processes 1; pid $dir/nginx.pid; error_log $dir/error.log error;
+events { worker_connections 20000; }
+http { access_log off; $(temp_paths "$dir") keepalive_requests 10000000;
+  upstream be { server $BACKEND; keepalive 64; }
+  ssl_session_cache shared:SSL:10m; ssl_session_tickets on;
+  server { listen 127.0.0.1:$port ssl backlog=4096; ssl_certificate $TMP/$kind.crt; ssl_certificate_key $TMP/$kind.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+NGX
+        start "$PROXY_CPU" nginx -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" ;;
+    esac
+    wait_port "$port"
+    curl -sfk --resolve "$HOST:$port:127.0.0.1" -o /dev/null "https://$HOST:$port/small" || { echo "$name did not proxy" >&2; exit 1; }
+}
+
+run_client() { # MODE PORT CONNS [PATH]
+    taskset -c "$CLIENT_CPU" timeout $((WARMUP + DURATION + 10)) "$CLIENT" "$1" "127.0.0.1:$2" "$HOST" "$3" "$WARMUP" "$DURATION" "${4:-/small}"
+}
+
+: >"$TMP/results"
+port=$((BASE_PORT + 100))
+for round in $(seq "$ROUNDS"); do
+    for name in $PEERS; do
+        for kind in ecdsa rsa; do
+            port=$((port + 1))
+            peer_start "$name" "$kind" "$port"
+            pid=$LAST
+            log "round $round: $name ($kind) on :$port"
+            r=$(run_client full "$port" 32); echo "$round $name full_$kind $r" >>"$TMP/results"
+            if [[ $kind == ecdsa ]]; then
+                r=$(run_client resumed "$port" 32); echo "$round $name resumed $r" >>"$TMP/results"
+                r=$(run_client keepalive "$port" 64); echo "$round $name keepalive $r" >>"$TMP/results"
+                r=$(run_client bulk "$port" 8 /1m); echo "$round $name bulk $r" >>"$TMP/results"
+                echo "$round $name rss {\"rss_kb\":$(hwm_kb "$pid")}" >>"$TMP/results"
+            fi
+            stop "$pid"
+        done
+    done
+done
+cp "$TMP/results" "$OUT.raw"
+# Medians per (peer, test) and ratios to the best peer.
+awk -v peers="$PEERS" '
+function field(s, k,   m) { if (match(s, "\"" k "\":[0-9.]+")) { m = substr(s, RSTART, RLENGTH); sub(/.*:/, "", m); return m + 0 } return -1 }
+function median(arr, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (arr[j] < arr[i]) { t = arr[i]; arr[i] = arr[j]; arr[j] = t } return arr[int((n + 1) / 2)] }
+{ peer = $2; test = $3; line = $0
+  if (test == "rss") { v = field(line, "rss_kb") / 1024; key = peer SUBSEP "rss_mb" }
+  else if (test == "bulk") { v = field(line, "mb_per_s"); key = peer SUBSEP test }
+  else { v = field(line, "rate"); key = peer SUBSEP test }
+  n[key]++; vals[key, n[key]] = v
+  if (test == "keepalive") { k2 = peer SUBSEP "p99_ms"; n[k2]++; vals[k2, n[k2]] = field(line, "p99_ms") }
+  if (test == "resumed") { k3 = peer SUBSEP "resumed_share"; n[k3]++; vals[k3, n[k3]] = (field(line, "requests") > 0 ? field(line, "resumed") / field(line, "requests") : 0) } }
+END {
+  split("full_ecdsa full_rsa resumed resumed_share keepalive p99_ms bulk rss_mb", tests, " ")
+  np = split(peers, P, " ")
+  printf "%-14s", "test"; for (i = 1; i <= np; i++) printf "%14s", P[i]; printf "%16s\n", "portcullis/best"
+  for (t = 1; t <= 8; t++) { test = tests[t]; printf "%-14s", test; best = -1
+    for (i = 1; i <= np; i++) { key = P[i] SUBSEP test; m = 0
+      if (n[key] > 0) { delete a; for (j = 1; j <= n[key]; j++) a[j] = vals[key, j]; m = median(a, n[key]) }
+      med[P[i]] = m; printf "%14.2f", m
+      if (P[i] != "portcullis") { lower = (test == "p99_ms" || test == "rss_mb"); if (best < 0 || (lower ? m < best : m > best)) best = m } }
+    printf "%16s\n", (best > 0 ? sprintf("%.2fx", med["portcullis"] / best) : "-") } }' "$TMP/results" | tee "$OUT"
+log "raw results: $OUT.raw; table: $OUT"
