@@ -25,7 +25,7 @@ fn lookups(c: &mut Criterion) {
     let mut group = c.benchmark_group("sni_lookup");
     for n in [1usize, 10_000, 100_000] {
         let m = map(n);
-        let exact = format!("host0.tenant0.example.com");
+        let exact = "host0.tenant0.example.com".to_string();
         let wild = format!("www.tenant{}.example.com", if n > 1 { n - 1 } else { 1 });
         group.bench_with_input(BenchmarkId::new("exact", n), &exact, |b, name| {
             b.iter(|| black_box(m.lookup(Some(black_box(name)))).served().is_some())
