@@ -18,6 +18,7 @@ use crate::snapshot::{self, Snapshot, TlsShared};
 use crate::store::Store;
 
 /// Where the daemon's inputs are, for reloads.
+#[derive(Clone)]
 pub struct Inputs {
     pub config_path: Option<PathBuf>,
     pub store_override: Option<PathBuf>,
@@ -103,7 +104,13 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
             _ = int.recv() => break,
             _ = hup.recv() => {
                 generation += 1;
-                let rebuilt = inputs.load().and_then(|(config, store)| build(&config, &store, &shared, generation));
+                // Reading files and parsing keys is blocking work: keep it off the workers.
+                let (inputs, shared) = (inputs.clone(), shared.clone());
+                let rebuilt = tokio::task::spawn_blocking(move || {
+                    inputs.load().and_then(|(config, store)| build(&config, &store, &shared, generation))
+                })
+                .await
+                .unwrap_or_else(|e| Err(anyhow!("reload task failed: {e}")));
                 match rebuilt {
                     Ok(s) => {
                         cell.store(Arc::new(s));
