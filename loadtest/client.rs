@@ -58,6 +58,35 @@ impl ServerCertVerifier for AcceptAll {
     }
 }
 
+/// A ticket store for one server that keeps many tickets: rustls's default keeps 8 per
+/// server, which 32 concurrent connections drain, turning some "resumed" runs into full
+/// handshakes for servers that send their tickets after the client's Finished (rustls)
+/// rather than with their own (OpenSSL).
+#[derive(Debug, Default)]
+struct ManyTickets(std::sync::Mutex<std::collections::VecDeque<rustls::client::Tls13ClientSessionValue>>);
+
+impl rustls::client::ClientSessionStore for ManyTickets {
+    fn set_kx_hint(&self, _: ServerName<'static>, _: rustls::NamedGroup) {}
+    fn kx_hint(&self, _: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        None
+    }
+    fn set_tls12_session(&self, _: ServerName<'static>, _: rustls::client::Tls12ClientSessionValue) {}
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        None
+    }
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {}
+    fn insert_tls13_ticket(&self, _: ServerName<'static>, value: rustls::client::Tls13ClientSessionValue) {
+        let mut q = self.0.lock().unwrap();
+        if q.len() >= 4096 {
+            q.pop_front();
+        }
+        q.push_back(value);
+    }
+    fn take_tls13_ticket(&self, _: &ServerName<'static>) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.0.lock().unwrap().pop_back()
+    }
+}
+
 fn config(resume: bool) -> Arc<ClientConfig> {
     use rustls::crypto::aws_lc_rs as p;
     let mut provider = p::default_provider();
@@ -71,9 +100,11 @@ fn config(resume: bool) -> Arc<ClientConfig> {
         .with_custom_certificate_verifier(Arc::new(AcceptAll(schemes)))
         .with_no_client_auth();
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    if !resume {
-        c.resumption = rustls::client::Resumption::disabled();
-    }
+    c.resumption = if resume {
+        rustls::client::Resumption::store(Arc::new(ManyTickets::default()))
+    } else {
+        rustls::client::Resumption::disabled()
+    };
     Arc::new(c)
 }
 

@@ -33,6 +33,7 @@ HOST=bench.test
 for c in taskset setsid nginx haproxy openssl curl awk; do
     command -v "$c" >/dev/null || { echo "missing $c (apt-get install -y haproxy nginx openssl curl)" >&2; exit 1; }
 done
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true   # HAProxy wants 2 fds per maxconn
 (cd "$HERE" && cargo build --release --quiet --bin portcullis --example loadclient)
 CLIENT=$HERE/target/release/examples/loadclient
 TMP=$(mktemp -d /tmp/loadtest.XXXXXX)
@@ -98,7 +99,7 @@ peer_start() { # NAME KIND PORT
         cat >"$dir/haproxy.cfg" <<HAP
 global
     nbthread 1
-    maxconn 20000
+    maxconn 8000
     tune.ssl.default-dh-param 2048
 defaults
     mode http

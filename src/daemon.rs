@@ -55,9 +55,26 @@ pub fn run(inputs: Inputs) -> Result<()> {
 }
 
 async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()> {
+    // Buckets make the handshake duration a Prometheus histogram: fixed memory, where
+    // the exporter's default summary keeps every sample until the next upkeep.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(admin::metrics::names::TLS_HANDSHAKE_DURATION.into()),
+            admin::metrics::HANDSHAKE_BUCKETS,
+        )
+        .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    {
+        let handle = prometheus.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     admin::metrics::describe();
     let shared = TlsShared::new().map_err(|e| anyhow!("TLS session tickets: {e}"))?;
     let first = build(&config, &store_dir, &shared, 1)?;

@@ -28,6 +28,10 @@ pub mod names {
     pub const OUTCOME: &str = "outcome";
 }
 
+/// Upper bounds (seconds) of the handshake duration histogram.
+pub const HANDSHAKE_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
 /// Help texts, once at start.
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
