@@ -45,9 +45,14 @@ fn build(config: &Config, store_dir: &std::path::Path, shared: &TlsShared, gener
 /// Runs until SIGTERM or SIGINT, then drains in-flight connections.
 pub fn run(inputs: Inputs) -> Result<()> {
     let (config, store_dir) = inputs.load()?;
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime, without the work-stealing machinery.
+    let mut rt = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     rt.enable_all().thread_name("portcullis-worker");
-    if config.worker_threads > 0 {
+    if config.worker_threads > 1 {
         rt.worker_threads(config.worker_threads);
     }
     let rt = rt.build().context("starting the runtime")?;
