@@ -765,6 +765,23 @@ impl Store {
         Ok(changed)
     }
 
+    /// Assigns many certificates to one listener in a single state write (bulk setups).
+    pub fn assign_all(&mut self, listener: &str, ids: &[String]) -> Result<usize, Error> {
+        let mut state = self.state.clone();
+        let entry = state.listeners.entry(listener.to_owned()).or_default();
+        let before = entry.assigned.len();
+        for id in ids {
+            if !entry.assigned.contains(id) {
+                entry.assigned.push(id.clone());
+            }
+        }
+        let added = entry.assigned.len() - before;
+        if added > 0 {
+            self.commit_state(state)?;
+        }
+        Ok(added)
+    }
+
     /// Deletes a certificate or request. A certificate's default role and listener
     /// assignments are dropped first, so a crash in between leaves no dangling reference.
     pub fn delete(&mut self, kind: EntryKind, id: &str) -> Result<Deleted, Error> {

@@ -102,6 +102,28 @@ pub fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into()).map_err(|never| match never {}).boxed()
 }
 
+/// Options of the stream handlers (`tcp_proxy`, `passthrough`): one upstream.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamOptions {
+    upstream: String,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout_secs: u64,
+}
+
+fn default_connect_timeout() -> u64 {
+    5
+}
+
+impl StreamOptions {
+    /// Parses and checks the options; returns the upstream and the connect timeout.
+    fn parse(table: &toml::Table) -> Result<(String, std::time::Duration), String> {
+        let o: Self = options(table)?;
+        check_upstreams(std::slice::from_ref(&o.upstream)).map_err(|e| e.replacen("upstreams", "upstream", 1))?;
+        Ok((o.upstream, std::time::Duration::from_secs(o.connect_timeout_secs.max(1))))
+    }
+}
+
 /// Upstream addresses: host:port, resolved when connecting.
 fn check_upstreams(upstreams: &[String]) -> Result<(), String> {
     if upstreams.is_empty() {

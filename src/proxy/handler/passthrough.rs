@@ -5,22 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use super::Handler;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Options {
-    upstream: String,
-    #[serde(default = "five")]
-    connect_timeout_secs: u64,
-}
-
-fn five() -> u64 {
-    5
-}
 
 pub struct Passthrough {
     upstream: String,
@@ -28,12 +15,8 @@ pub struct Passthrough {
 }
 
 pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
-    let o: Options = super::options(table)?;
-    super::check_upstreams(std::slice::from_ref(&o.upstream)).map_err(|e| e.replacen("upstreams", "upstream", 1))?;
-    Ok(Handler::Passthrough(Arc::new(Passthrough {
-        upstream: o.upstream,
-        connect_timeout: Duration::from_secs(o.connect_timeout_secs.max(1)),
-    })))
+    let (upstream, connect_timeout) = super::StreamOptions::parse(table)?;
+    Ok(Handler::Passthrough(Arc::new(Passthrough { upstream, connect_timeout })))
 }
 
 impl Passthrough {

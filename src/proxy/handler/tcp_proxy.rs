@@ -3,22 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use super::{ConnInfo, Handler, Io, StreamHandler};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Options {
-    upstream: String,
-    #[serde(default = "five")]
-    connect_timeout_secs: u64,
-}
-
-fn five() -> u64 {
-    5
-}
 
 pub(super) struct TcpProxy {
     upstream: String,
@@ -26,12 +13,8 @@ pub(super) struct TcpProxy {
 }
 
 pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
-    let o: Options = super::options(table)?;
-    super::check_upstreams(std::slice::from_ref(&o.upstream)).map_err(|e| e.replacen("upstreams", "upstream", 1))?;
-    Ok(Handler::Stream(Arc::new(TcpProxy {
-        upstream: o.upstream,
-        connect_timeout: Duration::from_secs(o.connect_timeout_secs.max(1)),
-    })))
+    let (upstream, connect_timeout) = super::StreamOptions::parse(table)?;
+    Ok(Handler::Stream(Arc::new(TcpProxy { upstream, connect_timeout })))
 }
 
 /// Connects to `upstream` within `timeout`, counting failures.
