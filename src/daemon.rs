@@ -34,12 +34,38 @@ impl Inputs {
 
 fn build(config: &Config, store_dir: &std::path::Path, shared: &TlsShared, generation: u64) -> Result<Snapshot> {
     // The lock is held only while reading, so CLI writers are never blocked for long.
-    let store = Store::open(store_dir)?;
+    // Only the first build may create the store; later ones need it to exist.
+    let store = if generation == 1 { Store::open(store_dir)? } else { Store::open_existing(store_dir)? };
     let snapshot = snapshot::build(config, &store, shared, generation).map_err(|e| anyhow!(e))?;
     for p in &snapshot.problems {
         tracing::error!(problem = %p, "store problem");
     }
     Ok(snapshot)
+}
+
+/// How often the daemon rebuilds even without events.
+const RESCAN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Rebuilds the snapshot off the async workers and publishes it if it validates; on
+/// error the last good snapshot keeps serving.
+async fn reload(inputs: &Inputs, shared: &TlsShared, cell: &ArcSwap<Snapshot>, generation: u64, why: &str) {
+    let (inputs, shared) = (inputs.clone(), shared.clone());
+    let rebuilt = tokio::task::spawn_blocking(move || {
+        inputs.load().and_then(|(config, store)| build(&config, &store, &shared, generation))
+    })
+    .await
+    .unwrap_or_else(|e| Err(anyhow!("reload task failed: {e}")));
+    match rebuilt {
+        Ok(s) => {
+            cell.store(Arc::new(s));
+            admin::metrics::reload(true);
+            tracing::info!(generation, trigger = why, "reloaded");
+        }
+        Err(e) => {
+            admin::metrics::reload(false);
+            tracing::error!(trigger = why, error = %format!("{e:#}"), "reload failed; still serving the last good snapshot");
+        }
+    }
 }
 
 /// Runs until SIGTERM or SIGINT, then drains in-flight connections.
@@ -116,36 +142,35 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     eprintln!("listening: admin on http://{} (/metrics, /healthz)", config.admin_listen);
     tokio::spawn(admin::serve(admin_tcp, prometheus, Arc::clone(&cell), shutdown.clone()));
 
+    // File changes and a periodic rescan (for file systems that miss events) reload
+    // the same way as SIGHUP.
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let _watch = match crate::watch::start(&store_dir, inputs.config_path.as_deref(), changed_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "file watching unavailable; reloading on SIGHUP and every 60 s only");
+            None
+        }
+    };
+    let mut rescan = tokio::time::interval(RESCAN);
+    rescan.reset();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut generation = 1;
     loop {
-        tokio::select! {
+        let why = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                generation += 1;
-                // Reading files and parsing keys is blocking work: keep it off the workers.
-                let (inputs, shared) = (inputs.clone(), shared.clone());
-                let rebuilt = tokio::task::spawn_blocking(move || {
-                    inputs.load().and_then(|(config, store)| build(&config, &store, &shared, generation))
-                })
-                .await
-                .unwrap_or_else(|e| Err(anyhow!("reload task failed: {e}")));
-                match rebuilt {
-                    Ok(s) => {
-                        cell.store(Arc::new(s));
-                        admin::metrics::reload(true);
-                        tracing::info!(generation, "reloaded");
-                    }
-                    Err(e) => {
-                        admin::metrics::reload(false);
-                        tracing::error!(error = %format!("{e:#}"), "reload failed; still serving the last good configuration");
-                    }
-                }
+            _ = hup.recv() => "SIGHUP",
+            Some(()) = changed.recv() => {
+                while changed.try_recv().is_ok() {}
+                "file change"
             }
-        }
+            _ = rescan.tick() => "periodic rescan",
+        };
+        generation += 1;
+        reload(&inputs, &shared, &cell, generation, why).await;
     }
     eprintln!("shutting down: draining connections (up to {}s)", config.drain_timeout.as_secs());
     shutdown.cancel();

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! The modules mirror the boxes of DESIGN.md. Built so far, control plane only:
+//! The modules mirror the boxes of DESIGN.md (docs/ARCHITECTURE.md has the map).
+//! Control plane:
 //!
 //! - [`config`]: the configuration file, `portcullis.toml → FileConfig → Config`.
 //! - [`store`]: the on-disk certificate store: atomic writes, the writers' lock,
@@ -12,8 +13,14 @@
 //! - [`ops`]: one function per admin action, shared by the CLI and (later) the job runner.
 //! - [`cli`]: argument parsing and rendering; the only place that prints.
 //!
-//! Still to come (see the issues): `sni` and `proxy` (the data plane), `watch` (hot
-//! reload), `acme`, `jobs`, `admin`.
+//! Data plane and daemon:
+//!
+//! - [`snapshot`]: the immutable `Snapshot` built from `Config` + `Store`.
+//! - [`sni`]: `CertMap` and the rustls resolver. [`proxy`]: listeners and handlers.
+//! - [`admin`]: `/metrics`, `/healthz`. [`watch`]: reload on file changes.
+//! - [`daemon`]: `portcullis run`.
+//!
+//! Still to come (see the issues): `acme`, `jobs`.
 //!
 //! **Invariant:** `pki` never touches the file system; `store` is the only module that
 //! writes files, and only through `store::atomic`.
@@ -28,6 +35,7 @@ pub mod proxy;
 pub mod snapshot;
 pub mod sni;
 pub mod store;
+pub mod watch;
 
 /// The version printed by `--version` and `status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

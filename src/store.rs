@@ -305,6 +305,19 @@ impl Store {
         Ok(())
     }
 
+    /// Opens a store that must already exist (the daemon's reloads): a store directory
+    /// that vanished is an error, never a reason to create a new one.
+    pub fn open_existing(root: &Path) -> Result<Self, Error> {
+        let state = root.join("state.toml");
+        if !state.is_file() {
+            return Err(Error::Damaged {
+                path: state,
+                reason: "missing: the store was removed or is not initialised".into(),
+            });
+        }
+        Self::open(root)
+    }
+
     /// A fresh store has no state.toml. One that has certificates but lost its state.toml
     /// was damaged, and initialising it would silently drop the default and assignments.
     fn initialise(&mut self) -> Result<(), Error> {

@@ -19,6 +19,7 @@ pub mod names {
     pub const UPSTREAM_ERRORS: &str = "portcullis_upstream_errors_total";
     pub const CERTIFICATE_EXPIRY: &str = "portcullis_certificate_expiry_seconds";
     pub const RELOADS: &str = "portcullis_reloads_total";
+    pub const LAST_RELOAD_SUCCESS: &str = "portcullis_last_reload_success_timestamp_seconds";
 
     pub const LISTENER: &str = "listener";
     pub const RESULT: &str = "result";
@@ -50,6 +51,7 @@ pub fn describe() {
     describe_counter!(UPSTREAM_ERRORS, "Failed upstream connections and requests");
     describe_gauge!(CERTIFICATE_EXPIRY, "Seconds until each stored certificate's not_after (negative once expired)");
     describe_counter!(RELOADS, "Snapshot builds by result (ok, error)");
+    describe_gauge!(LAST_RELOAD_SUCCESS, "Unix time of the last snapshot that was built and published");
 }
 
 /// One listener's handles.
@@ -122,6 +124,9 @@ pub fn upstream_error() {
 
 pub fn reload(ok: bool) {
     counter!(names::RELOADS, names::RESULT => if ok { "ok" } else { "error" }).increment(1);
+    if ok {
+        gauge!(names::LAST_RELOAD_SUCCESS).set(time::OffsetDateTime::now_utc().unix_timestamp() as f64);
+    }
 }
 
 /// Sets the expiry gauge of every certificate in the snapshot, relative to now.

@@ -1,0 +1,66 @@
+//! Watches the store directory and the configuration file, and tells the daemon to
+//! reload: notify events debounced (150 ms), the store's `.staging/` and `.lock` ignored.
+//! The daemon also reloads on a timer, to catch events a file system does not deliver.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Keeps the watches alive; dropping it stops them.
+pub struct Watch {
+    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+}
+
+/// True for paths whose change can alter the snapshot.
+fn relevant(path: &Path, config: Option<&Path>, store: &Path) -> bool {
+    if path.starts_with(store) {
+        let internal = path.components().any(|c| c == Component::Normal(".staging".as_ref()))
+            || path.file_name().is_some_and(|n| n == ".lock");
+        return !internal;
+    }
+    config.is_some_and(|c| path == c)
+}
+
+/// Starts watching; each relevant batch of events sends one `()` on `tx`.
+pub fn start(store: &Path, config: Option<&Path>, tx: UnboundedSender<()>) -> Result<Watch, String> {
+    let store_abs = std::fs::canonicalize(store).map_err(|e| format!("{}: {e}", store.display()))?;
+    let config_abs: Option<PathBuf> = config.map(|c| std::fs::canonicalize(c).unwrap_or_else(|_| c.to_owned()));
+    let (s, c) = (store_abs.clone(), config_abs.clone());
+    let mut debouncer = new_debouncer(Duration::from_millis(150), None, move |result: DebounceEventResult| {
+        let wanted = match result {
+            Ok(events) => events.iter().any(|e| e.paths.iter().any(|p| relevant(p, c.as_deref(), &s))),
+            // Overflow or a watch error: rescan everything.
+            Err(_) => true,
+        };
+        if wanted {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| format!("cannot watch: {e}"))?;
+    debouncer.watch(&store_abs, RecursiveMode::Recursive).map_err(|e| format!("{}: {e}", store_abs.display()))?;
+    if let Some(dir) = config_abs.as_deref().and_then(Path::parent) {
+        // The directory, not the file: editors replace the file by renaming.
+        debouncer.watch(dir, RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(Watch { _debouncer: debouncer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_and_lock_are_ignored() {
+        let store = Path::new("/s/store");
+        let cfg = Some(Path::new("/etc/p/portcullis.toml"));
+        assert!(relevant(Path::new("/s/store/certs/a/cert.pem"), cfg, store));
+        assert!(relevant(Path::new("/s/store/state.toml"), cfg, store));
+        assert!(!relevant(Path::new("/s/store/.staging/entry-1/key.pem"), cfg, store));
+        assert!(!relevant(Path::new("/s/store/.lock"), cfg, store));
+        assert!(relevant(Path::new("/etc/p/portcullis.toml"), cfg, store));
+        assert!(!relevant(Path::new("/etc/p/other.toml"), cfg, store));
+    }
+}

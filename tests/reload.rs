@@ -1,0 +1,73 @@
+//! Hot reload without SIGHUP: store and config changes are picked up by the watcher;
+//! a broken config keeps the last good snapshot serving until it is fixed.
+
+// Configs are edited by hand, as an operator would.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Env, curl, free_port, served_cn};
+
+/// Polls `check` until it is true or `secs` pass; returns how long it took.
+fn within(secs: u64, what: &str, env: &Env, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < Duration::from_secs(secs), "{what}: not within {secs}s\n{}", env.daemon_log());
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn store_and_config_changes_are_served_without_restart() {
+    let env = Env::initialised();
+    let (port, admin) = (free_port(), free_port());
+    let config = |body: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{port}\"]\n[[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"{body}\" }}\n"
+        )
+    };
+    let _daemon = env.daemon(&config("v1"), &[port, admin]);
+    let cfg = env.path("portcullis.toml");
+    let url = format!("https://127.0.0.1:{port}/");
+    let body = || curl(&["-k", &url]).1;
+    assert_eq!(body(), "v1");
+    assert_eq!(served_cn(port, None).as_deref(), Some("Portcullis Default"));
+
+    // A new default certificate, made by the CLI while the proxy runs.
+    env.run(&["cert", "create-self-signed", "--name", "Fresh", "--san", "fresh.example.test"]).ok();
+    env.run(&["cert", "set-default", "fresh"]).ok();
+    let took = within(5, "new default certificate", &env, || served_cn(port, None).as_deref() == Some("Fresh"));
+    eprintln!("certificate change served after {took:?}");
+
+    // A config edit: the route's body changes.
+    std::fs::write(&cfg, config("v2")).unwrap();
+    let took = within(5, "config edit", &env, || body() == "v2");
+    eprintln!("config change served after {took:?}");
+
+    // A broken edit: the last good snapshot keeps serving, the error names file and line.
+    std::fs::write(&cfg, config("v3").replace("[[route]]", "[[route]\n")).unwrap();
+    within(5, "reload error logged", &env, || env.daemon_log().contains("reload failed"));
+    assert_eq!(body(), "v2");
+    assert!(env.daemon_log().contains("portcullis.toml:"), "{}", env.daemon_log());
+    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    assert!(metrics.contains("portcullis_reloads_total{result=\"error\"}"), "{metrics}");
+    assert!(metrics.contains("portcullis_last_reload_success_timestamp_seconds"), "{metrics}");
+    // Fixed: served again.
+    std::fs::write(&cfg, config("v4")).unwrap();
+    within(5, "fixed config", &env, || body() == "v4");
+
+    // Deleting the default certificate falls back to the factory default.
+    env.run(&["cert", "delete", "fresh"]).ok();
+    within(5, "fallback to the factory default", &env, || {
+        served_cn(port, None).as_deref() == Some("Portcullis Default")
+    });
+
+    // The whole store removed: the proxy keeps its last snapshot and says why.
+    std::fs::remove_dir_all(env.store()).unwrap();
+    within(5, "store removal reported", &env, || env.daemon_log().contains("the store was removed"));
+    assert_eq!(body(), "v4");
+    assert_eq!(served_cn(port, None).as_deref(), Some("Portcullis Default"));
+}
