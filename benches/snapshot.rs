@@ -4,7 +4,7 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis::config::Config;
 use portcullis::pki::{self, IdentityRequest, KeyType};
-use portcullis::snapshot::{self, TlsShared};
+use portcullis::snapshot::{self, EntryCache, TlsShared};
 use portcullis::store::{NewCert, Source, Store};
 
 const CERTS: usize = 10_000;
@@ -44,6 +44,22 @@ fn build(c: &mut Criterion) {
         b.iter(|| {
             let s = snapshot::build(&config, &store, &shared, 1).unwrap();
             // ...plus the factory default, which is in the store too.
+            assert_eq!(s.listeners[0].certs.entries().len(), CERTS + 1);
+        })
+    });
+    // A reload after one entry changed: only that entry is parsed again.
+    let mut cache = EntryCache::default();
+    snapshot::build_cached(&config, &store, &shared, 1, &mut cache).unwrap();
+    let touched = root.join("certs").join(&ids[ids.len() / 2]).join("cert.pem");
+    let pem = std::fs::read(&touched).unwrap();
+    group.bench_function("rebuild_10000_one_changed", |b| {
+        b.iter(|| {
+            // Same bytes, new mtime: the cache must notice and re-read it.
+            let tmp = touched.with_extension("tmp");
+            #[allow(clippy::disallowed_methods)]
+            std::fs::write(&tmp, &pem).unwrap();
+            std::fs::rename(&tmp, &touched).unwrap();
+            let s = snapshot::build_cached(&config, &store, &shared, 2, &mut cache).unwrap();
             assert_eq!(s.listeners[0].certs.entries().len(), CERTS + 1);
         })
     });

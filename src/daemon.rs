@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::Config;
-use crate::snapshot::{self, Snapshot, TlsShared};
+use crate::snapshot::{self, EntryCache, Snapshot, TlsShared};
 use crate::store::Store;
 
 /// Where the daemon's inputs are, for reloads.
@@ -32,11 +32,18 @@ impl Inputs {
     }
 }
 
-fn build(config: &Config, store_dir: &std::path::Path, shared: &TlsShared, generation: u64) -> Result<Snapshot> {
+fn build(
+    config: &Config,
+    store_dir: &std::path::Path,
+    shared: &TlsShared,
+    generation: u64,
+    cache: &std::sync::Mutex<EntryCache>,
+) -> Result<Snapshot> {
     // The lock is held only while reading, so CLI writers are never blocked for long.
     // Only the first build may create the store; later ones need it to exist.
     let store = if generation == 1 { Store::open(store_dir)? } else { Store::open_existing(store_dir)? };
-    let snapshot = snapshot::build(config, &store, shared, generation).map_err(|e| anyhow!(e))?;
+    let mut cache = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let snapshot = snapshot::build_cached(config, &store, shared, generation, &mut cache).map_err(|e| anyhow!(e))?;
     for p in &snapshot.problems {
         tracing::error!(problem = %p, "store problem");
     }
@@ -48,10 +55,17 @@ const RESCAN: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Rebuilds the snapshot off the async workers and publishes it if it validates; on
 /// error the last good snapshot keeps serving.
-async fn reload(inputs: &Inputs, shared: &TlsShared, cell: &ArcSwap<Snapshot>, generation: u64, why: &str) {
-    let (inputs, shared) = (inputs.clone(), shared.clone());
+async fn reload(
+    inputs: &Inputs,
+    shared: &TlsShared,
+    cache: &Arc<std::sync::Mutex<EntryCache>>,
+    cell: &ArcSwap<Snapshot>,
+    generation: u64,
+    why: &str,
+) {
+    let (inputs, shared, cache) = (inputs.clone(), shared.clone(), Arc::clone(cache));
     let rebuilt = tokio::task::spawn_blocking(move || {
-        inputs.load().and_then(|(config, store)| build(&config, &store, &shared, generation))
+        inputs.load().and_then(|(config, store)| build(&config, &store, &shared, generation, &cache))
     })
     .await
     .unwrap_or_else(|e| Err(anyhow!("reload task failed: {e}")));
@@ -108,7 +122,8 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     }
     admin::metrics::describe();
     let shared = TlsShared::new().map_err(|e| anyhow!("TLS session tickets: {e}"))?;
-    let first = build(&config, &store_dir, &shared, 1)?;
+    let cache = Arc::new(std::sync::Mutex::new(EntryCache::default()));
+    let first = build(&config, &store_dir, &shared, 1, &cache)?;
     admin::metrics::reload(true);
     let cell = Arc::new(ArcSwap::from_pointee(first));
     let shutdown = CancellationToken::new();
@@ -170,7 +185,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
             _ = rescan.tick() => "periodic rescan",
         };
         generation += 1;
-        reload(&inputs, &shared, &cell, generation, why).await;
+        reload(&inputs, &shared, &cache, &cell, generation, why).await;
     }
     eprintln!("shutting down: draining connections (up to {}s)", config.drain_timeout.as_secs());
     shutdown.cancel();

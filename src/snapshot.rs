@@ -17,9 +17,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::admin::metrics::{self, ListenerMetrics, RouteMetrics};
 use crate::config::{self, Config, HostPattern};
+use crate::pki::KeyLink;
 use crate::proxy::handler::{self, Handler};
 use crate::sni::{CertMap, CertMapBuilder, DefaultKind, Resolver, Served};
-use crate::store::{self, CertEntry, Store};
+use crate::store::{self, CertEntry, Stamp, Store};
 
 /// A routed handler.
 pub struct Route {
@@ -97,28 +98,114 @@ fn certified_key(entry: &CertEntry, send_root: bool) -> Result<Arc<CertifiedKey>
     CertifiedKey::from_der(chain, key, &provider).map(Arc::new).map_err(|e| e.to_string())
 }
 
+/// What a build keeps of one store entry.
+struct Cached {
+    stamp: Stamp,
+    friendly_name: Arc<str>,
+    sans: Vec<String>,
+    not_after: i64,
+    /// The rustls key without and with the root appended; `Err` says why it is not served.
+    keys: [Result<Arc<CertifiedKey>, String>; 2],
+}
+
+/// Parsed store entries carried from one build to the next (control plane only): an
+/// entry whose files did not change is not parsed again, and an entry that became
+/// unreadable keeps its last good version.
+#[derive(Default)]
+pub struct EntryCache {
+    trust: Option<Stamp>,
+    entries: HashMap<String, Cached>,
+}
+
+impl EntryCache {
+    /// Brings the cache up to date with the store; returns the problems seen.
+    fn refresh(&mut self, store: &Store) -> Result<Vec<String>, String> {
+        let mut problems = Vec::new();
+        let trust = store.trust_stamp();
+        if self.trust.as_ref() != Some(&trust) {
+            // New roots or intermediates can change every chain.
+            self.entries.clear();
+            self.trust = Some(trust);
+        }
+        let mut pool = None;
+        let ids = store.cert_ids().map_err(|e| e.to_string())?;
+        self.entries.retain(|id, _| ids.contains(id));
+        for id in ids {
+            let stamp = store.entry_stamp(&id);
+            if self.entries.get(&id).is_some_and(|c| c.stamp == stamp) {
+                continue;
+            }
+            let pool = match &pool {
+                Some(p) => p,
+                None => {
+                    let (p, bad) = store.trust_pool().map_err(|e| e.to_string())?;
+                    problems.extend(bad.iter().map(ToString::to_string));
+                    pool.insert(p)
+                }
+            };
+            match store.read_cert_with(&id, pool) {
+                Ok(entry) => {
+                    let damaged_key = matches!(entry.key, KeyLink::Unreadable(_) | KeyLink::Missing);
+                    let last_good = self.entries.get(&id).is_some_and(|c| c.keys[0].is_ok());
+                    if damaged_key && last_good {
+                        // An unreadable or vanished key is damage: keep the last good
+                        // version. (A key that no longer matches is never served.)
+                        problems.push(format!(
+                            "{}: private key unreadable or missing (still serving the last good version)",
+                            entry.dir.display()
+                        ));
+                        continue;
+                    }
+                    let plain = certified_key(&entry, false);
+                    let with_root =
+                        if entry.chain.root.is_some() { certified_key(&entry, true) } else { plain.clone() };
+                    let keys = [plain, with_root];
+                    if let Err(why) = &keys[0] {
+                        problems.push(format!("{}: not served: {why}", entry.dir.display()));
+                    }
+                    self.entries.insert(
+                        id,
+                        Cached {
+                            stamp,
+                            friendly_name: entry.meta.friendly_name.as_str().into(),
+                            sans: entry.info.sans.clone(),
+                            not_after: entry.info.not_after.unix_timestamp(),
+                            keys,
+                        },
+                    );
+                }
+                Err(e) if self.entries.contains_key(&id) => {
+                    problems.push(format!("{e} (still serving the last good version)"));
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        Ok(problems)
+    }
+}
+
 /// Builds a snapshot. Configuration errors (a route's handler options) fail the build;
 /// an unreadable store entry is skipped and reported in `problems`.
 pub fn build(config: &Config, store: &Store, shared: &TlsShared, generation: u64) -> Result<Snapshot, String> {
+    build_cached(config, store, shared, generation, &mut EntryCache::default())
+}
+
+/// [`build`] reusing (and updating) what an earlier build parsed.
+pub fn build_cached(
+    config: &Config,
+    store: &Store,
+    shared: &TlsShared,
+    generation: u64,
+    cache: &mut EntryCache,
+) -> Result<Snapshot, String> {
     let source = config.source.as_ref().map_or("built-in configuration".to_owned(), |p| p.display().to_string());
-    let (entries, bad) = store.certs().map_err(|e| e.to_string())?;
-    let mut problems: Vec<String> = bad.iter().map(ToString::to_string).collect();
-    let by_id: HashMap<&str, &CertEntry> = entries.iter().map(|e| (e.id.as_str(), e)).collect();
-    let mut keys: HashMap<(String, bool), Option<Arc<CertifiedKey>>> = HashMap::new();
-    let mut served = |id: &str, send_root: bool, problems: &mut Vec<String>| -> Option<(Served, Vec<String>, i64)> {
-        let entry = by_id.get(id)?;
-        let key = keys
-            .entry((id.to_owned(), send_root))
-            .or_insert_with(|| match certified_key(entry, send_root) {
-                Ok(k) => Some(k),
-                Err(why) => {
-                    problems.push(format!("{}: not served: {why}", entry.dir.display()));
-                    None
-                }
-            })
-            .clone()?;
-        let s = Served { id: entry.id.as_str().into(), friendly_name: entry.meta.friendly_name.as_str().into(), key };
-        Some((s, entry.info.sans.clone(), entry.info.not_after.unix_timestamp()))
+    let mut problems = cache.refresh(store)?;
+    let entries = &cache.entries;
+    let served = |id: &str, send_root: bool, _problems: &mut Vec<String>| -> Option<(Served, Vec<String>, i64)> {
+        let c = entries.get(id)?;
+        let key = c.keys[usize::from(send_root)].as_ref().ok()?.clone();
+        let s = Served { id: id.into(), friendly_name: Arc::clone(&c.friendly_name), key };
+        Some((s, c.sans.clone(), c.not_after))
     };
     let state = store.state();
     for name in state.listeners.keys() {
@@ -199,13 +286,14 @@ pub fn build(config: &Config, store: &Store, shared: &TlsShared, generation: u64
             metrics: ListenerMetrics::new(&l.name),
         });
     }
-    let certificates = entries
+    let mut certificates: Vec<CertSummary> = entries
         .iter()
-        .map(|e| CertSummary {
-            id: e.id.as_str().into(),
-            friendly_name: e.meta.friendly_name.as_str().into(),
-            not_after: e.info.not_after.unix_timestamp(),
+        .map(|(id, c)| CertSummary {
+            id: id.as_str().into(),
+            friendly_name: Arc::clone(&c.friendly_name),
+            not_after: c.not_after,
         })
         .collect();
+    certificates.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Snapshot { generation, listeners, certificates, problems })
 }

@@ -508,7 +508,28 @@ impl Store {
         self.read_cert_with(id, &pool)
     }
 
-    fn read_cert_with(&self, id: &str, pool: &[PoolCert]) -> Result<CertEntry, Error> {
+    /// Ids of every certificate entry, sorted.
+    pub fn cert_ids(&self) -> Result<Vec<String>, Error> {
+        list_ids(&self.root.join("certs"))
+    }
+
+    /// Size and modification time of each file of a certificate entry: equal stamps
+    /// mean the entry need not be parsed again.
+    pub fn entry_stamp(&self, id: &str) -> Stamp {
+        let dir = self.cert_dir(id);
+        Stamp(["meta.toml", "cert.pem", "chain.pem", "key.pem"].iter().map(|f| file_stamp(&dir.join(f))).collect())
+    }
+
+    /// The stamp of the whole trust pool: chains change when it does.
+    pub fn trust_stamp(&self) -> Stamp {
+        let dir = self.root.join("trust");
+        let mut names: Vec<PathBuf> =
+            fs::read_dir(&dir).map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
+        names.sort();
+        Stamp(names.iter().map(|p| file_stamp(p)).collect())
+    }
+
+    pub fn read_cert_with(&self, id: &str, pool: &[PoolCert]) -> Result<CertEntry, Error> {
         let dir = self.cert_dir(id);
         let meta: CertMeta = read_versioned(&dir.join("meta.toml"))?;
         let cert_path = dir.join("cert.pem");
@@ -833,6 +854,24 @@ impl Store {
             return Err(e);
         }
         Ok(())
+    }
+}
+
+/// Sizes and modification times of a set of files (see `Store::entry_stamp`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stamp(Vec<(u64, i128)>);
+
+fn file_stamp(path: &Path) -> (u64, i128) {
+    match fs::metadata(path) {
+        Ok(m) => {
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as i128);
+            (m.len(), mtime)
+        }
+        Err(_) => (0, -1),
     }
 }
 

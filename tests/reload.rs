@@ -59,6 +59,28 @@ fn store_and_config_changes_are_served_without_restart() {
     std::fs::write(&cfg, config("v4")).unwrap();
     within(5, "fixed config", &env, || body() == "v4");
 
+    // Damage by hand: a garbage certificate file, then a truncated key. The last good
+    // version keeps serving, and the problem is reported.
+    let dir = env.store().join("certs/fresh");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let good_cert = std::fs::read(&cert).unwrap();
+    let good_key = std::fs::read(&key).unwrap();
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n").unwrap();
+    within(5, "damaged certificate reported", &env, || {
+        let log = env.daemon_log();
+        log.contains("cert.pem") && log.contains("still serving the last good version")
+    });
+    assert_eq!(served_cn(port, None).as_deref(), Some("Fresh"));
+    std::fs::write(&cert, &good_cert).unwrap();
+    std::fs::write(&key, &good_key[..good_key.len() / 2]).unwrap();
+    within(5, "truncated key reported", &env, || env.daemon_log().contains("private key unreadable or missing"));
+    assert_eq!(served_cn(port, None).as_deref(), Some("Fresh"));
+    // A valid key that does not match the certificate is never served.
+    std::fs::copy(env.store().join("certs/portcullis-default/key.pem"), &key).unwrap();
+    within(5, "mismatched key not served", &env, || served_cn(port, None).as_deref() == Some("Portcullis Default"));
+    std::fs::write(&key, &good_key).unwrap();
+    within(5, "repaired entry served again", &env, || served_cn(port, None).as_deref() == Some("Fresh"));
+
     // Deleting the default certificate falls back to the factory default.
     env.run(&["cert", "delete", "fresh"]).ok();
     within(5, "fallback to the factory default", &env, || {
