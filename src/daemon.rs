@@ -1,6 +1,8 @@
 //! `portcullis run`: starts the data plane and the admin listener from a first snapshot,
 //! reloads on SIGHUP, and drains on SIGTERM/SIGINT.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::Config;
+use crate::proxy::SnapshotCell;
 use crate::snapshot::{self, EntryCache, Snapshot, TlsShared};
 use crate::store::Store;
 
@@ -53,8 +56,74 @@ fn build(
 /// How often the daemon rebuilds even without events.
 const RESCAN: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The accept loops running, by listener and address, so a reload can open new
+/// addresses and close removed ones (their connections drain on their own).
+struct Binds {
+    active: HashMap<(String, SocketAddr), CancellationToken>,
+    limits: HashMap<String, Arc<Semaphore>>,
+}
+
+impl Binds {
+    /// Binds what `config` lists and is not yet bound, and stops what it no longer lists.
+    /// At start a bind failure is fatal; on reload it is logged and the rest applies.
+    async fn apply(
+        &mut self,
+        config: &Config,
+        cell: &SnapshotCell,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+        starting: bool,
+    ) -> Result<()> {
+        let wanted: Vec<(String, SocketAddr)> =
+            config.listeners.iter().flat_map(|l| l.bind.iter().map(|a| (l.name.clone(), *a))).collect();
+        self.active.retain(|key, token| {
+            let keep = wanted.contains(key);
+            if !keep {
+                token.cancel();
+                tracing::info!(listener = %key.0, addr = %key.1, "stopped listening (removed from the configuration)");
+            }
+            keep
+        });
+        for l in &config.listeners {
+            // max_connections applies to a listener's addresses as they are bound.
+            let limit = Arc::clone(
+                self.limits.entry(l.name.clone()).or_insert_with(|| Arc::new(Semaphore::new(l.max_connections))),
+            );
+            for addr in &l.bind {
+                let key = (l.name.clone(), *addr);
+                if self.active.contains_key(&key) {
+                    continue;
+                }
+                let tcp = match TcpListener::bind(addr).await {
+                    Ok(t) => t,
+                    Err(e) if starting => return Err(anyhow!("listener {}: cannot bind {addr}: {e}", l.name)),
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, %addr, error = %e, "cannot bind");
+                        continue;
+                    }
+                };
+                tracing::info!(listener = %l.name, %addr, "listening (https)");
+                if starting {
+                    eprintln!("listening: {} on https://{}", l.name, tcp.local_addr().unwrap_or(*addr));
+                }
+                let token = shutdown.child_token();
+                tokio::spawn(crate::proxy::accept_loop(
+                    tcp,
+                    l.name.as_str().into(),
+                    Arc::clone(cell),
+                    limit.clone(),
+                    tracker.clone(),
+                    token.clone(),
+                ));
+                self.active.insert(key, token);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Rebuilds the snapshot off the async workers and publishes it if it validates; on
-/// error the last good snapshot keeps serving.
+/// error the last good snapshot keeps serving. Returns the configuration it applied.
 async fn reload(
     inputs: &Inputs,
     shared: &TlsShared,
@@ -62,22 +131,24 @@ async fn reload(
     cell: &ArcSwap<Snapshot>,
     generation: u64,
     why: &str,
-) {
+) -> Option<Config> {
     let (inputs, shared, cache) = (inputs.clone(), shared.clone(), Arc::clone(cache));
     let rebuilt = tokio::task::spawn_blocking(move || {
-        inputs.load().and_then(|(config, store)| build(&config, &store, &shared, generation, &cache))
+        inputs.load().and_then(|(config, store)| Ok((build(&config, &store, &shared, generation, &cache)?, config)))
     })
     .await
     .unwrap_or_else(|e| Err(anyhow!("reload task failed: {e}")));
     match rebuilt {
-        Ok(s) => {
+        Ok((s, config)) => {
             cell.store(Arc::new(s));
             admin::metrics::reload(true);
             tracing::info!(generation, trigger = why, "reloaded");
+            Some(config)
         }
         Err(e) => {
             admin::metrics::reload(false);
             tracing::error!(trigger = why, error = %format!("{e:#}"), "reload failed; still serving the last good snapshot");
+            None
         }
     }
 }
@@ -129,23 +200,8 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    for l in &config.listeners {
-        let limit = Arc::new(Semaphore::new(l.max_connections));
-        for addr in &l.bind {
-            let tcp =
-                TcpListener::bind(addr).await.with_context(|| format!("listener {}: cannot bind {addr}", l.name))?;
-            tracing::info!(listener = %l.name, %addr, "listening (https)");
-            eprintln!("listening: {} on https://{}", l.name, tcp.local_addr().unwrap_or(*addr));
-            tokio::spawn(crate::proxy::accept_loop(
-                tcp,
-                l.name.as_str().into(),
-                Arc::clone(&cell),
-                Arc::clone(&limit),
-                tracker.clone(),
-                shutdown.clone(),
-            ));
-        }
-    }
+    let mut binds = Binds { active: HashMap::new(), limits: HashMap::new() };
+    binds.apply(&config, &cell, &tracker, &shutdown, true).await?;
     for addr in &config.http_listen {
         let tcp = TcpListener::bind(addr).await.with_context(|| format!("[http] listen: cannot bind {addr}"))?;
         eprintln!("listening: redirect to https on http://{addr}");
@@ -185,7 +241,9 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
             _ = rescan.tick() => "periodic rescan",
         };
         generation += 1;
-        reload(&inputs, &shared, &cache, &cell, generation, why).await;
+        if let Some(config) = reload(&inputs, &shared, &cache, &cell, generation, why).await {
+            let _ = binds.apply(&config, &cell, &tracker, &shutdown, false).await;
+        }
     }
     eprintln!("shutting down: draining connections (up to {}s)", config.drain_timeout.as_secs());
     shutdown.cancel();

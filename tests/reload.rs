@@ -93,3 +93,28 @@ fn store_and_config_changes_are_served_without_restart() {
     assert_eq!(body(), "v4");
     assert_eq!(served_cn(port, None).as_deref(), Some("Portcullis Default"));
 }
+
+#[test]
+fn listener_addresses_follow_the_config() {
+    let env = Env::initialised();
+    let (port, extra, admin) = (free_port(), free_port(), free_port());
+    let config = |with_extra: bool| {
+        let binds = if with_extra {
+            format!("\"127.0.0.1:{port}\", \"127.0.0.1:{extra}\"")
+        } else {
+            format!("\"127.0.0.1:{port}\"")
+        };
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nbind = [{binds}]\n[[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"ok\" }}\n"
+        )
+    };
+    let _daemon = env.daemon(&config(false), &[port, admin]);
+    let cfg = env.path("portcullis.toml");
+    let get = |p: u16| curl(&["-k", &format!("https://127.0.0.1:{p}/")]).1;
+    assert_eq!(get(extra), "");
+    std::fs::write(&cfg, config(true)).unwrap();
+    within(5, "new address opened", &env, || get(extra) == "ok");
+    std::fs::write(&cfg, config(false)).unwrap();
+    within(5, "removed address closed", &env, || std::net::TcpStream::connect(("127.0.0.1", extra)).is_err());
+    assert_eq!(get(port), "ok");
+}
