@@ -118,3 +118,76 @@ fn listener_addresses_follow_the_config() {
     within(5, "removed address closed", &env, || std::net::TcpStream::connect(("127.0.0.1", extra)).is_err());
     assert_eq!(get(port), "ok");
 }
+
+/// Under continuous load (parallel clients, a new TLS connection and a request each):
+/// ten certificate replacements and ten config edits, with no failed handshake or
+/// request, each new certificate served within a second.
+#[test]
+fn replacements_under_load_drop_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let env = Env::initialised();
+    let (port, admin) = (free_port(), free_port());
+    let config = |body: &str, extra_route: bool| {
+        let extra = if extra_route {
+            "[[route]]\nhosts = [\"extra.example.test\"]\nhandler = { type = \"static\", body = \"extra\" }\n"
+        } else {
+            ""
+        };
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{port}\"]\n{extra}[[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"{body}\" }}\n"
+        )
+    };
+    env.run(&["cert", "create-self-signed", "--name", "Gen 0", "--san", "gen0.example.test"]).ok();
+    env.run(&["cert", "set-default", "gen-0"]).ok();
+    let _daemon = env.daemon(&config("b0", false), &[port, admin]);
+    let cfg = env.path("portcullis.toml");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+            let url = format!("https://127.0.0.1:{port}/");
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let (good, out) = curl(&["-k", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+                    if good && out == "200" {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("failed request: {good} {out}");
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut slowest = Duration::ZERO;
+    for i in 1..=10 {
+        let name = format!("Gen {i}");
+        env.run(&["cert", "create-self-signed", "--name", &name, "--san", &format!("gen{i}.example.test")]).ok();
+        env.run(&["cert", "set-default", &format!("gen-{i}")]).ok();
+        let took =
+            within(5, &format!("generation {i}"), &env, || served_cn(port, None).as_deref() == Some(name.as_str()));
+        slowest = slowest.max(took);
+        env.run(&["cert", "delete", &format!("gen-{}", i - 1)]).ok();
+        // And a config edit: a new body, a route added or removed.
+        std::fs::write(&cfg, config(&format!("b{i}"), i % 2 == 1)).unwrap();
+        let url = format!("https://127.0.0.1:{port}/");
+        within(5, &format!("config edit {i}"), &env, || curl(&["-k", &url]).1 == format!("b{i}"));
+        // Spread the changes over about 20 s of load.
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{ok} requests, {failed} failed; slowest certificate change served after {slowest:?}");
+    assert_eq!(failed, 0, "{}", env.daemon_log());
+    assert!(ok > 100, "the load was too light to mean anything: {ok} requests");
+    assert!(slowest < Duration::from_secs(1), "a new certificate took {slowest:?}");
+}
