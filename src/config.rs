@@ -182,8 +182,10 @@ pub struct Route {
     pub hosts: Vec<HostPattern>,
     pub handler_type: String,
     pub handler: toml::Table,
-    /// "route[3]" in the file it came from, for error messages.
+    /// "FILE: route[3]": where it was written, for error messages.
     pub origin: String,
+    /// "route[3]" counted over all files: the metric label.
+    pub label: String,
 }
 
 /// The validated configuration.
@@ -225,6 +227,7 @@ impl Config {
                 handler_type: "static".into(),
                 handler: welcome,
                 origin: "built-in route".into(),
+                label: "built-in".into(),
             }],
         }
     }
@@ -232,11 +235,22 @@ impl Config {
     /// Loads `path`, or the built-in defaults when `None`.
     pub fn load(path: Option<&Path>) -> Result<Self, Error> {
         let Some(path) = path else { return Ok(Self::builtin()) };
-        let text = fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
-        let raw: file::FileConfig = toml::from_str(&text).map_err(|e| {
-            let (line, column) = e.span().map_or((1, 1), |span| line_col(&text, span.start));
-            Error::Syntax { path: path.to_owned(), line, column, message: e.message().trim().to_owned() }
-        })?;
+        let mut raw = parse_file(path)?;
+        // Drop-in fragments: conf.d/*.toml beside the main file, merged in name order.
+        // A section in a fragment replaces the main file's; listeners and routes add up.
+        let mut listener_files = vec![path.to_owned(); raw.listener.len()];
+        let mut route_files: Vec<(PathBuf, usize)> = (0..raw.route.len()).map(|i| (path.to_owned(), i)).collect();
+        for fragment in fragments(path)? {
+            let f = parse_file(&fragment)?;
+            macro_rules! replace {
+                ($($field:ident),*) => { $( if f.$field.is_some() { raw.$field = f.$field; } )* };
+            }
+            replace!(store, admin, runtime, http);
+            listener_files.extend(std::iter::repeat_n(fragment.clone(), f.listener.len()));
+            route_files.extend((0..f.route.len()).map(|i| (fragment.clone(), i)));
+            raw.listener.extend(f.listener);
+            raw.route.extend(f.route);
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         let invalid = |key: String, message: String| Error::Invalid { path: path.to_owned(), key, message };
         let mut config = Self::builtin();
@@ -274,6 +288,8 @@ impl Config {
             config.routes.clear();
         }
         for (i, l) in raw.listener.into_iter().enumerate() {
+            let file = &listener_files[i];
+            let invalid = |key: String, message: String| Error::Invalid { path: file.clone(), key, message };
             let key = |k: &str| format!("listener[{i}].{k}");
             if l.name.is_empty() || !l.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
                 return Err(invalid(key("name"), format!("{:?}: use letters, digits, - and _", l.name)));
@@ -321,7 +337,9 @@ impl Config {
             config.listeners.push(listener);
         }
         for (i, r) in raw.route.into_iter().enumerate() {
-            let key = |k: &str| format!("route[{i}].{k}");
+            let (file, j) = &route_files[i];
+            let invalid = |key: String, message: String| Error::Invalid { path: file.clone(), key, message };
+            let key = |k: &str| format!("route[{j}].{k}");
             let listener = match (r.listener, config.listeners.len()) {
                 (Some(name), _) => name,
                 (None, 1) => config.listeners[0].name.clone(),
@@ -347,11 +365,46 @@ impl Config {
                 hosts,
                 handler_type,
                 handler: r.handler,
-                origin: format!("route[{i}]"),
+                origin: format!("{}: route[{j}]", file.display()),
+                label: format!("route[{i}]"),
             });
         }
         Ok(config)
     }
+}
+
+/// Parses one file, naming it, the line and the column on error.
+fn parse_file(path: &Path) -> Result<file::FileConfig, Error> {
+    let text = fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|e| {
+        let (line, column) = e.span().map_or((1, 1), |span| line_col(&text, span.start));
+        Error::Syntax { path: path.to_owned(), line, column, message: e.message().trim().to_owned() }
+    })
+}
+
+/// The drop-in directory of a main config file.
+pub fn fragment_dir(main: &Path) -> PathBuf {
+    main.parent().unwrap_or(Path::new(".")).join("conf.d")
+}
+
+/// conf.d/*.toml (not dot-files), sorted by name.
+fn fragments(main: &Path) -> Result<Vec<PathBuf>, Error> {
+    let dir = fragment_dir(main);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::Read { path: dir, source }),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "toml")
+                && p.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -379,6 +432,33 @@ mod tests {
         let err = load_text("[store]\ndir = \"s\"\n\n[admin]\nlisten = \"127.0.0.1:1\"\nport = 3\n").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(":6:1: unknown field `port`"), "{msg}");
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)]
+    fn fragments_merge_in_name_order_and_errors_name_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("portcullis.toml");
+        fs::write(&main, "[[listener]]\nname = \"a\"\nbind = [\"127.0.0.1:1\"]\n").unwrap();
+        fs::create_dir(dir.path().join("conf.d")).unwrap();
+        fs::write(dir.path().join("conf.d/20-b.toml"), "[[listener]]\nname = \"b\"\nbind = [\"127.0.0.1:2\"]\n")
+            .unwrap();
+        fs::write(dir.path().join("conf.d/10-admin.toml"), "[admin]\nlisten = \"127.0.0.1:3\"\n").unwrap();
+        fs::write(dir.path().join("conf.d/.editor.toml"), "garbage").unwrap();
+        let c = Config::load(Some(&main)).unwrap();
+        let names: Vec<&str> = c.listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(c.admin_listen.port(), 3);
+        fs::write(
+            dir.path().join("conf.d/30-bad.toml"),
+            "\n[[route]]\nhosts = [\"*\"]\nhandler = { type = \"static\" }\nlistener = \"nope\"\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&main)).unwrap_err().to_string();
+        assert!(err.contains("30-bad.toml: route[0].listener"), "{err}");
+        fs::write(dir.path().join("conf.d/30-bad.toml"), "[[route]\n").unwrap();
+        let err = Config::load(Some(&main)).unwrap_err().to_string();
+        assert!(err.contains("30-bad.toml:1:"), "{err}");
     }
 
     #[test]

@@ -198,7 +198,6 @@ pub fn build_cached(
     generation: u64,
     cache: &mut EntryCache,
 ) -> Result<Snapshot, String> {
-    let source = config.source.as_ref().map_or("built-in configuration".to_owned(), |p| p.display().to_string());
     let mut problems = cache.refresh(store)?;
     let entries = &cache.entries;
     let served = |id: &str, send_root: bool, _problems: &mut Vec<String>| -> Option<(Served, Vec<String>, i64)> {
@@ -253,12 +252,12 @@ pub fn build_cached(
 
         let mut routes = Vec::new();
         for r in config.routes.iter().filter(|r| r.listener == l.name) {
-            let handler = handler::build(&r.handler).map_err(|e| format!("{source}: {}.handler: {e}", r.origin))?;
+            let handler = handler::build(&r.handler).map_err(|e| format!("{}.handler: {e}", r.origin))?;
             routes.push(Route {
                 hosts: r.hosts.clone(),
                 handler,
-                name: r.origin.as_str().into(),
-                metrics: RouteMetrics::new(&r.origin),
+                name: r.label.as_str().into(),
+                metrics: RouteMetrics::new(&r.label),
             });
         }
         let has_passthrough = routes.iter().any(|r| matches!(r.handler, Handler::Passthrough(_)));

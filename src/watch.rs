@@ -21,7 +21,11 @@ fn relevant(path: &Path, config: Option<&Path>, store: &Path) -> bool {
             || path.file_name().is_some_and(|n| n == ".lock");
         return !internal;
     }
-    config.is_some_and(|c| path == c)
+    config.is_some_and(|c| {
+        path == c
+            || (path.parent() == Some(crate::config::fragment_dir(c).as_path())
+                && path.extension().is_some_and(|x| x == "toml"))
+    })
 }
 
 /// Starts watching; each relevant batch of events sends one `()` on `tx`.
@@ -41,9 +45,12 @@ pub fn start(store: &Path, config: Option<&Path>, tx: UnboundedSender<()>) -> Re
     })
     .map_err(|e| format!("cannot watch: {e}"))?;
     debouncer.watch(&store_abs, RecursiveMode::Recursive).map_err(|e| format!("{}: {e}", store_abs.display()))?;
-    if let Some(dir) = config_abs.as_deref().and_then(Path::parent) {
-        // The directory, not the file: editors replace the file by renaming.
-        debouncer.watch(dir, RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let Some(main) = config_abs.as_deref() {
+        // Directories, not files: editors replace a file by renaming another over it.
+        let dirs = [main.parent().map(Path::to_owned), Some(crate::config::fragment_dir(main))];
+        for dir in dirs.into_iter().flatten().filter(|d| d.is_dir()) {
+            debouncer.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
     }
     Ok(Watch { _debouncer: debouncer })
 }
@@ -62,5 +69,7 @@ mod tests {
         assert!(!relevant(Path::new("/s/store/.lock"), cfg, store));
         assert!(relevant(Path::new("/etc/p/portcullis.toml"), cfg, store));
         assert!(!relevant(Path::new("/etc/p/other.toml"), cfg, store));
+        assert!(relevant(Path::new("/etc/p/conf.d/10-site.toml"), cfg, store));
+        assert!(!relevant(Path::new("/etc/p/conf.d/README"), cfg, store));
     }
 }
