@@ -17,11 +17,33 @@ use tokio_util::sync::CancellationToken;
 use crate::proxy::handler::{Body, full, text};
 use crate::snapshot::Snapshot;
 
+/// What the daemon knows about its reloads, for `/status.json` and `portcullis status`.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ReloadStatus {
+    pub generation: u64,
+    /// RFC 3339 time of the last published snapshot.
+    pub last_success: Option<String>,
+    /// The last failed reload, if it is more recent than the last success.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+}
+
+/// The daemon's view, served as `/status.json`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    pub reload: ReloadStatus,
+    /// Store entries skipped (or kept at their last good version) by the last build.
+    pub problems: Vec<String>,
+}
+
 /// Serves the admin endpoints until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     prometheus: PrometheusHandle,
     snapshot: Arc<ArcSwap<Snapshot>>,
+    reloads: Arc<ArcSwap<ReloadStatus>>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -31,9 +53,10 @@ pub async fn serve(
         };
         let prometheus = prometheus.clone();
         let snapshot = Arc::clone(&snapshot);
+        let reloads = Arc::clone(&reloads);
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let resp = answer(req.uri().path(), &prometheus, &snapshot);
+                let resp = answer(req.uri().path(), &prometheus, &snapshot, &reloads);
                 std::future::ready(Ok::<_, std::convert::Infallible>(resp))
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
@@ -41,8 +64,24 @@ pub async fn serve(
     }
 }
 
-fn answer(path: &str, prometheus: &PrometheusHandle, snapshot: &ArcSwap<Snapshot>) -> Response<Body> {
+fn answer(
+    path: &str,
+    prometheus: &PrometheusHandle,
+    snapshot: &ArcSwap<Snapshot>,
+    reloads: &ArcSwap<ReloadStatus>,
+) -> Response<Body> {
     match path {
+        "/status.json" => {
+            let status = DaemonStatus {
+                version: crate::VERSION.into(),
+                pid: std::process::id(),
+                reload: (**reloads.load()).clone(),
+                problems: snapshot.load().problems.clone(),
+            };
+            let mut resp = Response::new(full(serde_json::to_vec_pretty(&status).unwrap_or_default()));
+            resp.headers_mut().insert(hyper::header::CONTENT_TYPE, "application/json".parse().expect("static"));
+            resp
+        }
         "/metrics" => {
             metrics::refresh_certificate_expiry(&snapshot.load());
             let mut resp = Response::new(full(prometheus.render()));
@@ -53,8 +92,21 @@ fn answer(path: &str, prometheus: &PrometheusHandle, snapshot: &ArcSwap<Snapshot
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics or /healthz\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /status.json\n"),
     }
+}
+
+/// Asks a running daemon for its status (`portcullis status`); `None` if none answers.
+pub fn query(addr: SocketAddr) -> Option<DaemonStatus> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_millis(500);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(b"GET /status.json HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let body = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &buf[i + 4..])?;
+    serde_json::from_slice(body).ok()
 }
 
 /// Binds the admin listener.

@@ -485,6 +485,22 @@ fn status(ctx: &Ctx) -> Result<ExitCode> {
         for p in &s.problems {
             println!("problem:      {p}");
         }
+        match &s.daemon {
+            Some(d) => {
+                let ok = d.reload.last_success.as_deref().unwrap_or("-");
+                println!(
+                    "daemon:       running (pid {}), snapshot generation {}, last reload ok at {ok}",
+                    d.pid, d.reload.generation
+                );
+                if let (Some(err), Some(at)) = (&d.reload.last_error, &d.reload.last_error_at) {
+                    println!("last error:   {at}: {err}");
+                }
+                for p in &d.problems {
+                    println!("daemon problem: {p}");
+                }
+            }
+            None => println!("daemon:       not answering on http://{}", ctx.config.admin_listen),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

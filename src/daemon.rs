@@ -129,6 +129,7 @@ async fn reload(
     shared: &TlsShared,
     cache: &Arc<std::sync::Mutex<EntryCache>>,
     cell: &ArcSwap<Snapshot>,
+    reloads: &ArcSwap<admin::ReloadStatus>,
     generation: u64,
     why: &str,
 ) -> Option<Config> {
@@ -142,11 +143,20 @@ async fn reload(
         Ok((s, config)) => {
             cell.store(Arc::new(s));
             admin::metrics::reload(true);
+            reloads.store(Arc::new(admin::ReloadStatus {
+                generation,
+                last_success: Some(crate::pki::rfc3339(time::OffsetDateTime::now_utc())),
+                ..Default::default()
+            }));
             tracing::info!(generation, trigger = why, "reloaded");
             Some(config)
         }
         Err(e) => {
             admin::metrics::reload(false);
+            let mut status = (**reloads.load()).clone();
+            status.last_error = Some(format!("{e:#}").replace('\n', " "));
+            status.last_error_at = Some(crate::pki::rfc3339(time::OffsetDateTime::now_utc()));
+            reloads.store(Arc::new(status));
             tracing::error!(trigger = why, error = %format!("{e:#}"), "reload failed; still serving the last good snapshot");
             None
         }
@@ -197,6 +207,11 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     let first = build(&config, &store_dir, &shared, 1, &cache)?;
     admin::metrics::reload(true);
     let cell = Arc::new(ArcSwap::from_pointee(first));
+    let reloads = Arc::new(ArcSwap::from_pointee(admin::ReloadStatus {
+        generation: 1,
+        last_success: Some(crate::pki::rfc3339(time::OffsetDateTime::now_utc())),
+        ..Default::default()
+    }));
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -211,7 +226,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         .await
         .with_context(|| format!("[admin] listen: cannot bind {}", config.admin_listen))?;
     eprintln!("listening: admin on http://{} (/metrics, /healthz)", config.admin_listen);
-    tokio::spawn(admin::serve(admin_tcp, prometheus, Arc::clone(&cell), shutdown.clone()));
+    tokio::spawn(admin::serve(admin_tcp, prometheus, Arc::clone(&cell), Arc::clone(&reloads), shutdown.clone()));
 
     // File changes and a periodic rescan (for file systems that miss events) reload
     // the same way as SIGHUP.
@@ -241,7 +256,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
             _ = rescan.tick() => "periodic rescan",
         };
         generation += 1;
-        if let Some(config) = reload(&inputs, &shared, &cache, &cell, generation, why).await {
+        if let Some(config) = reload(&inputs, &shared, &cache, &cell, &reloads, generation, why).await {
             let _ = binds.apply(&config, &cell, &tracker, &shutdown, false).await;
         }
     }

@@ -423,6 +423,8 @@ pub struct Status {
     pub certificates: usize,
     pub pending_requests: usize,
     pub problems: Vec<String>,
+    /// The running daemon's view (from its admin listener), if one answers.
+    pub daemon: Option<crate::admin::DaemonStatus>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -500,6 +502,7 @@ pub fn status(store: &Store, config: &Config) -> Result<Status, Error> {
         certificates: certs.len(),
         pending_requests: requests.len(),
         problems,
+        daemon: crate::admin::query(config.admin_listen),
     })
 }
 

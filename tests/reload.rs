@@ -54,10 +54,17 @@ fn store_and_config_changes_are_served_without_restart() {
     assert!(env.daemon_log().contains("portcullis.toml:"), "{}", env.daemon_log());
     let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
     assert!(metrics.contains("portcullis_reloads_total{result=\"error\"}"), "{metrics}");
+    let (_, status) = curl(&[&format!("http://127.0.0.1:{admin}/status.json")]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(status["reload"]["last_error"].as_str().unwrap().contains("portcullis.toml:"), "{status}");
     assert!(metrics.contains("portcullis_last_reload_success_timestamp_seconds"), "{metrics}");
     // Fixed: served again.
     std::fs::write(&cfg, config("v4")).unwrap();
     within(5, "fixed config", &env, || body() == "v4");
+    // `portcullis status` shows the running daemon.
+    let status = env.run(&["--config", cfg.to_str().unwrap(), "--json", "status"]).json();
+    assert!(status["daemon"]["reload"]["generation"].as_u64().unwrap() > 1, "{status}");
+    assert!(status["daemon"]["reload"]["last_error"].is_null(), "{status}");
 
     // Damage by hand: a garbage certificate file, then a truncated key. The last good
     // version keeps serving, and the problem is reported.
