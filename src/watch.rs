@@ -35,7 +35,11 @@ pub fn start(store: &Path, config: Option<&Path>, tx: UnboundedSender<()>) -> Re
     let (s, c) = (store_abs.clone(), config_abs.clone());
     let mut debouncer = new_debouncer(Duration::from_millis(150), None, move |result: DebounceEventResult| {
         let wanted = match result {
-            Ok(events) => events.iter().any(|e| e.paths.iter().any(|p| relevant(p, c.as_deref(), &s))),
+            // Reads (open, access, close-after-read) change nothing; the reload itself
+            // reads the store, and counting those would reload forever.
+            Ok(events) => events.iter().any(|e| {
+                !matches!(e.kind, notify::EventKind::Access(_)) && e.paths.iter().any(|p| relevant(p, c.as_deref(), &s))
+            }),
             // Overflow or a watch error: rescan everything.
             Err(_) => true,
         };

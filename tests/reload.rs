@@ -35,6 +35,10 @@ fn store_and_config_changes_are_served_without_restart() {
     let body = || curl(&["-k", &url]).1;
     assert_eq!(body(), "v1");
     assert_eq!(served_cn(port, None).as_deref(), Some("Portcullis Default"));
+    // Idle: reading the store (a reload does) must not count as a change.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    assert!(metrics.contains("portcullis_reloads_total{result=\"ok\"} 1\n"), "reloading while idle:\n{metrics}");
 
     // A new default certificate, made by the CLI while the proxy runs.
     env.run(&["cert", "create-self-signed", "--name", "Fresh", "--san", "fresh.example.test"]).ok();
