@@ -62,6 +62,19 @@ fn store_and_config_changes_are_served_without_restart() {
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert!(status["reload"]["last_error"].as_str().unwrap().contains("portcullis.toml:"), "{status}");
     assert!(metrics.contains("portcullis_last_reload_success_timestamp_seconds"), "{metrics}");
+    // An unknown key, then a bad upstream address: each refused, v2 still served.
+    for (broken, want) in [
+        (config("v3").replace("[[listener]]", "colour = \"blue\"\n[[listener]]"), "unknown field `colour`"),
+        (
+            config("v3")
+                .replace("type = \"static\", body = \"v3\"", "type = \"http_proxy\", upstreams = [\"no-port\"]"),
+            "upstreams: \"no-port\" is not host:port",
+        ),
+    ] {
+        std::fs::write(&cfg, broken).unwrap();
+        within(5, want, &env, || env.daemon_log().contains(want));
+        assert_eq!(body(), "v2");
+    }
     // Fixed: served again.
     std::fs::write(&cfg, config("v4")).unwrap();
     within(5, "fixed config", &env, || body() == "v4");
