@@ -3,9 +3,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis::config::Config;
-use portcullis::pki::{self, IdentityRequest, KeyType};
 use portcullis::snapshot::{self, EntryCache, TlsShared};
-use portcullis::store::{NewCert, Source, Store};
+use portcullis::store::Store;
 
 const CERTS: usize = 10_000;
 
@@ -15,24 +14,7 @@ fn build(c: &mut Criterion) {
     let root = dir.path().join("store");
     let mut store = Store::open(&root).unwrap();
     // Straight to the store: the CLI path checks every name against every entry.
-    let now = time::OffsetDateTime::now_utc();
-    for i in 0..CERTS {
-        let name = format!("Site {i}");
-        let sans = vec![format!("site{i}.example.com")];
-        let identity = IdentityRequest { friendly_name: name.clone(), sans, ..Default::default() }.validate().unwrap();
-        let key = KeyType::EcdsaP256.generate().unwrap();
-        let cert = pki::self_signed(&identity, KeyType::EcdsaP256, &key, 365, now).unwrap();
-        let key_pem = key.to_pem();
-        let new = NewCert {
-            friendly_name: &name,
-            source: Source::SelfSigned,
-            key_type: Some(KeyType::EcdsaP256),
-            cert_pem: &cert,
-            chain_pem: "",
-            key_pem: Some(&key_pem),
-        };
-        store.add_cert(&new).unwrap();
-    }
+    portcullis::ops::fill_self_signed(&mut store, CERTS, "Site", "example.com").unwrap();
     // Assign them all to the listener so every entry is turned into a rustls key.
     let ids: Vec<String> = store.certs().unwrap().0.into_iter().map(|e| e.id).collect();
     store.assign_all("default", &ids).unwrap();
