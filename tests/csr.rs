@@ -8,26 +8,7 @@ use common::{Env, mode, openssl, openssl_ok};
 fn make_ca(env: &Env) -> (String, String) {
     let ca = env.path("ca.pem").display().to_string();
     let ca_key = env.path("ca.key").display().to_string();
-    openssl_ok(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &ca_key,
-            "-out",
-            &ca,
-            "-days",
-            "30",
-            "-subj",
-            "/CN=Portcullis test CA",
-        ],
-        None,
-    );
+    common::openssl_self_signed(&ca_key, &ca, "/CN=Portcullis test CA", "30", &[]);
     (ca, ca_key)
 }
 

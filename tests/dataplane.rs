@@ -164,27 +164,12 @@ fn http_proxy_tcp_proxy_and_passthrough() {
     let tls_backend_port = free_port();
     let bkey = env.path("backend.key").display().to_string();
     let bcert = env.path("backend.pem").display().to_string();
-    common::openssl_ok(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &bkey,
-            "-out",
-            &bcert,
-            "-days",
-            "2",
-            "-subj",
-            "/CN=backend.example.test",
-            "-addext",
-            "subjectAltName=DNS:pass.example.test",
-        ],
-        None,
+    common::openssl_self_signed(
+        &bkey,
+        &bcert,
+        "/CN=backend.example.test",
+        "2",
+        &["-addext", "subjectAltName=DNS:pass.example.test"],
     );
     let accept = tls_backend_port.to_string();
     let _tls_backend = common::Proc(

@@ -94,23 +94,7 @@ impl Pki {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         p.ossl(&args.iter().map(String::as_str).collect::<Vec<_>>());
         fs::write(p.f("leaf.ext"), "subjectAltName=DNS:www.example.test,DNS:example.test\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-        p.ossl(&[
-            "x509",
-            "-req",
-            "-in",
-            p.f("leaf.csr"),
-            "-CA",
-            p.f("int.pem"),
-            "-CAkey",
-            p.f("int.key"),
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-extfile",
-            p.f("leaf.ext"),
-            "-out",
-            p.f("leaf.pem"),
-        ]);
+        p.sign_with_intermediate(p.f("leaf.csr"), "30", &["-extfile", p.f("leaf.ext"), "-out", p.f("leaf.pem")]);
         let chain = [p.read("int.pem"), p.read("root.pem")].concat();
         fs::write(p.f("chain.pem"), chain).unwrap();
         p
@@ -127,6 +111,15 @@ impl Pki {
 
     fn ossl(&self, args: &[&str]) -> String {
         openssl_ok(args, None)
+    }
+
+    /// Has the test intermediate sign `csr` for `days` days; `extra` adds openssl
+    /// flags (extensions, `-out`).
+    fn sign_with_intermediate(&self, csr: &str, days: &str, extra: &[&str]) {
+        let mut args = vec!["x509", "-req", "-in", csr, "-CA", self.f("int.pem"), "-CAkey", self.f("int.key")];
+        args.extend(["-CAcreateserial", "-days", days]);
+        args.extend_from_slice(extra);
+        self.ossl(&args);
     }
 
     /// openssl's SHA-256 fingerprint of a certificate file, lowercase hex.
@@ -481,23 +474,7 @@ fn csr_flow_with_chain_completed_later() {
         .ok()
         .to_owned();
     fs::write(p.f("ours.csr"), csr).unwrap();
-    p.ossl(&[
-        "x509",
-        "-req",
-        "-in",
-        p.f("ours.csr"),
-        "-CA",
-        p.f("int.pem"),
-        "-CAkey",
-        p.f("int.key"),
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-copy_extensions",
-        "copyall",
-        "-out",
-        p.f("ours.pem"),
-    ]);
+    p.sign_with_intermediate(p.f("ours.csr"), "30", &["-copy_extensions", "copyall", "-out", p.f("ours.pem")]);
 
     let run = env.run(&["--json", "cert", "import", p.f("ours.pem")]);
     let c = run.json()["certificates"][0].clone();
@@ -547,23 +524,7 @@ fn csr_flow_with_chain_completed_later() {
 
     // Renewal with the same key: the CA signs the same request again, for longer. The
     // renewed certificate becomes a new entry with the stored key and a later expiry.
-    p.ossl(&[
-        "x509",
-        "-req",
-        "-in",
-        p.f("ours.csr"),
-        "-CA",
-        p.f("int.pem"),
-        "-CAkey",
-        p.f("int.key"),
-        "-CAcreateserial",
-        "-days",
-        "60",
-        "-copy_extensions",
-        "copyall",
-        "-out",
-        p.f("renewed.pem"),
-    ]);
+    p.sign_with_intermediate(p.f("ours.csr"), "60", &["-copy_extensions", "copyall", "-out", p.f("renewed.pem")]);
     let run = env.run(&["--json", "cert", "import", p.f("renewed.pem")]);
     let renewed = run.json()["certificates"][0].clone();
     assert!(run.stderr.contains("uses the private key of certificate support-2027"), "{}", run.stderr);
@@ -805,23 +766,7 @@ fn certificate_warnings_match_what_openssl_made() {
     let w = warnings_of(p.f("future.pem"));
     assert!(w.iter().any(|w| w == "not valid before 2040-01-01T00:00:00Z"), "{w:?}");
 
-    p.ossl(&[
-        "x509",
-        "-req",
-        "-in",
-        p.f("leaf.csr"),
-        "-CA",
-        p.f("int.pem"),
-        "-CAkey",
-        p.f("int.key"),
-        "-CAcreateserial",
-        "-days",
-        "10",
-        "-extfile",
-        p.f("leaf.ext"),
-        "-out",
-        p.f("soon.pem"),
-    ]);
+    p.sign_with_intermediate(p.f("leaf.csr"), "10", &["-extfile", p.f("leaf.ext"), "-out", p.f("soon.pem")]);
     let w = warnings_of(p.f("soon.pem"));
     assert!(w.iter().any(|w| w == "expires in 10 days"), "{w:?}");
     assert!(!w.iter().any(|w| w.contains("chain")), "the chain is complete: {w:?}");

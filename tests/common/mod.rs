@@ -146,6 +146,15 @@ pub fn openssl_ok(args: &[&str], stdin: Option<&str>) -> String {
     out
 }
 
+/// Makes a self-signed P-256 certificate and key with openssl (`extra`: more flags,
+/// such as `-addext`).
+pub fn openssl_self_signed(key: &str, cert: &str, subject: &str, days: &str, extra: &[&str]) {
+    let mut args = vec!["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    args.extend(["-keyout", key, "-out", cert, "-days", days, "-subj", subject]);
+    args.extend_from_slice(extra);
+    openssl_ok(&args, None);
+}
+
 /// File mode bits.
 pub fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
