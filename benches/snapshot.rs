@@ -24,14 +24,14 @@ fn build(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("build_10000", |b| {
         b.iter(|| {
-            let s = snapshot::build(&config, &store, &shared, 1).unwrap();
+            let s = snapshot::build(&config, &store, &shared).unwrap();
             // ...plus the factory default, which is in the store too.
             assert_eq!(s.listeners[0].certs.entries().len(), CERTS + 1);
         })
     });
     // A reload after one entry changed: only that entry is parsed again.
     let mut cache = EntryCache::default();
-    snapshot::build_cached(&config, &store, &shared, 1, &mut cache).unwrap();
+    snapshot::build_cached(&config, &store, &shared, &mut cache).unwrap();
     let touched = root.join("certs").join(&ids[ids.len() / 2]).join("cert.pem");
     let pem = std::fs::read(&touched).unwrap();
     group.bench_function("rebuild_10000_one_changed", |b| {
@@ -41,7 +41,7 @@ fn build(c: &mut Criterion) {
             #[allow(clippy::disallowed_methods)]
             std::fs::write(&tmp, &pem).unwrap();
             std::fs::rename(&tmp, &touched).unwrap();
-            let s = snapshot::build_cached(&config, &store, &shared, 2, &mut cache).unwrap();
+            let s = snapshot::build_cached(&config, &store, &shared, &mut cache).unwrap();
             assert_eq!(s.listeners[0].certs.entries().len(), CERTS + 1);
         })
     });

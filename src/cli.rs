@@ -513,7 +513,7 @@ fn check_config(ctx: &Ctx) -> Result<ExitCode> {
     let status = ops::status(&store, &ctx.config)?;
     problems.extend(status.problems.iter().filter(|p| p.starts_with("state.toml")).cloned());
     // Build the snapshot the daemon would serve: handler options, keys, listeners.
-    match crate::snapshot::TlsShared::new().and_then(|shared| crate::snapshot::build(&ctx.config, &store, &shared, 0)) {
+    match crate::snapshot::TlsShared::new().and_then(|shared| crate::snapshot::build(&ctx.config, &store, &shared)) {
         Ok(snapshot) => problems.extend(snapshot.problems),
         Err(e) => problems.push(e),
     }

@@ -344,7 +344,7 @@ pub fn which(store: &Store, config: &Config, hostname: &str, listener: Option<&s
         None => config.listeners.first().map(|l| l.name.clone()).unwrap_or_default(),
     };
     let shared = crate::snapshot::TlsShared::new().map_err(Error::Replace)?;
-    let snapshot = crate::snapshot::build(config, store, &shared, 0).map_err(Error::Replace)?;
+    let snapshot = crate::snapshot::build(config, store, &shared).map_err(Error::Replace)?;
     let l = snapshot.listener(&name).ok_or_else(|| flag("--listener", format!("{name:?} is not configured")))?;
     let sni = (!hostname.is_empty()).then_some(hostname);
     let selection = l.certs.lookup(sni);
@@ -359,20 +359,10 @@ pub fn which(store: &Store, config: &Config, hostname: &str, listener: Option<&s
 
 /// `cert set-default ID`.
 pub fn set_default(store: &mut Store, key: &str) -> Result<Report<DefaultChanged>, Error> {
-    let (kind, id) = store.resolve(key)?;
-    if kind == EntryKind::Request {
-        return Err(Error::WrongKind {
-            id,
-            reason: "is a pending request; import its signed certificate first, then make that the default",
-        });
-    }
-    let entry = store.read_cert(&id)?;
-    let mut report = Report::new(DefaultChanged { id: id.clone(), previous: String::new() });
-    if !entry.key.has_key() {
-        return Err(Error::WrongKind { id, reason: "has no usable private key, so it cannot be served" });
-    }
-    report.warnings = entry.info.warnings(entry.key.clone(), OffsetDateTime::now_utc());
-    report.value.previous = store.set_default(&id)?;
+    let (id, warnings) = servable(store, key)?;
+    let previous = store.set_default(&id)?;
+    let mut report = Report::new(DefaultChanged { id, previous });
+    report.warnings = warnings;
     Ok(report)
 }
 
@@ -829,7 +819,7 @@ pub fn export(store: &Store, p: &ExportParams) -> Result<Report<ExportedView>, E
     } else {
         Vec::new()
     };
-    let exported = pki::export(p.format, &leaf, &chain, key.as_ref(), password, &entry.meta.friendly_name)
+    let exported = pki::export(p.format, &leaf, &chain, key, password, &entry.meta.friendly_name)
         .map_err(|reason| Error::Replace(format!("{id}: cannot encode as {}: {reason}", p.format)))?;
     store::write_export(&p.out, &exported.bytes, exported.has_key, p.force)?;
     let mut report = Report::new(ExportedView {

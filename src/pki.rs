@@ -13,8 +13,6 @@ mod key;
 mod legacy;
 mod names;
 
-use std::net::IpAddr;
-
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType, SerialNumber,
 };
@@ -226,21 +224,6 @@ impl Identity {
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         Ok(params)
-    }
-
-    /// The first DNS name, the natural name to show for this identity.
-    pub fn primary_dns(&self) -> Option<&str> {
-        self.sans.iter().find_map(|s| match s {
-            SubjectAltName::Dns(n) => Some(n.as_str()),
-            SubjectAltName::Ip(_) => None,
-        })
-    }
-
-    pub fn ip_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
-        self.sans.iter().filter_map(|s| match s {
-            SubjectAltName::Ip(ip) => Some(*ip),
-            SubjectAltName::Dns(_) => None,
-        })
     }
 }
 

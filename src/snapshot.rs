@@ -26,8 +26,7 @@ use crate::store::{self, CertEntry, Stamp, Store};
 pub struct Route {
     pub hosts: Vec<HostPattern>,
     pub handler: Handler,
-    /// "route[2]" or the built-in route: the metric label.
-    pub name: Arc<str>,
+    /// Request counters labelled "route[2]" (or "built-in").
     pub metrics: RouteMetrics,
 }
 
@@ -74,7 +73,6 @@ impl TlsShared {
 }
 
 pub struct Snapshot {
-    pub generation: u64,
     pub listeners: Vec<ListenerSnap>,
     pub certificates: Vec<CertSummary>,
     /// Store entries that were skipped, and other things worth reporting.
@@ -186,8 +184,8 @@ impl EntryCache {
 
 /// Builds a snapshot. Configuration errors (a route's handler options) fail the build;
 /// an unreadable store entry is skipped and reported in `problems`.
-pub fn build(config: &Config, store: &Store, shared: &TlsShared, generation: u64) -> Result<Snapshot, String> {
-    build_cached(config, store, shared, generation, &mut EntryCache::default())
+pub fn build(config: &Config, store: &Store, shared: &TlsShared) -> Result<Snapshot, String> {
+    build_cached(config, store, shared, &mut EntryCache::default())
 }
 
 /// [`build`] reusing (and updating) what an earlier build parsed.
@@ -195,12 +193,11 @@ pub fn build_cached(
     config: &Config,
     store: &Store,
     shared: &TlsShared,
-    generation: u64,
     cache: &mut EntryCache,
 ) -> Result<Snapshot, String> {
     let mut problems = cache.refresh(store)?;
     let entries = &cache.entries;
-    let served = |id: &str, send_root: bool, _problems: &mut Vec<String>| -> Option<(Served, Vec<String>, i64)> {
+    let served = |id: &str, send_root: bool| -> Option<(Served, Vec<String>, i64)> {
         let c = entries.get(id)?;
         let key = c.keys[usize::from(send_root)].as_ref().ok()?.clone();
         let s = Served { id: id.into(), friendly_name: Arc::clone(&c.friendly_name), key };
@@ -222,7 +219,7 @@ pub fn build_cached(
         if let Some(a) = assigned.filter(|a| !a.assigned.is_empty() || a.default.is_some()) {
             let ids = a.default.iter().chain(a.assigned.iter());
             for id in ids {
-                match served(id, l.send_root, &mut problems) {
+                match served(id, l.send_root) {
                     Some((s, names, not_after)) => {
                         let i = builder.add(s, &names, not_after);
                         fallback.get_or_insert((i, DefaultKind::Listener));
@@ -234,11 +231,11 @@ pub fn build_cached(
         let map = match fallback {
             Some((i, kind)) => builder.build_with(i, kind),
             None => {
-                let global = state.default.as_deref().and_then(|id| served(id, l.send_root, &mut problems));
+                let global = state.default.as_deref().and_then(|id| served(id, l.send_root));
                 let (s, names, not_after, kind) = match global {
                     Some((s, n, t)) => (s, n, t, DefaultKind::Global),
                     None => {
-                        let (s, n, t) = served(store::FACTORY_ID, l.send_root, &mut problems).ok_or_else(|| {
+                        let (s, n, t) = served(store::FACTORY_ID, l.send_root).ok_or_else(|| {
                             format!("the factory default certificate {} cannot be served", store::FACTORY_ID)
                         })?;
                         (s, n, t, DefaultKind::Factory)
@@ -253,12 +250,7 @@ pub fn build_cached(
         let mut routes = Vec::new();
         for r in config.routes.iter().filter(|r| r.listener == l.name) {
             let handler = handler::build(&r.handler).map_err(|e| format!("{}.handler: {e}", r.origin))?;
-            routes.push(Route {
-                hosts: r.hosts.clone(),
-                handler,
-                name: r.label.as_str().into(),
-                metrics: RouteMetrics::new(&r.label),
-            });
+            routes.push(Route { hosts: r.hosts.clone(), handler, metrics: RouteMetrics::new(&r.label) });
         }
         let has_passthrough = routes.iter().any(|r| matches!(r.handler, Handler::Passthrough(_)));
         let has_http = routes.iter().any(|r| matches!(r.handler, Handler::Http(_)));
@@ -294,5 +286,5 @@ pub fn build_cached(
         })
         .collect();
     certificates.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(Snapshot { generation, listeners, certificates, problems })
+    Ok(Snapshot { listeners, certificates, problems })
 }

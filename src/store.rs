@@ -175,6 +175,8 @@ pub struct CertEntry {
     pub chain_pem: String,
     pub info: CertInfo,
     pub key: KeyLink,
+    /// The private key when it matches the certificate (parsed once, when read).
+    private: Option<PrivateKey>,
     /// The chain built from the entry's chain.pem and the trust pool.
     pub chain: Chain,
     /// Problems with the entry's files that do not stop it being used (e.g. key mode).
@@ -192,13 +194,9 @@ impl CertEntry {
         std::iter::once(self.leaf_der()).chain(self.chain.intermediates.iter().map(|c| c.der.clone())).collect()
     }
 
-    /// Reads the private key, if the entry has one that matches.
-    pub fn private_key(&self) -> Option<PrivateKey> {
-        if !self.key.has_key() {
-            return None;
-        }
-        let pem = fs::read_to_string(self.dir.join("key.pem")).ok()?;
-        PrivateKey::from_pem(&pem).ok()
+    /// The private key, if the entry has one that matches.
+    pub fn private_key(&self) -> Option<&PrivateKey> {
+        self.private.as_ref()
     }
 }
 
@@ -468,12 +466,6 @@ impl Store {
         Ok(true)
     }
 
-    /// The certificate entry whose leaf has this SHA-256 fingerprint.
-    pub fn find_fingerprint(&self, fingerprint: &str) -> Result<Option<String>, Error> {
-        let (certs, _) = self.certs()?;
-        Ok(certs.into_iter().find(|c| c.info.fingerprint_sha256 == fingerprint).map(|c| c.id))
-    }
-
     /// A stored private key (of a pending request, or of a certificate) whose public key
     /// is `public_raw`.
     pub fn find_key(&self, public_raw: &[u8]) -> Result<Option<(EntryKind, String, PrivateKey)>, Error> {
@@ -551,6 +543,7 @@ impl Store {
         let chain = pki::build_chain(&leaf, &info, &candidates, OffsetDateTime::now_utc());
         let mut file_warnings = Vec::new();
         let key_path = dir.join("key.pem");
+        let mut private = None;
         let key = match fs::read_to_string(&key_path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => KeyLink::Missing,
             Err(e) => KeyLink::Unreadable(format!("{}: {e}", key_path.display())),
@@ -562,13 +555,16 @@ impl Store {
                     }
                 }
                 match PrivateKey::from_pem(&pem) {
-                    Ok(k) if k.public_key_raw() == info.public_key_raw.as_slice() => KeyLink::Matches,
+                    Ok(k) if k.public_key_raw() == info.public_key_raw.as_slice() => {
+                        private = Some(k);
+                        KeyLink::Matches
+                    }
                     Ok(_) => KeyLink::Mismatch,
                     Err(why) => KeyLink::Unreadable(format!("{}: {why}", key_path.display())),
                 }
             }
         };
-        Ok(CertEntry { id: id.to_owned(), dir, meta, cert_pem, chain_pem, info, key, chain, file_warnings })
+        Ok(CertEntry { id: id.to_owned(), dir, meta, cert_pem, chain_pem, info, key, private, chain, file_warnings })
     }
 
     pub fn read_request(&self, id: &str) -> Result<RequestEntry, Error> {
