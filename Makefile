@@ -1,8 +1,10 @@
 # The test command of README.md. It installs the system packages the tests use as
-# oracles and peers (openssl, curl, python3 for a test backend, testssl.sh) when missing, then runs every test against the real
-# binary, built with the failpoints feature so crash-safety tests can stop it mid-write.
+# oracles and peers when missing (openssl, curl, python3 for a test backend, testssl.sh,
+# pebble as the ACME server, aiosmtpd as the SMTP server), then runs every test against
+# the real binary, built with the failpoints feature so crash-safety tests can stop it
+# mid-write.
 # command:package pairs
-APT_PACKAGES := openssl:openssl curl:curl python3:python3 testssl:testssl.sh
+APT_PACKAGES := openssl:openssl curl:curl python3:python3 testssl:testssl.sh pebble:pebble pebble-challtestsrv:pebble
 
 .PHONY: test lint deps
 
@@ -15,6 +17,7 @@ lint:
 
 deps:
 	@missing=""; for cp in $(APT_PACKAGES); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
+	/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing="$$missing python3-aiosmtpd"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

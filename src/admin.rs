@@ -36,6 +36,12 @@ pub struct DaemonStatus {
     pub reload: ReloadStatus,
     /// Store entries skipped (or kept at their last good version) by the last build.
     pub problems: Vec<String>,
+    /// ACME certificates and their renewal status, as of the renewer's last pass.
+    #[serde(default)]
+    pub acme: Vec<crate::acme::AcmeView>,
+    /// The last admin jobs, newest last.
+    #[serde(default)]
+    pub jobs: Vec<crate::jobs::JobResult>,
 }
 
 /// Serves the admin endpoints until `shutdown`.
@@ -44,6 +50,7 @@ pub async fn serve(
     prometheus: PrometheusHandle,
     snapshot: Arc<ArcSwap<Snapshot>>,
     reloads: Arc<ArcSwap<ReloadStatus>>,
+    jobs: crate::jobs::Recent,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -54,9 +61,10 @@ pub async fn serve(
         let prometheus = prometheus.clone();
         let snapshot = Arc::clone(&snapshot);
         let reloads = Arc::clone(&reloads);
+        let jobs = Arc::clone(&jobs);
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let resp = answer(req.uri().path(), &prometheus, &snapshot, &reloads);
+                let resp = answer(req.uri().path(), &prometheus, &snapshot, &reloads, &jobs);
                 std::future::ready(Ok::<_, std::convert::Infallible>(resp))
             });
             let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
@@ -69,6 +77,7 @@ fn answer(
     prometheus: &PrometheusHandle,
     snapshot: &ArcSwap<Snapshot>,
     reloads: &ArcSwap<ReloadStatus>,
+    jobs: &crate::jobs::Recent,
 ) -> Response<Body> {
     match path {
         "/status.json" => {
@@ -77,6 +86,8 @@ fn answer(
                 pid: std::process::id(),
                 reload: (**reloads.load()).clone(),
                 problems: snapshot.load().problems.clone(),
+                acme: crate::acme::snapshot_views(&snapshot.load()),
+                jobs: jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect(),
             };
             let mut resp = Response::new(full(serde_json::to_vec_pretty(&status).unwrap_or_default()));
             resp.headers_mut().insert(hyper::header::CONTENT_TYPE, "application/json".parse().expect("static"));
@@ -98,15 +109,26 @@ fn answer(
 
 /// Asks a running daemon for its status (`portcullis status`); `None` if none answers.
 pub fn query(addr: SocketAddr) -> Option<DaemonStatus> {
+    let (status, body) = http_get(addr, "/status.json")?;
+    if status != 200 {
+        return None;
+    }
+    serde_json::from_str(&body).ok()
+}
+
+/// A plain HTTP/1.0 GET on loopback: (status, body), or `None` if nothing answers.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let timeout = std::time::Duration::from_millis(500);
+    let timeout = std::time::Duration::from_secs(2);
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
-    s.write_all(b"GET /status.json HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
-    let body = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| &buf[i + 4..])?;
-    serde_json::from_slice(body).ok()
+    let text = String::from_utf8_lossy(&buf);
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_owned()))
 }
 
 /// Binds the admin listener.

@@ -37,11 +37,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
-    command: Option<Command>,
+    pub(crate) command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Run the proxy: listeners, admin endpoint; SIGHUP reloads, SIGTERM drains and exits
     Run,
     /// Show the node: version, hostname, listeners, certificates in use with fingerprints
@@ -51,10 +51,66 @@ enum Command {
     /// Manage certificates and certificate signing requests
     #[command(subcommand)]
     Cert(Box<CertCommand>),
+    /// Let's Encrypt and other ACME CAs: request, renew, show renewal status
+    #[command(subcommand)]
+    Acme(AcmeCommand),
+    /// Admin jobs by file drop ([jobs] dir): submit a job file to the running daemon
+    #[command(subcommand)]
+    Job(JobCommand),
 }
 
 #[derive(Debug, Subcommand)]
-enum CertCommand {
+pub(crate) enum JobCommand {
+    /// Validate FILE and drop it into [jobs] dir/incoming atomically
+    #[command(
+        after_help = "A job file holds `action` and the flags of the matching command, - as _ and repeated\nflags as arrays. Actions: create-self-signed, request, import, export, set-default,\nassign, unassign, replace, delete, acme-request. Example (lab.toml):\n\n  action = \"create-self-signed\"\n  name = \"Lab\"\n  common_name = \"lab.example.com\"\n  san = [\"lab.example.com\", \"*.lab.example.com\"]\n\n  portcullis --config /etc/portcullis/portcullis.toml job submit lab.toml --wait\n\nPasswords only through password_file; paths are relative to the jobs directory."
+    )]
+    Submit {
+        file: PathBuf,
+        /// Wait for the result and print it (exit status 1 if the job failed)
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AcmeCommand {
+    /// Get a certificate over HTTP-01 ([acme] in the configuration; port 80 must reach this node)
+    #[command(
+        after_help = "Examples:\n  portcullis acme request --hostname support.example.com\n  portcullis acme request --hostname example.com --hostname www.example.com --key rsa-2048\n\nIf the daemon is running it answers the challenge; otherwise this command binds\n[acme] http_listen itself for the duration of the order. Running it again for the same\nhostnames does nothing while the certificate is valid."
+    )]
+    Request {
+        /// Fully qualified DNS name (repeat for more; no wildcards: HTTP-01 cannot validate them)
+        #[arg(long = "hostname", value_name = "FQDN", required = true)]
+        hostnames: Vec<String>,
+        /// Key type: ecdsa-p256 (default), ecdsa-p384, ed25519, rsa-2048, rsa-3072, rsa-4096
+        #[arg(long)]
+        key: Option<String>,
+        /// Friendly name (default: the first hostname)
+        #[arg(long)]
+        name: Option<String>,
+        /// Serve it on this listener (repeat for more; default: every listener)
+        #[arg(long = "listener", value_name = "NAME")]
+        listeners: Vec<String>,
+    },
+    /// Renew ACME certificates that are due (or ID now, with --force)
+    #[command(after_help = "Examples:\n  portcullis acme renew\n  portcullis acme renew support.example.com --force")]
+    Renew {
+        /// Id or friendly name (default: every ACME certificate that is due)
+        id: Option<String>,
+        /// Renew even if not due
+        #[arg(long)]
+        force: bool,
+    },
+    /// Every ACME certificate: hostnames, expiry, next renewal, last attempt and result
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertCommand {
     /// List certificates (or, with --requests, pending certificate signing requests)
     #[command(
         after_help = "Examples:\n  portcullis cert list\n  portcullis cert list --requests\n  portcullis cert list --json"
@@ -183,38 +239,38 @@ enum CertCommand {
 }
 
 #[derive(Debug, Args)]
-struct NewArgs {
+pub(crate) struct NewArgs {
     /// Friendly name, unique in the store (e.g. the main DNS name, or the month and year)
     #[arg(long)]
-    name: String,
+    pub(crate) name: String,
     /// Key type: ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072, rsa-4096
     #[arg(long, default_value = "ecdsa-p256")]
-    key: String,
+    pub(crate) key: String,
     /// Country: ISO 3166-1 alpha-2 code (e.g. US, DE)
     #[arg(long)]
-    country: Option<String>,
+    pub(crate) country: Option<String>,
     /// State or province, written out in full
     #[arg(long)]
-    state: Option<String>,
+    pub(crate) state: Option<String>,
     /// City (locality)
     #[arg(long)]
-    locality: Option<String>,
+    pub(crate) locality: Option<String>,
     /// Organization
     #[arg(long)]
-    org: Option<String>,
+    pub(crate) org: Option<String>,
     /// Organizational unit
     #[arg(long)]
-    org_unit: Option<String>,
+    pub(crate) org_unit: Option<String>,
     /// Common name; if it is a DNS name it also becomes the first SAN (default: the friendly name)
     #[arg(long)]
-    common_name: Option<String>,
+    pub(crate) common_name: Option<String>,
     /// Subject alternative name: DNS name, *.wildcard, or IP address (repeat for more)
     #[arg(long = "san", value_name = "NAME")]
-    sans: Vec<String>,
+    pub(crate) sans: Vec<String>,
 }
 
 impl NewArgs {
-    fn params(&self, days: u32) -> Result<CreateParams> {
+    pub(crate) fn params(&self, days: u32) -> Result<CreateParams> {
         let key_type: KeyType =
             self.key.parse().map_err(|reason: String| anyhow::anyhow!("--key {:?}: {reason}", self.key))?;
         Ok(CreateParams {
@@ -285,7 +341,169 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::Status) => status(&ctx),
         Some(Command::CheckConfig) => check_config(&ctx),
         Some(Command::Cert(cmd)) => cert(&ctx, *cmd),
+        Some(Command::Acme(cmd)) => acme(&ctx, cmd),
+        Some(Command::Job(JobCommand::Submit { file, wait, timeout })) => {
+            let source = ctx.config.source.as_ref().map_or("the configuration".into(), |p| p.display().to_string());
+            let dir = ctx.config.jobs_dir.clone().ok_or_else(|| anyhow::anyhow!("{source}: no [jobs] dir"))?;
+            let name = crate::jobs::submit(&dir, &file).map_err(|e| anyhow::anyhow!(e))?;
+            eprintln!("submitted job {name} to {}", dir.join(crate::jobs::INCOMING).display());
+            if !wait {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let Some(result) = crate::jobs::wait(&dir, &name, std::time::Duration::from_secs(timeout)) else {
+                anyhow::bail!(
+                    "job {name}: no result after {timeout} s; is the daemon running with [jobs] dir {}?",
+                    dir.display()
+                );
+            };
+            if ctx.json {
+                print_json(&result)?;
+            } else {
+                for m in &result.messages {
+                    println!("note: {m}");
+                }
+                for w in &result.warnings {
+                    println!("warning: {w}");
+                }
+                match &result.error {
+                    Some(e) => println!("job {name} failed: {e}"),
+                    None => println!("job {name} done: {}", serde_json::to_string(&result.outputs)?),
+                }
+            }
+            Ok(if result.status == "done" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
     }
+}
+
+fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
+    let policy = crate::acme::Policy::of(ctx.config.acme.as_ref());
+    if let AcmeCommand::Status = cmd {
+        let store = ctx.open_store()?;
+        let views = crate::acme::status(&store, &policy, OffsetDateTime::now_utc())?;
+        if ctx.json {
+            print_json(&views)?;
+        } else {
+            let header = ["ID", "HOSTNAMES", "EXPIRES", "STATUS", "RENEW AT", "LAST ATTEMPT", "RESULT"];
+            let rows: Vec<Vec<String>> = views
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.id.clone(),
+                        v.hostnames.join(","),
+                        v.not_after.clone(),
+                        v.status.clone(),
+                        v.next_attempt.clone().unwrap_or_else(|| v.renew_at.clone()),
+                        v.last_attempt.clone().unwrap_or_else(|| "-".into()),
+                        v.last_result.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print_table(&header, &rows);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let source = ctx.config.source.as_ref().map_or("the configuration".into(), |p| p.display().to_string());
+    let acme_config = ctx.config.acme.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{source}: no [acme] section; set directory, contact and agree_tos = true (see config/portcullis.toml)"
+        )
+    })?;
+    // Validate before touching the network.
+    let (params, renew_target) = match &cmd {
+        AcmeCommand::Request { hostnames, key, name, listeners } => {
+            let key_type = key
+                .as_deref()
+                .map(|k| k.parse::<KeyType>().map_err(|reason| anyhow::anyhow!("--key {k:?}: {reason}")))
+                .transpose()?;
+            let hostnames = crate::acme::check_hostnames(hostnames)?;
+            for l in listeners {
+                if !ctx.config.listeners.iter().any(|c| &c.name == l) {
+                    anyhow::bail!("--listener {l:?}: not a [[listener]] in {source}");
+                }
+            }
+            let listeners = if listeners.is_empty() {
+                ctx.config.listeners.iter().map(|l| l.name.clone()).collect()
+            } else {
+                listeners.clone()
+            };
+            (Some(crate::acme::RequestParams { hostnames, key_type, name: name.clone(), listeners }), None)
+        }
+        AcmeCommand::Renew { id, force } => (None, Some((id.clone(), *force))),
+        AcmeCommand::Status => unreachable!("handled above"),
+    };
+    let store_dir = ctx.open_store()?.root().to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let quiet = ctx.json;
+    let progress = move |line: &str| {
+        if !quiet {
+            eprintln!("acme: {line}");
+        }
+    };
+    let outcomes: Result<Vec<crate::acme::Obtained>> = rt.block_on(async {
+        let responder = cli_responder(acme_config, &store_dir).await?;
+        match (params, renew_target) {
+            (Some(p), _) => Ok(vec![crate::acme::request(acme_config, &store_dir, &p, &responder, &progress).await?]),
+            (None, Some((Some(id), force))) => {
+                Ok(vec![crate::acme::renew(acme_config, &store_dir, &id, force, &responder, &progress).await?])
+            }
+            (None, Some((None, force))) => {
+                let ids: Vec<String> = {
+                    let store = Store::open(&store_dir)?;
+                    crate::acme::status(&store, &policy, OffsetDateTime::now_utc())?.into_iter().map(|v| v.id).collect()
+                };
+                if ids.is_empty() {
+                    progress("no ACME certificates in the store");
+                }
+                let mut out = Vec::new();
+                for id in ids {
+                    out.push(crate::acme::renew(acme_config, &store_dir, &id, force, &responder, &progress).await?);
+                }
+                Ok(out)
+            }
+            (None, None) => unreachable!("one of them is set"),
+        }
+    });
+    let outcomes = outcomes?;
+    if ctx.json {
+        print_json(&outcomes)?;
+    } else {
+        for o in &outcomes {
+            println!(
+                "{} {} ({}) for {}: serial {}, valid until {}",
+                o.action,
+                o.id,
+                o.friendly_name,
+                o.hostnames.join(", "),
+                o.serial,
+                o.not_after
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The CLI answers HTTP-01 itself on every `[acme] http_listen` address it can bind (no
+/// daemon running); where the port is taken, a running daemon answers from the token
+/// files this process publishes in the store, which is checked before each challenge.
+async fn cli_responder(acme: &crate::config::Acme, store_dir: &std::path::Path) -> Result<crate::acme::Responder> {
+    let challenges = crate::acme::Challenges::new(Some(crate::acme::challenge_dir(store_dir)));
+    let mut check = Vec::new();
+    for addr in &acme.http_listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(tcp) => {
+                eprintln!("acme: answering HTTP-01 challenges on http://{addr} during the order");
+                let tracker = tokio_util::task::TaskTracker::new();
+                let never = tokio_util::sync::CancellationToken::new();
+                tokio::spawn(crate::proxy::redirect_loop(tcp, challenges.clone(), tracker, never));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                eprintln!("acme: http://{addr} is in use (a running daemon?); publishing the challenges for it");
+                check.push(*addr);
+            }
+            Err(e) => anyhow::bail!("acme.http_listen {addr}: cannot bind: {e}"),
+        }
+    }
+    Ok(crate::acme::Responder { challenges, on_disk: true, check })
 }
 
 fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
@@ -293,7 +511,7 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
     match cmd {
         CertCommand::List { requests: false } => {
             let store = ctx.open_store()?;
-            let (certs, problems) = ops::list_certs(&store, now)?;
+            let (certs, problems) = ops::list_certs(&store, now, &crate::acme::Policy::of(ctx.config.acme.as_ref()))?;
             warn_all("skipped unreadable entry", &problems);
             if ctx.json { print_json(&certs)? } else { print_cert_table(&certs) }
         }
@@ -507,7 +725,8 @@ fn status(ctx: &Ctx) -> Result<ExitCode> {
 
 fn check_config(ctx: &Ctx) -> Result<ExitCode> {
     let store = ctx.open_store()?;
-    let (certs, mut problems) = ops::list_certs(&store, OffsetDateTime::now_utc())?;
+    let policy = crate::acme::Policy::of(ctx.config.acme.as_ref());
+    let (certs, mut problems) = ops::list_certs(&store, OffsetDateTime::now_utc(), &policy)?;
     let (_, bad_requests) = ops::list_requests(&store)?;
     problems.extend(bad_requests);
     let status = ops::status(&store, &ctx.config)?;
@@ -593,6 +812,16 @@ fn print_cert(c: &CertView) {
         ("chain", if c.chain.is_empty() { "-".into() } else { c.chain.join(" <- ") }),
         ("created", c.created.clone()),
     ];
+    let rows = rows.into_iter().chain(c.acme.iter().flat_map(|a| {
+        [
+            ("acme hostnames", a.hostnames.join(", ")),
+            ("acme status", format!("{} (renewal from {})", a.status, a.renew_at)),
+            (
+                "acme last attempt",
+                format!("{} {}", a.last_attempt.as_deref().unwrap_or("-"), a.last_result.as_deref().unwrap_or("")),
+            ),
+        ]
+    }));
     for (k, v) in rows {
         println!("{:<19} {v}", format!("{k}:"));
     }
@@ -612,8 +841,19 @@ fn print_request(r: &RequestView, pem: &str) {
 }
 
 fn print_cert_table(certs: &[CertView]) {
-    let header =
-        ["ID", "FRIENDLY NAME", "ISSUED TO", "ISSUED BY", "EXPIRES", "SANS", "KEY", "DEFAULT", "LISTENERS", "WARNINGS"];
+    let header = [
+        "ID",
+        "FRIENDLY NAME",
+        "ISSUED TO",
+        "ISSUED BY",
+        "EXPIRES",
+        "SANS",
+        "KEY",
+        "DEFAULT",
+        "LISTENERS",
+        "ACME",
+        "WARNINGS",
+    ];
     let rows: Vec<Vec<String>> = certs
         .iter()
         .map(|c| {
@@ -627,6 +867,7 @@ fn print_cert_table(certs: &[CertView]) {
                 if c.has_private_key { "yes" } else { "no" }.into(),
                 if c.default { "*" } else { "" }.into(),
                 c.listeners.join(","),
+                c.acme.as_ref().map_or_else(|| "-".to_owned(), |a| a.status.clone()),
                 c.warnings.join("; "),
             ]
         })

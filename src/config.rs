@@ -5,10 +5,10 @@
 //! defaults serve on 127.0.0.1:8443 with the admin listener on 127.0.0.1:9900 and the
 //! store under ./portcullis-data. Relative paths in a file are relative to that file.
 //!
-//! This build knows `[store]`, `[admin]`, `[runtime]`, `[http]`, `[[listener]]` and
-//! `[[route]]`; the sections of later features (`[acme]`, `[jobs]`) are rejected as
-//! unknown until the feature exists, rather than accepted and ignored. A route's handler
-//! table is validated by the handler plugin named by its `type` (see `proxy::handler`).
+//! Sections: `[store]`, `[admin]`, `[runtime]`, `[http]`, `[acme]` (with
+//! `[[acme.certificate]]`), `[alerts]` (with `[alerts.smtp]`), `[jobs]`, `[[listener]]`
+//! and `[[route]]`. A route's handler table is validated by the handler plugin named by
+//! its `type` (see `proxy::handler`).
 
 use std::fs;
 use std::net::SocketAddr;
@@ -43,6 +43,9 @@ mod file {
         pub admin: Option<Admin>,
         pub runtime: Option<Runtime>,
         pub http: Option<Http>,
+        pub acme: Option<Acme>,
+        pub alerts: Option<Alerts>,
+        pub jobs: Option<Jobs>,
         #[serde(default)]
         pub listener: Vec<Listener>,
         #[serde(default)]
@@ -60,6 +63,60 @@ mod file {
     #[serde(deny_unknown_fields)]
     pub(super) struct Http {
         pub listen: Vec<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Acme {
+        pub directory: Option<String>,
+        #[serde(default)]
+        pub contact: Vec<String>,
+        pub agree_tos: Option<bool>,
+        pub ca_bundle: Option<String>,
+        pub http_listen: Option<super::OneOrMany>,
+        pub renew_before_days: Option<f64>,
+        pub alert_before_days: Option<f64>,
+        pub key: Option<String>,
+        pub reuse_key: Option<bool>,
+        pub eab_kid: Option<String>,
+        pub eab_hmac_key_file: Option<String>,
+        #[serde(default)]
+        pub certificate: Vec<AcmeCertificate>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct AcmeCertificate {
+        pub hostnames: Vec<String>,
+        pub name: Option<String>,
+        pub key: Option<String>,
+        pub listeners: Option<Vec<String>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Alerts {
+        pub alert_command: Option<String>,
+        pub smtp: Option<Smtp>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Smtp {
+        pub host: String,
+        pub port: Option<u16>,
+        pub security: Option<String>,
+        pub username: Option<String>,
+        pub password_file: Option<String>,
+        pub ca_bundle: Option<String>,
+        pub from: String,
+        pub to: Vec<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Jobs {
+        pub dir: String,
     }
 
     #[derive(Debug, Deserialize)]
@@ -188,6 +245,106 @@ pub struct Route {
     pub label: String,
 }
 
+/// A string or an array of strings in the file.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+/// Let's Encrypt's production directory: the default `[acme] directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `[acme]`: the account, the HTTP-01 responder and the renewal policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Acme {
+    pub directory: String,
+    pub contact: Vec<String>,
+    /// Trust only these roots for the ACME server's API (private or test CAs).
+    pub ca_bundle: Option<PathBuf>,
+    /// Plain-HTTP addresses answering HTTP-01 challenges (everything else redirects).
+    pub http_listen: Vec<SocketAddr>,
+    /// Renew when less than this is left (capped at a third of the lifetime).
+    pub renew_before: Duration,
+    /// Error state and alerts below this, scaled like `renew_before`.
+    pub alert_before: Duration,
+    pub key_type: crate::pki::KeyType,
+    /// Keep the key across renewals (default: a fresh key each time).
+    pub reuse_key: bool,
+    /// External Account Binding: key id and the file holding the base64url HMAC key.
+    pub eab: Option<(String, PathBuf)>,
+    /// `[[acme.certificate]]`: ensured on start and on every reload.
+    pub certificates: Vec<AcmeCertificate>,
+}
+
+/// One `[[acme.certificate]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AcmeCertificate {
+    /// Lowercase FQDNs, the first one the certificate's name by default.
+    pub hostnames: Vec<String>,
+    pub name: Option<String>,
+    pub key_type: Option<crate::pki::KeyType>,
+    /// Listeners it is assigned to when issued; `None`: every listener.
+    pub listeners: Option<Vec<String>>,
+}
+
+/// Checks an ACME hostname: a fully qualified DNS name HTTP-01 can validate.
+pub fn check_acme_hostname(h: &str) -> Result<String, String> {
+    if h.starts_with("*.") {
+        return Err(
+            "HTTP-01 cannot validate wildcard names; DNS-01 would be needed, which Portcullis does not do".into()
+        );
+    }
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return Err("an IP address, not a DNS name".into());
+    }
+    crate::pki::validate_dns_pattern(h)?;
+    let h = h.trim_end_matches('.').to_ascii_lowercase();
+    if !h.contains('.') {
+        return Err("not a fully qualified domain name (needs a dot, e.g. www.example.com)".into());
+    }
+    Ok(h)
+}
+
+/// `[alerts]`: where renewal failures are reported.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Alerts {
+    /// Run with `sh -c`, the details in PORTCULLIS_ALERT_* environment variables.
+    pub command: Option<String>,
+    pub smtp: Option<Smtp>,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    StartTls,
+    Tls,
+    None,
+}
+
+/// `[alerts.smtp]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Smtp {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_bundle: Option<PathBuf>,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -201,6 +358,10 @@ pub struct Config {
     pub http_listen: Vec<SocketAddr>,
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
+    pub acme: Option<Acme>,
+    pub alerts: Alerts,
+    /// `[jobs] dir`: admin jobs by file drop.
+    pub jobs_dir: Option<PathBuf>,
 }
 
 /// The page the built-in configuration serves.
@@ -229,6 +390,9 @@ impl Config {
                 origin: "built-in route".into(),
                 label: "built-in".into(),
             }],
+            acme: None,
+            alerts: Alerts::default(),
+            jobs_dir: None,
         }
     }
 
@@ -245,7 +409,7 @@ impl Config {
             macro_rules! replace {
                 ($($field:ident),*) => { $( if f.$field.is_some() { raw.$field = f.$field; } )* };
             }
-            replace!(store, admin, runtime, http);
+            replace!(store, admin, runtime, http, acme, alerts, jobs);
             listener_files.extend(std::iter::repeat_n(fragment.clone(), f.listener.len()));
             route_files.extend((0..f.route.len()).map(|i| (fragment.clone(), i)));
             raw.listener.extend(f.listener);
@@ -279,6 +443,18 @@ impl Config {
                 .iter()
                 .map(|a| a.parse().map_err(|_| invalid("http.listen".into(), format!("{a:?} is not an address:port"))))
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(acme) = raw.acme {
+            config.acme = Some(acme_config(acme, base, &invalid)?);
+        }
+        if let Some(alerts) = raw.alerts {
+            config.alerts = alerts_config(alerts, base, &invalid)?;
+        }
+        if let Some(jobs) = raw.jobs {
+            if jobs.dir.trim().is_empty() {
+                return Err(invalid("jobs.dir".into(), "must not be empty".into()));
+            }
+            config.jobs_dir = Some(base.join(jobs.dir));
         }
         if !raw.listener.is_empty() {
             config.listeners.clear();
@@ -369,8 +545,179 @@ impl Config {
                 label: format!("route[{i}]"),
             });
         }
+        if let Some(acme) = &config.acme {
+            for (i, c) in acme.certificates.iter().enumerate() {
+                for name in c.listeners.iter().flatten() {
+                    if !config.listeners.iter().any(|l| &l.name == name) {
+                        return Err(invalid(
+                            format!("acme.certificate[{i}].listeners"),
+                            format!("{name:?} is not a [[listener]] name"),
+                        ));
+                    }
+                }
+            }
+        }
         Ok(config)
     }
+}
+
+impl Config {
+    /// Plain-HTTP addresses: `[http] listen` and `[acme] http_listen`, each once.
+    pub fn plain_http(&self) -> Vec<SocketAddr> {
+        let mut all = self.http_listen.clone();
+        for a in self.acme.iter().flat_map(|a| &a.http_listen) {
+            if !all.contains(a) {
+                all.push(*a);
+            }
+        }
+        all
+    }
+}
+
+fn acme_config(a: file::Acme, base: &Path, invalid: &dyn Fn(String, String) -> Error) -> Result<Acme, Error> {
+    let directory = a.directory.unwrap_or_else(|| LETS_ENCRYPT.to_owned());
+    if !directory.starts_with("https://") {
+        return Err(invalid("acme.directory".into(), format!("{directory:?}: must be an https:// URL")));
+    }
+    if a.agree_tos != Some(true) {
+        return Err(invalid(
+            "acme.agree_tos".into(),
+            format!("must be set to true to accept the terms of service of {directory} (read them first)"),
+        ));
+    }
+    for c in &a.contact {
+        if !c.starts_with("mailto:") || c.len() < 10 || !c.contains('@') {
+            return Err(invalid("acme.contact".into(), format!("{c:?}: expected \"mailto:user@example.com\"")));
+        }
+    }
+    let days = |key: &str, v: Option<f64>, d: f64| match v {
+        None => Ok(d),
+        Some(x) if x.is_finite() && x > 0.0 && x < 3650.0 => Ok(x),
+        Some(x) => Err(invalid(format!("acme.{key}"), format!("{x}: expected a number of days above 0"))),
+    };
+    let renew = days("renew_before_days", a.renew_before_days, 30.0)?;
+    let alert = days("alert_before_days", a.alert_before_days, 25.0 * renew / 30.0)?;
+    if alert > renew {
+        return Err(invalid(
+            "acme.alert_before_days".into(),
+            format!("{alert} is more than renew_before_days ({renew}): alerts come after renewal starts"),
+        ));
+    }
+    let key_type = |key: String, v: Option<String>| {
+        v.map(|k| k.parse().map_err(|reason: String| invalid(key, format!("{k:?}: {reason}")))).transpose()
+    };
+    let http_listen = match a.http_listen {
+        None => vec![SocketAddr::from(([0, 0, 0, 0], 80))],
+        Some(v) => v
+            .into_vec()
+            .iter()
+            .map(|s| s.parse().map_err(|_| invalid("acme.http_listen".into(), format!("{s:?} is not an address:port"))))
+            .collect::<Result<_, _>>()?,
+    };
+    let eab = match (a.eab_kid, a.eab_hmac_key_file) {
+        (Some(kid), Some(file)) => Some((kid, base.join(file))),
+        (None, None) => None,
+        _ => {
+            return Err(invalid("acme.eab_kid".into(), "eab_kid and eab_hmac_key_file go together".into()));
+        }
+    };
+    let mut certificates: Vec<AcmeCertificate> = Vec::new();
+    for (i, c) in a.certificate.into_iter().enumerate() {
+        let key = |k: &str| format!("acme.certificate[{i}].{k}");
+        if c.hostnames.is_empty() {
+            return Err(invalid(key("hostnames"), "needs at least one hostname".into()));
+        }
+        let hostnames = c
+            .hostnames
+            .iter()
+            .map(|h| check_acme_hostname(h).map_err(|e| invalid(key("hostnames"), format!("{h:?}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if certificates.iter().any(|o| same_names(&o.hostnames, &hostnames)) {
+            return Err(invalid(key("hostnames"), "the same hostnames are listed twice".into()));
+        }
+        certificates.push(AcmeCertificate {
+            hostnames,
+            name: c.name,
+            key_type: key_type(key("key"), c.key)?,
+            listeners: c.listeners,
+        });
+    }
+    Ok(Acme {
+        directory,
+        contact: a.contact,
+        ca_bundle: a.ca_bundle.map(|p| base.join(p)),
+        http_listen,
+        renew_before: Duration::from_secs_f64(renew * 86_400.0),
+        alert_before: Duration::from_secs_f64(alert * 86_400.0),
+        key_type: key_type("acme.key".into(), a.key)?.unwrap_or(crate::pki::KeyType::EcdsaP256),
+        reuse_key: a.reuse_key.unwrap_or(false),
+        eab,
+        certificates,
+    })
+}
+
+/// Whether two hostname lists name the same set.
+pub fn same_names(a: &[String], b: &[String]) -> bool {
+    let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let mut b: Vec<&str> = b.iter().map(String::as_str).collect();
+    a.sort_unstable();
+    a.dedup();
+    b.sort_unstable();
+    b.dedup();
+    a == b
+}
+
+fn alerts_config(a: file::Alerts, base: &Path, invalid: &dyn Fn(String, String) -> Error) -> Result<Alerts, Error> {
+    let smtp = match a.smtp {
+        None => None,
+        Some(s) => {
+            let security = match s.security.as_deref() {
+                None | Some("starttls") => SmtpSecurity::StartTls,
+                Some("tls") => SmtpSecurity::Tls,
+                Some("none") => SmtpSecurity::None,
+                Some(other) => {
+                    return Err(invalid(
+                        "alerts.smtp.security".into(),
+                        format!("{other:?}: expected \"starttls\", \"tls\" or \"none\""),
+                    ));
+                }
+            };
+            if s.host.trim().is_empty() {
+                return Err(invalid("alerts.smtp.host".into(), "must not be empty".into()));
+            }
+            let mailbox = |key: &str, v: &str| {
+                v.parse::<lettre::message::Mailbox>()
+                    .map(|_| ())
+                    .map_err(|e| invalid(format!("alerts.smtp.{key}"), format!("{v:?}: {e}")))
+            };
+            mailbox("from", &s.from)?;
+            if s.to.is_empty() {
+                return Err(invalid("alerts.smtp.to".into(), "needs at least one address".into()));
+            }
+            for t in &s.to {
+                mailbox("to", t)?;
+            }
+            if s.username.is_some() != s.password_file.is_some() {
+                return Err(invalid("alerts.smtp.username".into(), "username and password_file go together".into()));
+            }
+            let port = s.port.unwrap_or(match security {
+                SmtpSecurity::StartTls => 587,
+                SmtpSecurity::Tls => 465,
+                SmtpSecurity::None => 25,
+            });
+            Some(Smtp {
+                host: s.host,
+                port,
+                security,
+                username: s.username,
+                password_file: s.password_file.map(|p| base.join(p)),
+                ca_bundle: s.ca_bundle.map(|p| base.join(p)),
+                from: s.from,
+                to: s.to,
+            })
+        }
+    };
+    Ok(Alerts { command: a.alert_command.filter(|c| !c.trim().is_empty()), smtp })
 }
 
 /// Parses one file, naming it, the line and the column on error.

@@ -217,16 +217,52 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
 
     let mut binds = Binds { active: HashMap::new(), limits: HashMap::new() };
     binds.apply(&config, &cell, &tracker, &shutdown, true).await?;
-    for addr in &config.http_listen {
-        let tcp = TcpListener::bind(addr).await.with_context(|| format!("[http] listen: cannot bind {addr}"))?;
-        eprintln!("listening: redirect to https on http://{addr}");
-        tokio::spawn(crate::proxy::redirect_loop(tcp, tracker.clone(), shutdown.clone()));
+    // Plain HTTP: [http] listen and [acme] http_listen, one listener per address.
+    let challenges = crate::acme::Challenges::new(Some(crate::acme::challenge_dir(&store_dir)));
+    for addr in config.plain_http() {
+        let tcp = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("[http] listen / [acme] http_listen: cannot bind {addr}"))?;
+        eprintln!("listening: ACME HTTP-01 and redirect to https on http://{addr}");
+        tokio::spawn(crate::proxy::redirect_loop(tcp, challenges.clone(), tracker.clone(), shutdown.clone()));
     }
+    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    // Admin jobs by file drop: [jobs] dir as configured at start.
+    let recent_jobs: crate::jobs::Recent = Arc::default();
+    let _jobs_watch = match &config.jobs_dir {
+        None => None,
+        Some(dir) => {
+            crate::jobs::ensure_dirs(dir).with_context(|| format!("[jobs] dir {}", dir.display()))?;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let watch = crate::watch::start_jobs(&dir.join(crate::jobs::INCOMING), tx)
+                .map_err(|e| tracing::warn!(error = %e, "jobs: watching unavailable; scanning every 5 s"))
+                .ok();
+            eprintln!("jobs: watching {}", dir.join(crate::jobs::INCOMING).display());
+            tokio::spawn(crate::jobs::runner(
+                dir.clone(),
+                store_dir.clone(),
+                config_rx.clone(),
+                challenges.clone(),
+                Arc::clone(&recent_jobs),
+                rx,
+                shutdown.clone(),
+            ));
+            watch
+        }
+    };
+    tokio::spawn(crate::acme::renewer(store_dir.clone(), config_rx, challenges.clone(), shutdown.clone()));
     let admin_tcp = admin::bind(config.admin_listen)
         .await
         .with_context(|| format!("[admin] listen: cannot bind {}", config.admin_listen))?;
     eprintln!("listening: admin on http://{} (/metrics, /healthz)", config.admin_listen);
-    tokio::spawn(admin::serve(admin_tcp, prometheus, Arc::clone(&cell), Arc::clone(&reloads), shutdown.clone()));
+    tokio::spawn(admin::serve(
+        admin_tcp,
+        prometheus,
+        Arc::clone(&cell),
+        Arc::clone(&reloads),
+        Arc::clone(&recent_jobs),
+        shutdown.clone(),
+    ));
 
     // File changes and a periodic rescan (for file systems that miss events) reload
     // the same way as SIGHUP.
@@ -258,6 +294,14 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         generation += 1;
         if let Some(config) = reload(&inputs, &shared, &cache, &cell, &reloads, generation, why).await {
             let _ = binds.apply(&config, &cell, &tracker, &shutdown, false).await;
+            // The renewer re-reads [acme] and the store only when the configuration changed.
+            let changed = {
+                let old = config_tx.borrow();
+                config.acme != old.acme || config.alerts != old.alerts
+            };
+            if why != "file change" || changed {
+                let _ = config_tx.send(Arc::new(config));
+            }
         }
     }
     eprintln!("shutting down: draining connections (up to {}s)", config.drain_timeout.as_secs());

@@ -25,10 +25,13 @@
 //! **Invariant:** `pki` never touches the file system; `store` is the only module that
 //! writes files, and only through `store::atomic`.
 
+pub mod acme;
 pub mod admin;
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod jobs;
 pub mod ops;
 pub mod pki;
 pub mod proxy;

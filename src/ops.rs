@@ -78,10 +78,18 @@ pub struct CertView {
     /// Issuer first: the intermediates, then the root when known.
     pub chain: Vec<String>,
     pub created: String,
+    /// ACME certificates: hostnames and renewal status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<crate::acme::AcmeView>,
 }
 
 impl CertView {
     pub fn new(entry: &CertEntry, state: &State, now: OffsetDateTime) -> Self {
+        Self::with_policy(entry, state, now, &crate::acme::Policy::default())
+    }
+
+    /// With the renewal policy of `[acme]`, which decides an ACME certificate's status.
+    pub fn with_policy(entry: &CertEntry, state: &State, now: OffsetDateTime, policy: &crate::acme::Policy) -> Self {
         let info = &entry.info;
         let mut warnings = info.warnings(entry.key.clone(), now);
         warnings.extend(entry.chain.warnings.iter().cloned());
@@ -107,6 +115,7 @@ impl CertView {
             warnings,
             chain: entry.chain.intermediates.iter().chain(&entry.chain.root).map(|c| c.info.subject.clone()).collect(),
             created: rfc3339(entry.meta.created),
+            acme: crate::acme::view(&entry.id, &entry.meta, info, policy, now),
         }
     }
 }
@@ -166,6 +175,7 @@ pub fn create_self_signed(store: &mut Store, params: &CreateParams) -> Result<Re
         cert_pem: &cert_pem,
         chain_pem: "",
         key_pem: Some(&key.to_pem()),
+        acme: None,
     })?;
     let entry = store.read_cert(&id)?;
     let mut report = Report::new(CertView::new(&entry, store.state(), now));
@@ -207,9 +217,13 @@ pub fn create_request(store: &mut Store, params: &CreateParams) -> Result<Report
 }
 
 /// `cert list`: every readable certificate, plus one line per entry that is not.
-pub fn list_certs(store: &Store, now: OffsetDateTime) -> Result<(Vec<CertView>, Vec<String>), Error> {
+pub fn list_certs(
+    store: &Store,
+    now: OffsetDateTime,
+    policy: &crate::acme::Policy,
+) -> Result<(Vec<CertView>, Vec<String>), Error> {
     let (entries, bad) = store.certs()?;
-    let views = entries.iter().map(|e| CertView::new(e, store.state(), now)).collect();
+    let views = entries.iter().map(|e| CertView::with_policy(e, store.state(), now, policy)).collect();
     Ok((views, bad.iter().map(ToString::to_string).collect()))
 }
 
@@ -435,7 +449,7 @@ pub struct InUse {
 
 pub fn status(store: &Store, config: &Config) -> Result<Status, Error> {
     let now = OffsetDateTime::now_utc();
-    let (certs, mut problems) = list_certs(store, now)?;
+    let (certs, mut problems) = list_certs(store, now, &crate::acme::Policy::of(config.acme.as_ref()))?;
     let (requests, bad_requests) = list_requests(store)?;
     problems.extend(bad_requests);
     let state = store.state();
@@ -704,6 +718,7 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
             cert_pem: &cert_pem,
             chain_pem: "",
             key_pem: key_pem.as_deref(),
+            acme: None,
         };
         let id = match &leaf.key {
             KeySource::Request(id) => {
@@ -923,6 +938,7 @@ pub fn fill_self_signed(store: &mut Store, n: usize, prefix: &str, domain: &str)
             cert_pem: &cert,
             chain_pem: "",
             key_pem: Some(&key_pem),
+            acme: None,
         })?);
     }
     Ok(ids)

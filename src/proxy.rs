@@ -217,15 +217,29 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
     })
 }
 
-/// The plain-HTTP listener: everything redirects to https on the same host.
-pub async fn redirect_loop(listener: TcpListener, tracker: TaskTracker, shutdown: CancellationToken) {
+/// The plain-HTTP listener: answers ACME HTTP-01 challenges from `challenges`;
+/// everything else redirects to https on the same host.
+pub async fn redirect_loop(
+    listener: TcpListener,
+    challenges: crate::acme::Challenges,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
             () = shutdown.cancelled() => return,
         };
+        let challenges = challenges.clone();
         tracker.spawn(async move {
             let service = service_fn(|req: Request<Incoming>| {
+                if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/") {
+                    let resp = match challenges.answer(token) {
+                        Some(key_authorization) => handler::text(StatusCode::OK, key_authorization),
+                        None => handler::text(StatusCode::NOT_FOUND, "no such challenge\n"),
+                    };
+                    return std::future::ready(Ok::<_, std::convert::Infallible>(resp));
+                }
                 let host = request_host(&req).unwrap_or_default();
                 let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
                 let location = format!("https://{host}{path}");

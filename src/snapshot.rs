@@ -51,7 +51,10 @@ impl ListenerSnap {
 pub struct CertSummary {
     pub id: Arc<str>,
     pub friendly_name: Arc<str>,
+    pub not_before: i64,
     pub not_after: i64,
+    /// ACME certificates: hostnames and renewal status from meta.toml.
+    pub acme: Option<Arc<store::AcmeMeta>>,
 }
 
 /// State shared by every snapshot, so TLS sessions survive reloads.
@@ -77,6 +80,8 @@ pub struct Snapshot {
     pub certificates: Vec<CertSummary>,
     /// Store entries that were skipped, and other things worth reporting.
     pub problems: Vec<String>,
+    /// `[acme]` thresholds, which decide an ACME certificate's status at any moment.
+    pub acme_policy: crate::acme::Policy,
 }
 
 impl Snapshot {
@@ -101,7 +106,9 @@ struct Cached {
     stamp: Stamp,
     friendly_name: Arc<str>,
     sans: Vec<String>,
+    not_before: i64,
     not_after: i64,
+    acme: Option<Arc<store::AcmeMeta>>,
     /// The rustls key without and with the root appended; `Err` says why it is not served.
     keys: [Result<Arc<CertifiedKey>, String>; 2],
 }
@@ -167,7 +174,9 @@ impl EntryCache {
                             stamp,
                             friendly_name: entry.meta.friendly_name.as_str().into(),
                             sans: entry.info.sans.clone(),
+                            not_before: entry.info.not_before.unix_timestamp(),
                             not_after: entry.info.not_after.unix_timestamp(),
+                            acme: entry.meta.acme.clone().map(Arc::new),
                             keys,
                         },
                     );
@@ -282,9 +291,12 @@ pub fn build_cached(
         .map(|(id, c)| CertSummary {
             id: id.as_str().into(),
             friendly_name: Arc::clone(&c.friendly_name),
+            not_before: c.not_before,
             not_after: c.not_after,
+            acme: c.acme.clone(),
         })
         .collect();
     certificates.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(Snapshot { listeners, certificates, problems })
+    let acme_policy = crate::acme::Policy::of(config.acme.as_ref());
+    Ok(Snapshot { listeners, certificates, problems, acme_policy })
 }

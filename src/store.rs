@@ -16,7 +16,7 @@
 //! reported with its path and never rewritten: a damaged entry is skipped (and listed as
 //! a problem), a damaged or newer `state.toml` stops every command.
 
-mod atomic;
+pub(crate) mod atomic;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -112,6 +112,40 @@ pub struct CertMeta {
     pub created: OffsetDateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_type: Option<KeyType>,
+    /// ACME certificates: what to order again and how renewal went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeMeta>,
+}
+
+/// The `[acme]` table of an ACME certificate's meta.toml: the order and the renewal status.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeMeta {
+    pub hostnames: Vec<String>,
+    /// The directory URL it was ordered from.
+    pub directory: String,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub last_attempt: Option<OffsetDateTime>,
+    /// "ok" or the error of the last attempt, verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+    /// Consecutive failed attempts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub failing_since: Option<OffsetDateTime>,
+    /// Not before this (backoff after a failure, or the CA's Retry-After).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub next_attempt: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub last_alert: Option<OffsetDateTime>,
+    /// "renewal-failed" or "error": alerts of one kind are sent at most daily.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_alert_kind: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `requests/<id>/meta.toml`.
@@ -217,6 +251,7 @@ pub struct NewCert<'a> {
     pub cert_pem: &'a str,
     pub chain_pem: &'a str,
     pub key_pem: Option<&'a str>,
+    pub acme: Option<AcmeMeta>,
 }
 
 /// What a writer wants stored as a new pending request.
@@ -372,6 +407,7 @@ impl Store {
                 cert_pem: &cert,
                 chain_pem: "",
                 key_pem: Some(&key.to_pem()),
+                acme: None,
             },
         )
     }
@@ -589,7 +625,7 @@ impl Store {
 
     /// Friendly names are unique across certificates and requests, because a request's
     /// name passes to the certificate that answers it.
-    fn find_by_name(&self, name: &str) -> Option<(EntryKind, String)> {
+    pub fn find_by_name(&self, name: &str) -> Option<(EntryKind, String)> {
         let wanted = name.trim().to_lowercase();
         for (kind, sub) in [(EntryKind::Cert, "certs"), (EntryKind::Request, "requests")] {
             for id in list_ids(&self.root.join(sub)).ok()? {
@@ -698,12 +734,17 @@ impl Store {
     }
 
     fn write_cert_entry(&self, id: &str, new: &NewCert<'_>) -> Result<(), Error> {
+        self.write_entry(id, new, false)
+    }
+
+    fn write_entry(&self, id: &str, new: &NewCert<'_>, replace: bool) -> Result<(), Error> {
         let meta = CertMeta {
             store_format: FORMAT,
             friendly_name: new.friendly_name.to_owned(),
             source: new.source,
             created: now_seconds(),
             key_type: new.key_type,
+            acme: new.acme.clone(),
         };
         let meta = toml_text(&meta);
         let mut files = vec![
@@ -717,7 +758,42 @@ impl Store {
             files.push(StagedFile { name: "key.pem", bytes: key.as_bytes(), mode: KEY_MODE });
         }
         let dir = self.cert_dir(id);
-        atomic::create_entry(&self.root, &dir, &files).map_err(io_err(&dir))
+        if replace {
+            atomic::exchange_entry(&self.root, &dir, &files).map_err(io_err(&dir))
+        } else {
+            atomic::create_entry(&self.root, &dir, &files).map_err(io_err(&dir))
+        }
+    }
+
+    /// Replaces the certificate, chain and key of entry `id` in one step (a renewal):
+    /// the id, friendly name, default role and assignments stay; the creation time is
+    /// the renewal's. Readers see the old entry or the new one, never a mix.
+    pub fn renew_entry(&mut self, id: &str, new: &NewCert<'_>) -> Result<(), Error> {
+        if !self.cert_dir(id).is_dir() {
+            return Err(Error::NotFound(id.to_owned()));
+        }
+        self.write_entry(id, new, true)
+    }
+
+    /// The meta.toml of certificate `id`.
+    pub fn read_meta(&self, id: &str) -> Result<CertMeta, Error> {
+        read_versioned(&self.cert_dir(id).join("meta.toml"))
+    }
+
+    /// Saves the ACME account credentials (`acme/account.json`, 0600).
+    pub fn write_acme_account(&mut self, json: &[u8]) -> Result<(), Error> {
+        let dir = self.root.join("acme");
+        atomic::create_dir(&dir).map_err(io_err(&dir))?;
+        let path = dir.join("account.json");
+        atomic::replace_file(&self.root, &path, json, KEY_MODE).map_err(io_err(&path))
+    }
+
+    /// Rewrites the `[acme]` table of certificate `id`'s meta.toml.
+    pub fn update_acme(&mut self, id: &str, acme: &AcmeMeta) -> Result<(), Error> {
+        let path = self.cert_dir(id).join("meta.toml");
+        let mut meta: CertMeta = read_versioned(&path)?;
+        meta.acme = Some(acme.clone());
+        atomic::replace_file(&self.root, &path, toml_text(&meta).as_bytes(), FILE_MODE).map_err(io_err(&path))
     }
 
     /// Stores a new pending request (CSR and its private key).

@@ -17,8 +17,10 @@ pub struct Watch {
 /// True for paths whose change can alter the snapshot.
 fn relevant(path: &Path, config: Option<&Path>, store: &Path) -> bool {
     if path.starts_with(store) {
+        // acme/ holds the account and challenge tokens, which no snapshot reads.
         let internal = path.components().any(|c| c == Component::Normal(".staging".as_ref()))
-            || path.file_name().is_some_and(|n| n == ".lock");
+            || path.file_name().is_some_and(|n| n == ".lock")
+            || path.strip_prefix(store).is_ok_and(|rel| rel.starts_with("acme"));
         return !internal;
     }
     config.is_some_and(|c| {
@@ -26,6 +28,26 @@ fn relevant(path: &Path, config: Option<&Path>, store: &Path) -> bool {
             || (path.parent() == Some(crate::config::fragment_dir(c).as_path())
                 && path.extension().is_some_and(|x| x == "toml"))
     })
+}
+
+/// Watches a jobs `incoming/` directory: each batch that creates or renames a job file
+/// sends one `()` on `tx`.
+pub fn start_jobs(incoming: &Path, tx: UnboundedSender<()>) -> Result<Watch, String> {
+    let mut debouncer = new_debouncer(Duration::from_millis(50), None, move |result: DebounceEventResult| {
+        let wanted = match result {
+            Ok(events) => events.iter().any(|e| {
+                !matches!(e.kind, notify::EventKind::Access(_))
+                    && e.paths.iter().any(|p| p.extension().is_some_and(|x| x == "toml"))
+            }),
+            Err(_) => true,
+        };
+        if wanted {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| format!("cannot watch: {e}"))?;
+    debouncer.watch(incoming, RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", incoming.display()))?;
+    Ok(Watch { _debouncer: debouncer })
 }
 
 /// Starts watching; each relevant batch of events sends one `()` on `tx`.

@@ -20,6 +20,9 @@ pub mod names {
     pub const CERTIFICATE_EXPIRY: &str = "portcullis_certificate_expiry_seconds";
     pub const RELOADS: &str = "portcullis_reloads_total";
     pub const LAST_RELOAD_SUCCESS: &str = "portcullis_last_reload_success_timestamp_seconds";
+    pub const ACME_ORDERS: &str = "portcullis_acme_orders_total";
+    pub const JOBS: &str = "portcullis_jobs_total";
+    pub const ACME_RENEWAL_FAILING: &str = "portcullis_acme_renewal_failing";
 
     pub const LISTENER: &str = "listener";
     pub const RESULT: &str = "result";
@@ -52,6 +55,12 @@ pub fn describe() {
     describe_gauge!(CERTIFICATE_EXPIRY, "Seconds until each stored certificate's not_after (negative once expired)");
     describe_counter!(RELOADS, "Snapshot builds by result (ok, error)");
     describe_gauge!(LAST_RELOAD_SUCCESS, "Unix time of the last snapshot that was built and published");
+    describe_counter!(JOBS, "Admin jobs by action and result (done, failed)");
+    describe_counter!(ACME_ORDERS, "ACME orders (issuance and renewal) by result (ok, error)");
+    describe_gauge!(
+        ACME_RENEWAL_FAILING,
+        "1 while an ACME certificate's renewal is failing below its alert threshold (the error state), else 0"
+    );
 }
 
 /// One listener's handles.
@@ -135,5 +144,9 @@ pub fn refresh_certificate_expiry(snapshot: &Snapshot) {
     for c in &snapshot.certificates {
         gauge!(names::CERTIFICATE_EXPIRY, "id" => c.id.to_string(), "friendly_name" => c.friendly_name.to_string())
             .set((c.not_after - now) as f64);
+    }
+    for v in crate::acme::snapshot_views(snapshot) {
+        let failing = if v.status == "error" || (v.status == "expired" && v.failures > 0) { 1.0 } else { 0.0 };
+        gauge!(names::ACME_RENEWAL_FAILING, "id" => v.id).set(failing);
     }
 }

@@ -89,6 +89,24 @@ pub(crate) fn create_entry(root: &Path, target: &Path, files: &[StagedFile<'_>])
     Ok(())
 }
 
+/// Replaces directory `target` (which must exist) with one holding `files`, all or
+/// nothing: the new directory is staged, then swapped with the old in one
+/// `renameat2(RENAME_EXCHANGE)`, and the old one, now in `.staging/`, is deleted.
+pub(crate) fn exchange_entry(root: &Path, target: &Path, files: &[StagedFile<'_>]) -> io::Result<()> {
+    let stage = staging(root)?.join(unique_name("entry"));
+    create_dir(&stage)?;
+    for f in files {
+        write_synced(&stage.join(f.name), f.bytes, f.mode)?;
+    }
+    fsync_dir(&stage)?;
+    failpoint("entry-staged");
+    rustix::fs::renameat_with(rustix::fs::CWD, &stage, rustix::fs::CWD, target, rustix::fs::RenameFlags::EXCHANGE)?;
+    fsync_dir(parent(target))?;
+    fsync_dir(parent(&stage))?;
+    failpoint("entry-exchanged");
+    fs::remove_dir_all(&stage)
+}
+
 /// Replaces (or creates) one file atomically.
 pub(crate) fn replace_file(root: &Path, target: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let stage = staging(root)?.join(unique_name("file"));

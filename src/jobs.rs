@@ -1,0 +1,660 @@
+//! Admin jobs by file drop (DESIGN.md, "Admin jobs by file drop"): `[jobs] dir` with
+//! `incoming/`, `processing/`, `done/` and `failed/`.
+//!
+//! A job file is TOML: `action` plus the CLI flags of the matching command, `_` for `-`
+//! and arrays for repeated flags. It is turned into the CLI's own argument list and
+//! parsed by the CLI's parser (so a job accepts exactly what the command accepts), then
+//! run through the same `ops`/`acme` functions. The runner claims a job by renaming it
+//! into `processing/`, writes `NAME.result.json` atomically into `done/` or `failed/`,
+//! then moves the job file beside it. A job found in `processing/` at start was cut off
+//! by a crash and runs again; every action notices an effect already in the store.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::cli::{AcmeCommand, CertCommand, Cli, Command};
+use crate::config::Config;
+use crate::ops;
+use crate::pki::rfc3339;
+use crate::store::{EntryKind, Store};
+
+pub const INCOMING: &str = "incoming";
+pub const PROCESSING: &str = "processing";
+pub const DONE: &str = "done";
+pub const FAILED: &str = "failed";
+
+/// Actions and the CLI command each runs.
+const ACTIONS: &[(&str, &[&str])] = &[
+    ("create-self-signed", &["cert", "create-self-signed"]),
+    ("request", &["cert", "request"]),
+    ("import", &["cert", "import"]),
+    ("export", &["cert", "export"]),
+    ("set-default", &["cert", "set-default"]),
+    ("assign", &["cert", "assign"]),
+    ("unassign", &["cert", "unassign"]),
+    ("replace", &["cert", "replace"]),
+    ("delete", &["cert", "delete"]),
+    ("acme-request", &["acme", "request"]),
+];
+
+/// Fields given as positional arguments, in order.
+const POSITIONAL: &[&str] = &["id", "old", "new", "files"];
+/// Fields holding paths, resolved against the jobs directory.
+const PATHS: &[&str] = &["files", "out", "password_file"];
+
+/// `NAME.result.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobResult {
+    pub job: String,
+    pub action: String,
+    /// "done" or "failed".
+    pub status: String,
+    pub started: String,
+    pub finished: String,
+    /// True when the job was found in processing/ after a crash and run again.
+    #[serde(default)]
+    pub rerun: bool,
+    pub messages: Vec<String>,
+    pub warnings: Vec<String>,
+    pub outputs: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The last results, newest last, for the admin status.
+pub type Recent = Arc<Mutex<VecDeque<JobResult>>>;
+const RECENT: usize = 20;
+
+/// Creates the four directories (0700).
+pub fn ensure_dirs(root: &Path) -> std::io::Result<()> {
+    for d in [INCOMING, PROCESSING, DONE, FAILED] {
+        crate::store::atomic::create_dir(&root.join(d))?;
+        fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Whether `name` in incoming/ is a job (not a file still being written).
+fn is_job_name(name: &str) -> bool {
+    name.ends_with(".toml") && !name.starts_with('.') && name.len() > ".toml".len()
+}
+
+/// A parsed job: its action and the CLI command it runs.
+pub struct Parsed {
+    pub action: String,
+    pub(crate) command: Command,
+}
+
+/// Parses a job file's text; errors name the field and, where known, the line.
+pub fn parse(text: &str, jobs_dir: &Path) -> Result<Parsed, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let line = e.span().map_or(1, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        format!("line {line}: {}", e.message().trim())
+    })?;
+    let line_of = |key: &str| {
+        text.lines()
+            .position(|l| l.trim_start().strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')))
+            .map_or(String::new(), |i| format!("line {}: ", i + 1))
+    };
+    let action = match table.get("action") {
+        Some(toml::Value::String(a)) => a.clone(),
+        Some(_) => return Err(format!("{}action: must be a string", line_of("action"))),
+        None => return Err("action: missing; one of ".to_owned() + &action_names()),
+    };
+    let Some((_, words)) = ACTIONS.iter().find(|(a, _)| *a == action) else {
+        return Err(format!("{}unknown action {action:?}; one of {}", line_of("action"), action_names()));
+    };
+    let mut argv: Vec<String> = vec!["portcullis".into()];
+    argv.extend(words.iter().map(|w| (*w).to_owned()));
+    let mut flags = Vec::new();
+    let mut positional: Vec<(usize, Vec<String>)> = Vec::new();
+    for (key, value) in &table {
+        if key == "action" {
+            continue;
+        }
+        if matches!(key.as_str(), "password" | "passphrase" | "pass") {
+            return Err(format!(
+                "{}{key}: passwords are accepted only through password_file (a file only the daemon can read), \
+                 so they never sit in job files or results",
+                line_of(key)
+            ));
+        }
+        if matches!(key.as_str(), "config" | "store" | "json") {
+            return Err(format!(
+                "{}{key}: not a job field (the daemon's own configuration and store are used)",
+                line_of(key)
+            ));
+        }
+        let values: Vec<String> = match value {
+            toml::Value::String(s) => vec![s.clone()],
+            toml::Value::Integer(i) => vec![i.to_string()],
+            toml::Value::Boolean(b) => {
+                if *b {
+                    flags.push(format!("--{}", key.replace('_', "-")));
+                }
+                continue;
+            }
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    toml::Value::Integer(i) => Ok(i.to_string()),
+                    _ => Err(format!("{}{key}: arrays hold strings", line_of(key))),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => return Err(format!("{}{key}: expected a string, number, boolean or array of strings", line_of(key))),
+        };
+        let values: Vec<String> = if PATHS.contains(&key.as_str()) {
+            values.into_iter().map(|v| jobs_dir.join(v).display().to_string()).collect()
+        } else {
+            values
+        };
+        match POSITIONAL.iter().position(|p| p == key) {
+            Some(i) => positional.push((i, values)),
+            None => {
+                for v in values {
+                    flags.push(format!("--{}", key.replace('_', "-")));
+                    flags.push(v);
+                }
+            }
+        }
+    }
+    positional.sort_by_key(|(i, _)| *i);
+    argv.extend(positional.into_iter().flat_map(|(_, v)| v));
+    // Flags after "--"-free positionals: a value starting with "-" must stay a value.
+    argv.extend(flags);
+    use clap::Parser;
+    let cli = Cli::try_parse_from(&argv).map_err(|e| clap_message(&e, &line_of))?;
+    let command = cli.command.ok_or("no command")?;
+    Ok(Parsed { action, command })
+}
+
+fn action_names() -> String {
+    ACTIONS.iter().map(|(a, _)| *a).collect::<Vec<_>>().join(", ")
+}
+
+/// clap's error in job terms: fields instead of flags, the line where it is known.
+fn clap_message(e: &clap::Error, line_of: &dyn Fn(&str) -> String) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let arg = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => v.first().cloned(),
+        _ => None,
+    };
+    let field = arg.as_deref().map(|a| {
+        a.trim_start_matches("--").split([' ', '=', '<']).next().unwrap_or_default().replace('-', "_").to_lowercase()
+    });
+    match (e.kind(), field) {
+        (ErrorKind::UnknownArgument, Some(f)) => format!("{}unknown field `{f}` for this action", line_of(&f)),
+        (ErrorKind::MissingRequiredArgument, Some(f)) => format!("missing field `{f}`"),
+        (_, f) => {
+            let first = e.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            match f {
+                Some(f) => format!("{}{f}: {first}", line_of(&f)),
+                None => first,
+            }
+        }
+    }
+}
+
+/// What running a job produced.
+#[derive(Default)]
+struct Outcome {
+    messages: Vec<String>,
+    warnings: Vec<String>,
+    outputs: serde_json::Value,
+}
+
+impl Outcome {
+    fn from_report<T: Serialize>(r: ops::Report<T>) -> Self {
+        Self {
+            messages: r.notes,
+            warnings: r.warnings,
+            outputs: serde_json::to_value(&r.value).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// Where jobs run: the daemon's configuration, store and ACME challenge map.
+#[derive(Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub store_dir: PathBuf,
+    pub challenges: crate::acme::Challenges,
+}
+
+/// Runs `parsed`. `rerun`: the job was cut off by a crash and may have had its effect.
+async fn execute(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, String> {
+    match parsed.command {
+        Command::Acme(AcmeCommand::Request { hostnames, key, name, listeners }) => {
+            let acme = ctx.config.acme.as_ref().ok_or("no [acme] section in the daemon's configuration")?;
+            let key_type = key.map(|k| k.parse().map_err(|r: String| format!("key {k:?}: {r}"))).transpose()?;
+            for l in &listeners {
+                if !ctx.config.listeners.iter().any(|c| &c.name == l) {
+                    return Err(format!("listener {l:?}: not a [[listener]] of the configuration"));
+                }
+            }
+            let listeners = if listeners.is_empty() {
+                ctx.config.listeners.iter().map(|l| l.name.clone()).collect()
+            } else {
+                listeners
+            };
+            let params = crate::acme::RequestParams { hostnames, key_type, name, listeners };
+            let responder =
+                crate::acme::Responder { challenges: ctx.challenges.clone(), on_disk: false, check: Vec::new() };
+            let lines = Mutex::new(Vec::new());
+            let progress = |l: &str| lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(l.to_owned());
+            let r = crate::acme::request(acme, &ctx.store_dir, &params, &responder, &progress).await;
+            let messages = lines.into_inner().unwrap_or_default();
+            match r {
+                Ok(o) => Ok(Outcome {
+                    messages,
+                    warnings: Vec::new(),
+                    outputs: serde_json::to_value(&o).unwrap_or_default(),
+                }),
+                Err(e) => Err(format!("{e:#} (progress: {})", messages.join("; "))),
+            }
+        }
+        Command::Cert(cmd) => {
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || cert(*cmd, &ctx, rerun).map_err(|e| e.replace('\n', " ")))
+                .await
+                .map_err(|e| format!("job task failed: {e}"))?
+        }
+        _ => Err("not a job action".into()),
+    }
+}
+
+fn cert(cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, String> {
+    let open = || Store::open(&ctx.store_dir).map_err(|e| e.to_string());
+    let e = |e: ops::Error| e.to_string();
+    match cmd {
+        CertCommand::CreateSelfSigned { new, days } => {
+            let params = new.params(days).map_err(|e| format!("{e:#}"))?;
+            let mut store = open()?;
+            if let Some(done) = already(&store, &new.name, EntryKind::Cert)? {
+                return Ok(done);
+            }
+            Ok(Outcome::from_report(ops::create_self_signed(&mut store, &params).map_err(e)?))
+        }
+        CertCommand::Request { new } => {
+            let params = new.params(0).map_err(|e| format!("{e:#}"))?;
+            let mut store = open()?;
+            if let Some(mut done) = already(&store, &new.name, EntryKind::Request)? {
+                if let Some(id) = done.outputs["id"].as_str()
+                    && let Ok(r) = store.read_request(id)
+                {
+                    done.outputs["csr_pem"] = r.request_pem.into();
+                }
+                return Ok(done);
+            }
+            let report = ops::create_request(&mut store, &params).map_err(e)?;
+            let mut out = Outcome::from_report(report);
+            // {"request": {...}, "csr_pem": "..."}: the id on top, as for the other actions.
+            out.outputs["id"] = out.outputs["request"]["id"].clone();
+            Ok(out)
+        }
+        CertCommand::Import { files, name, password_file } => {
+            let password = password_file.as_deref().map(ops::read_password_file).transpose().map_err(e)?;
+            let mut store = open()?;
+            Ok(Outcome::from_report(ops::import(&mut store, &ops::ImportParams { files, name, password }).map_err(e)?))
+        }
+        CertCommand::Export { id, format, out, include_key, include_chain, password_file, no_password, force } => {
+            let format = format.parse().map_err(|r: String| format!("format {format:?}: {r}"))?;
+            let password = match password_file.as_deref().map(ops::read_password_file).transpose().map_err(e)? {
+                Some(b) => Some(String::from_utf8(b).map_err(|_| "password_file: the password is not UTF-8")?),
+                None => None,
+            };
+            let store = open()?;
+            // A re-run after a crash may find its own half-finished export: replace it.
+            let force = force || rerun;
+            let params =
+                ops::ExportParams { id, format, out, include_key, include_chain, password, no_password, force };
+            Ok(Outcome::from_report(ops::export(&store, &params).map_err(e)?))
+        }
+        CertCommand::SetDefault { id, listener: Some(listener) } => {
+            let mut store = open()?;
+            Ok(Outcome::from_report(ops::set_listener_default(&mut store, &ctx.config, &id, &listener).map_err(e)?))
+        }
+        CertCommand::SetDefault { id, listener: None } => {
+            let mut store = open()?;
+            Ok(Outcome::from_report(ops::set_default(&mut store, &id).map_err(e)?))
+        }
+        CertCommand::Assign { id, listeners } => {
+            let mut store = open()?;
+            Ok(Outcome::from_report(ops::assign(&mut store, &ctx.config, &id, &listeners, true).map_err(e)?))
+        }
+        CertCommand::Unassign { id, listeners } => {
+            let mut store = open()?;
+            Ok(Outcome::from_report(ops::assign(&mut store, &ctx.config, &id, &listeners, false).map_err(e)?))
+        }
+        CertCommand::Replace { old, new, force } => {
+            let mut store = open()?;
+            Ok(Outcome::from_report(ops::replace(&mut store, &old, &new, force).map_err(e)?))
+        }
+        CertCommand::Delete { id } => {
+            let mut store = open()?;
+            match ops::delete(&mut store, &id) {
+                Err(ops::Error::Store(crate::store::Error::NotFound(_))) if rerun => Ok(Outcome {
+                    messages: vec![format!("{id}: not in the store; the interrupted run had already deleted it")],
+                    warnings: Vec::new(),
+                    outputs: serde_json::json!({ "id": id }),
+                }),
+                r => Ok(Outcome::from_report(r.map_err(e)?)),
+            }
+        }
+        _ => Err("not a job action".into()),
+    }
+}
+
+/// An entry of `kind` named `name` is the effect of an earlier run of the same job:
+/// report it instead of failing on the taken name.
+fn already(store: &Store, name: &str, kind: EntryKind) -> Result<Option<Outcome>, String> {
+    match store.find_by_name(name) {
+        Some((k, id)) if k == kind => Ok(Some(Outcome {
+            messages: vec![format!("{id} ({name}) already exists; not created again")],
+            warnings: Vec::new(),
+            outputs: serde_json::json!({ "id": id, "friendly_name": name, "already_present": true }),
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// The job runner: recovers processing/, then runs incoming/ in name order whenever
+/// `wake` fires (file events) and every few seconds, until `shutdown`.
+pub async fn runner(
+    dir: PathBuf,
+    store_dir: PathBuf,
+    configs: tokio::sync::watch::Receiver<Arc<Config>>,
+    challenges: crate::acme::Challenges,
+    recent: Recent,
+    mut wake: tokio::sync::mpsc::UnboundedReceiver<()>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let ctx =
+        || Context { config: configs.borrow().clone(), store_dir: store_dir.clone(), challenges: challenges.clone() };
+    if let Err(e) = ensure_dirs(&dir) {
+        tracing::error!(dir = %dir.display(), error = %e, "jobs: cannot create the job directories");
+        return;
+    }
+    // Jobs a crash cut off: finish moving those with a result, run the others again.
+    for name in names(&dir.join(PROCESSING)) {
+        let stem = name.trim_end_matches(".toml");
+        let finished = [DONE, FAILED].into_iter().find(|d| dir.join(d).join(format!("{stem}.result.json")).exists());
+        match finished {
+            Some(d) => {
+                let _ = move_file(&dir.join(PROCESSING).join(&name), &dir.join(d).join(&name));
+            }
+            None => run_one(&dir, &name, &ctx(), true, &recent).await,
+        }
+    }
+    loop {
+        for name in names(&dir.join(INCOMING)) {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Some(claimed) = claim(&dir, &name, &recent) {
+                run_one(&dir, &claimed, &ctx(), false, &recent).await;
+            }
+        }
+        tokio::select! {
+            Some(()) = wake.recv() => {
+                // Let a burst of drops settle, then take them all in name order.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while wake.try_recv().is_ok() {}
+            }
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Job file names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| is_job_name(n))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn move_file(from: &Path, to: &Path) -> std::io::Result<()> {
+    fs::rename(from, to)?;
+    for d in [from.parent(), to.parent()].into_iter().flatten() {
+        fs::File::open(d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Checks the file's owner and mode and claims it into processing/ (under a fresh name
+/// if a job of that name already ran). `None` if it was refused or taken by another.
+fn claim(dir: &Path, name: &str, recent: &Recent) -> Option<String> {
+    let path = dir.join(INCOMING).join(name);
+    let meta = fs::symlink_metadata(&path).ok()?;
+    let me = rustix::process::geteuid().as_raw();
+    let refused = if !meta.file_type().is_file() {
+        Some("not a regular file (symlinks and devices are refused)".to_owned())
+    } else if meta.uid() != me && meta.uid() != 0 {
+        Some(format!("owned by uid {}, not by the daemon's user (uid {me}) or root", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!("mode {:04o}: writable by group or others; use 0600 or 0644", meta.mode() & 0o7777))
+    } else {
+        None
+    };
+    let stem = name.trim_end_matches(".toml");
+    let taken = |s: &str| [DONE, FAILED].iter().any(|d| dir.join(d).join(format!("{s}.result.json")).exists());
+    let stem = if taken(stem) {
+        let now = OffsetDateTime::now_utc();
+        format!("{stem}-{}{:09}", now.unix_timestamp(), now.nanosecond())
+    } else {
+        stem.to_owned()
+    };
+    let claimed = format!("{stem}.toml");
+    if let Some(reason) = refused {
+        let now = rfc3339(OffsetDateTime::now_utc());
+        let result = JobResult {
+            job: stem,
+            action: String::new(),
+            status: "failed".into(),
+            started: now.clone(),
+            finished: now,
+            rerun: false,
+            messages: Vec::new(),
+            warnings: Vec::new(),
+            outputs: serde_json::Value::Null,
+            error: Some(format!("{name}: refused: {reason}")),
+        };
+        finish(dir, &path, &claimed, &result, recent);
+        return None;
+    }
+    match move_file(&path, &dir.join(PROCESSING).join(&claimed)) {
+        Ok(()) => Some(claimed),
+        Err(e) => {
+            tracing::warn!(job = name, error = %e, "jobs: could not claim");
+            None
+        }
+    }
+}
+
+async fn run_one(dir: &Path, name: &str, ctx: &Context, rerun: bool, recent: &Recent) {
+    let path = dir.join(PROCESSING).join(name);
+    let started = OffsetDateTime::now_utc();
+    let stem = name.trim_end_matches(".toml").to_owned();
+    let (action, outcome) = match fs::read_to_string(&path).map_err(|e| e.to_string()) {
+        Err(e) => (String::new(), Err(e)),
+        Ok(text) => match parse(&text, dir) {
+            Err(e) => (text_action(&text), Err(e)),
+            Ok(parsed) => {
+                let action = parsed.action.clone();
+                tracing::info!(job = %stem, %action, rerun, "job started");
+                (action, execute(parsed, ctx, rerun).await)
+            }
+        },
+    };
+    let (status, error, o) = match outcome {
+        Ok(o) => ("done", None, o),
+        Err(e) => ("failed", Some(e), Outcome::default()),
+    };
+    let result = JobResult {
+        job: stem,
+        action,
+        status: status.into(),
+        started: rfc3339(started),
+        finished: rfc3339(OffsetDateTime::now_utc()),
+        rerun,
+        messages: o.messages,
+        warnings: o.warnings,
+        outputs: o.outputs,
+        error,
+    };
+    finish(dir, &path, name, &result, recent);
+}
+
+/// The action as written, for the result of a job that did not parse.
+fn text_action(text: &str) -> String {
+    toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| t.get("action").and_then(|a| a.as_str()).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// Writes the result, then moves the job file beside it.
+fn finish(dir: &Path, job_file: &Path, name: &str, result: &JobResult, recent: &Recent) {
+    let target = dir.join(if result.status == "done" { DONE } else { FAILED });
+    let json = serde_json::to_vec_pretty(result).unwrap_or_default();
+    let result_path = target.join(format!("{}.result.json", result.job));
+    if let Err(e) = crate::store::write_export(&result_path, &json, false, true) {
+        tracing::error!(path = %result_path.display(), error = %e, "jobs: cannot write the result");
+        return;
+    }
+    if let Err(e) = move_file(job_file, &target.join(name)) {
+        tracing::error!(job = %result.job, error = %e, "jobs: cannot move the job file");
+    }
+    let action = if result.action.is_empty() { "unknown".to_owned() } else { result.action.clone() };
+    metrics::counter!(crate::admin::metrics::names::JOBS, "action" => action, "result" => result.status.clone())
+        .increment(1);
+    match &result.error {
+        Some(e) => tracing::warn!(job = %result.job, action = %result.action, error = %e, "job failed"),
+        None => tracing::info!(job = %result.job, action = %result.action, "job done"),
+    }
+    let mut r = recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if r.len() == RECENT {
+        r.pop_front();
+    }
+    r.push_back(result.clone());
+}
+
+/// `job submit`: validates `file` locally and drops it into incoming/ atomically;
+/// returns the job name.
+pub fn submit(dir: &Path, file: &Path) -> Result<String, String> {
+    let text = fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    parse(&text, dir).map_err(|e| format!("{}: {e}", file.display()))?;
+    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("job.toml");
+    let stem = name.strip_suffix(".toml").unwrap_or(name).trim_start_matches('.');
+    if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(format!("{}: use a file name of letters, digits, - _ and . for the job", file.display()));
+    }
+    for d in [DONE, FAILED] {
+        let r = dir.join(d).join(format!("{stem}.result.json"));
+        if r.exists() {
+            return Err(format!(
+                "{}: a job named {stem} already ran ({}); rename the file",
+                file.display(),
+                r.display()
+            ));
+        }
+    }
+    let target = dir.join(INCOMING).join(format!("{stem}.toml"));
+    if !dir.join(INCOMING).is_dir() {
+        return Err(format!(
+            "{}: no such directory; is the daemon running with this [jobs] dir?",
+            dir.join(INCOMING).display()
+        ));
+    }
+    crate::store::write_export(&target, text.as_bytes(), true, false).map_err(|e| match e {
+        crate::store::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            format!("{}: a job of that name is waiting", target.display())
+        }
+        e => e.to_string(),
+    })?;
+    Ok(stem.to_owned())
+}
+
+/// `job submit --wait`: the result once it appears.
+pub fn wait(dir: &Path, name: &str, timeout: Duration) -> Option<JobResult> {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        for d in [DONE, FAILED] {
+            if let Ok(text) = fs::read_to_string(dir.join(d).join(format!("{name}.result.json")))
+                && let Ok(r) = serde_json::from_str(&text)
+            {
+                return Some(r);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_become_the_cli_arguments() {
+        let dir = Path::new("/jobs");
+        let p = parse("action = \"create-self-signed\"\nname = \"Lab\"\nsan = [\"a.example.com\", \"*.example.com\"]\ndays = 30\n", dir)
+            .unwrap();
+        assert_eq!(p.action, "create-self-signed");
+        match p.command {
+            Command::Cert(c) => match *c {
+                CertCommand::CreateSelfSigned { new, days } => {
+                    assert_eq!(new.name, "Lab");
+                    assert_eq!(new.sans, ["a.example.com", "*.example.com"]);
+                    assert_eq!(days, 30);
+                }
+                other => panic!("{other:?}"),
+            },
+            _ => panic!("not a cert command"),
+        }
+        let p = parse("action = \"import\"\nfiles = [\"in/a.pem\", \"/abs/b.pem\"]\n", dir).unwrap();
+        match p.command {
+            Command::Cert(c) => match *c {
+                CertCommand::Import { files, .. } => {
+                    assert_eq!(files, [PathBuf::from("/jobs/in/a.pem"), PathBuf::from("/abs/b.pem")]);
+                }
+                other => panic!("{other:?}"),
+            },
+            _ => panic!("not a cert command"),
+        }
+    }
+
+    #[test]
+    fn bad_jobs_are_named() {
+        let dir = Path::new("/jobs");
+        let e = |t: &str| parse(t, dir).err().unwrap();
+        assert!(e("action = \"launch\"\n").contains("unknown action \"launch\""));
+        let m = e("action = \"delete\"\nid = \"x\"\ncolour = \"red\"\n");
+        assert!(m.contains("line 3: unknown field `colour`"), "{m}");
+        let m = e("action = \"export\"\nid = \"x\"\nformat = \"p12\"\nout = \"x.p12\"\npassword = \"hunter2\"\n");
+        assert!(m.contains("line 5: password: passwords are accepted only through password_file"), "{m}");
+        assert!(!m.contains("hunter2"));
+        let m = e("action = \"delete\"\nid = [\n");
+        assert!(m.starts_with("line "), "{m}");
+        let m = e("action = \"create-self-signed\"\nsan = [\"a.example.com\"]\n");
+        assert!(m.contains("missing field `name`"), "{m}");
+        assert!(is_job_name("a.toml") && !is_job_name(".a.toml") && !is_job_name("a.toml.tmp"));
+    }
+}

@@ -1,0 +1,441 @@
+//! ACME against a real ACME server: Debian's `pebble` with `pebble-challtestsrv` as its
+//! DNS (every name is 127.0.0.1), its API certificate trusted through `[acme] ca_bundle`.
+//! Issuance, serving without restart, no re-order on restart, forced renewal, and the
+//! failure path with a real SMTP server (aiosmtpd) and an alert_command.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Env, Proc, free_port, openssl_ok, wait_port};
+
+/// A pebble + challtestsrv pair on free loopback ports.
+struct Pebble {
+    dir: PathBuf,
+    acme_port: u16,
+    http_port: u16,
+    procs: Vec<Proc>,
+}
+
+impl Pebble {
+    /// Starts pebble issuing certificates valid for `validity_secs`; validation goes to
+    /// `http_port`.
+    fn start(env: &Env, validity_secs: u64, http_port: u16) -> Self {
+        let dir = env.path("pebble");
+        fs::create_dir_all(&dir).unwrap();
+        let p = |f: &str| dir.join(f).display().to_string();
+        openssl_ok(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.pem"),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=pebble API test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+            None,
+        );
+        openssl_ok(
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &p("wfe.key"),
+                "-out",
+                &p("wfe.csr"),
+                "-subj",
+                "/CN=localhost",
+            ],
+            None,
+        );
+        fs::write(
+            dir.join("wfe.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl_ok(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &p("wfe.csr"),
+                "-CA",
+                &p("ca.pem"),
+                "-CAkey",
+                &p("ca.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &p("wfe.ext"),
+                "-out",
+                &p("wfe.pem"),
+            ],
+            None,
+        );
+        let (acme_port, mgmt_port, dns_port, chall_mgmt) = (free_port(), free_port(), free_port(), free_port());
+        fs::write(
+            dir.join("pebble.json"),
+            format!(
+                r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme_port}", "managementListenAddress": "127.0.0.1:{mgmt_port}",
+                "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {},
+                "ocspResponderURL": "", "externalAccountBindingRequired": false,
+                "certificateValidityPeriod": {validity_secs}}}}}"#,
+                p("wfe.pem"),
+                p("wfe.key"),
+                free_port()
+            ),
+        )
+        .unwrap();
+        let log = |name: &str| fs::File::create(dir.join(name)).unwrap();
+        let dns = Proc(
+            Command::new("pebble-challtestsrv")
+                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", "", "-dns01"])
+                .arg(format!("127.0.0.1:{dns_port}"))
+                .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-management"])
+                .arg(format!("127.0.0.1:{chall_mgmt}"))
+                .stdout(log("challtestsrv.log"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("pebble-challtestsrv (make test installs pebble)"),
+        );
+        let pebble = Proc(
+            Command::new("pebble")
+                .args(["-strict", "-config"])
+                .arg(dir.join("pebble.json"))
+                .arg("-dnsserver")
+                .arg(format!("127.0.0.1:{dns_port}"))
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .env("PEBBLE_AUTHZREUSE", "0")
+                .stdout(log("pebble.log"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("pebble (make test installs it)"),
+        );
+        wait_port(acme_port);
+        Self { dir, acme_port, http_port, procs: vec![dns, pebble] }
+    }
+
+    fn acme_section(&self, extra: &str) -> String {
+        format!(
+            "[acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\ncontact = [\"mailto:ops@example.test\"]\nagree_tos = true\n\
+             ca_bundle = \"{}\"\nhttp_listen = \"127.0.0.1:{}\"\n{extra}\n",
+            self.acme_port,
+            self.dir.join("ca.pem").display(),
+            self.http_port
+        )
+    }
+
+    fn stop(&mut self) {
+        self.procs.clear();
+    }
+}
+
+/// The serial (lowercase hex) and issuer of the certificate served for `sni`.
+fn served(port: u16, sni: &str) -> Option<(String, String)> {
+    let connect = format!("127.0.0.1:{port}");
+    let (_, out, _) = common::openssl(&["s_client", "-connect", &connect, "-servername", sni, "-showcerts"], Some(""));
+    let start = out.find("-----BEGIN CERTIFICATE-----")?;
+    let end = out.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+    let text = openssl_ok(&["x509", "-noout", "-serial", "-issuer"], Some(&out[start..end]));
+    let serial = text.lines().find_map(|l| l.strip_prefix("serial="))?.trim_start_matches('0').to_ascii_lowercase();
+    let issuer = text.lines().find_map(|l| l.strip_prefix("issuer="))?.trim().to_owned();
+    Some((serial, issuer))
+}
+
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn config(env: &Env, pebble: &Pebble, tls_port: u16, admin_port: u16, acme_extra: &str, rest: &str) -> String {
+    let _ = env;
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{}\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{tls_port}\"]\n\
+         [[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"hello\\n\" }}\n{rest}\n",
+        pebble.acme_section(acme_extra)
+    )
+}
+
+fn acme_status(env: &Env, config_path: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = env.run(&["--config", config_path.to_str().unwrap(), "--json", "acme", "status"]);
+    out.json().as_array().unwrap().clone()
+}
+
+#[test]
+fn issuance_served_without_restart_and_not_reordered_on_restart() {
+    let env = Env::initialised();
+    let (http_port, tls_port, admin_port) = (free_port(), free_port(), free_port());
+    let pebble = Pebble::start(&env, 7_776_000, http_port);
+    let root = pebble.dir.join("ca.pem");
+    let cfg = config(
+        &env,
+        &pebble,
+        tls_port,
+        admin_port,
+        "[[acme.certificate]]\nhostnames = [\"a.test\", \"www.a.test\"]\n",
+        "",
+    );
+    let mut daemon = env.daemon(&cfg, &[tls_port, http_port, admin_port]);
+    let cfg_path = env.path("portcullis.toml");
+
+    // The configured certificate is ordered at start and served, with pebble's chain.
+    let (serial, issuer) = wait_for(60, "a.test served by pebble", || {
+        served(tls_port, "a.test").filter(|(_, issuer)| issuer.contains("Pebble Intermediate"))
+    });
+    assert!(issuer.contains("Pebble Intermediate"), "{issuer}");
+    assert_eq!(served(tls_port, "www.a.test").unwrap().0, serial);
+    let list = env.list();
+    let a = list.iter().find(|c| c["source"] == "acme").expect("an acme entry");
+    assert_eq!(a["acme"]["status"], "valid");
+    assert_eq!(a["acme"]["hostnames"], serde_json::json!(["a.test", "www.a.test"]));
+    // Chain: leaf + pebble's intermediate, verified by openssl against pebble's root.
+    let id = a["id"].as_str().unwrap().to_owned();
+    let pem = env.run(&["cert", "show", &id, "--pem"]).ok().to_owned();
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "{pem}");
+    let pebble_root = common::curl(&[
+        "--cacert",
+        root.to_str().unwrap(),
+        &format!("https://127.0.0.1:{}/roots/0", pebble_management_port(&pebble)),
+    ]);
+    assert!(pebble_root.0, "pebble root");
+    env.write("pebble-root.pem", &pebble_root.1);
+    env.write("served.pem", &pem);
+    let split = pem.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----\n".len();
+    env.write("leaf.pem", &pem[..split]);
+    env.write("inter.pem", &pem[split..]);
+    let (ok, out, err) = common::openssl(
+        &[
+            "verify",
+            "-CAfile",
+            env.path("pebble-root.pem").to_str().unwrap(),
+            "-untrusted",
+            env.path("inter.pem").to_str().unwrap(),
+            env.path("leaf.pem").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "openssl verify: {out}{err}");
+    // The key is 0600 and the account is stored 0600.
+    assert_eq!(common::mode(&env.store().join("certs").join(&id).join("key.pem")), 0o600);
+    assert_eq!(common::mode(&env.store().join("acme/account.json")), 0o600);
+
+    // `acme request` while the daemon holds the HTTP port: the daemon answers from the
+    // published token files, and the new certificate is served without restart.
+    let out = env.run(&["--config", cfg_path.to_str().unwrap(), "acme", "request", "--hostname", "b.test"]);
+    let text = out.ok();
+    assert!(text.contains("issued b-test"), "{text}\n{}", out.stderr);
+    assert!(out.stderr.contains("in use"), "{}", out.stderr);
+    wait_for(10, "b.test served", || served(tls_port, "b.test").filter(|(_, i)| i.contains("Pebble")));
+    // Asking again does nothing while the certificate is valid.
+    let again = env.run(&["--config", cfg_path.to_str().unwrap(), "acme", "request", "--hostname", "b.test"]);
+    assert!(again.ok().contains("unchanged b-test"), "{}", again.stdout);
+
+    // The admin status lists both with their renewal status.
+    wait_for(10, "two ACME certificates in /status.json", || {
+        let s: serde_json::Value =
+            serde_json::from_str(&common::curl(&[&format!("http://127.0.0.1:{admin_port}/status.json")]).1).ok()?;
+        (s["acme"].as_array()?.len() == 2).then_some(())
+    });
+
+    // A restart does not order again: same serial, no new order in the log.
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(20), Some(0));
+    let mut daemon = env.daemon(&cfg, &[tls_port, http_port, admin_port]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(served(tls_port, "a.test").unwrap().0, serial);
+    assert!(!env.daemon_log().contains("order placed"), "{}", env.daemon_log());
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(20), Some(0));
+
+    // Without a daemon the CLI answers the challenge itself on [acme] http_listen.
+    let out = env.run(&[
+        "--config",
+        cfg_path.to_str().unwrap(),
+        "acme",
+        "request",
+        "--hostname",
+        "c.test",
+        "--key",
+        "rsa-2048",
+    ]);
+    assert!(out.ok().contains("issued c-test"), "{}", out.stderr);
+    assert!(out.stderr.contains("answering HTTP-01"), "{}", out.stderr);
+    let c = env.list().into_iter().find(|c| c["id"] == "c-test").unwrap();
+    assert_eq!(c["key"], "RSA 2048");
+}
+
+fn pebble_management_port(p: &Pebble) -> u16 {
+    let text = fs::read_to_string(p.dir.join("pebble.json")).unwrap();
+    let i =
+        text.find("managementListenAddress\": \"127.0.0.1:").unwrap() + "managementListenAddress\": \"127.0.0.1:".len();
+    text[i..].split('"').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn forced_renewal_is_served_without_restart() {
+    let env = Env::initialised();
+    let (http_port, tls_port, admin_port) = (free_port(), free_port(), free_port());
+    // 30-second certificates; renew_before_days far above the validity: renewal starts at
+    // a third of the lifetime before expiry.
+    let _pebble = Pebble::start(&env, 30, http_port);
+    let pebble = &_pebble;
+    let cfg = config(
+        &env,
+        pebble,
+        tls_port,
+        admin_port,
+        "renew_before_days = 10\n[[acme.certificate]]\nhostnames = [\"r.test\"]\n",
+        "",
+    );
+    let _daemon = env.daemon(&cfg, &[tls_port, http_port, admin_port]);
+    let (first, _) = wait_for(60, "r.test served", || served(tls_port, "r.test").filter(|(_, i)| i.contains("Pebble")));
+    let (second, _) = wait_for(60, "a renewed r.test served", || {
+        served(tls_port, "r.test").filter(|(s, i)| i.contains("Pebble") && *s != first)
+    });
+    assert_ne!(first, second);
+    // Same entry (id, assignments) with a new serial.
+    let list = env.list();
+    let r: Vec<_> = list.iter().filter(|c| c["source"] == "acme").collect();
+    assert_eq!(r.len(), 1, "renewal replaces the entry: {list:?}");
+    assert!(env.daemon_log().contains("renewed r-test"), "{}", env.daemon_log());
+    let metrics = common::curl(&[&format!("http://127.0.0.1:{admin_port}/metrics")]).1;
+    assert!(metrics.contains("portcullis_acme_orders_total{result=\"ok\"}"), "{metrics}");
+}
+
+#[test]
+fn failing_renewal_enters_error_state_alerts_and_keeps_serving() {
+    let env = Env::initialised();
+    let (http_port, tls_port, admin_port, smtp_port) = (free_port(), free_port(), free_port(), free_port());
+    let maildir = env.path("mail");
+    let _smtp = Proc(
+        Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{smtp_port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3-aiosmtpd (make test installs it)"),
+    );
+    wait_port(smtp_port);
+    let mut pebble = Pebble::start(&env, 30, http_port);
+    let alerts_file = env.path("alerts.txt");
+    let rest = format!(
+        "[alerts]\nalert_command = \"echo \\\"$PORTCULLIS_ALERT_KIND $PORTCULLIS_ALERT_ID $PORTCULLIS_ALERT_HOSTNAMES\\\" >> {}\"\n\
+         [alerts.smtp]\nhost = \"127.0.0.1\"\nport = {smtp_port}\nsecurity = \"none\"\nfrom = \"portcullis@example.test\"\nto = [\"ops@example.test\"]\n",
+        alerts_file.display()
+    );
+    let cfg = config(&env, &pebble, tls_port, admin_port, "[[acme.certificate]]\nhostnames = [\"f.test\"]\n", &rest);
+    let _daemon = env.daemon(&cfg, &[tls_port, http_port, admin_port]);
+    let (serial, _) =
+        wait_for(60, "f.test served", || served(tls_port, "f.test").filter(|(_, i)| i.contains("Pebble")));
+    pebble.stop();
+
+    // Renewal starts 10 s before expiry and fails; the error state begins 8.3 s before.
+    let cfg_path = env.path("portcullis.toml");
+    let view = wait_for(60, "the error state", || {
+        acme_status(&env, &cfg_path).into_iter().find(|v| v["id"] == "f-test" && v["status"] == "error")
+    });
+    let result = view["last_result"].as_str().unwrap();
+    assert!(result.contains("Connection refused") || result.contains("connect"), "{result}");
+    assert!(view["failures"].as_u64().unwrap() >= 1);
+    let list = env.list();
+    assert_eq!(list.iter().find(|c| c["id"] == "f-test").unwrap()["acme"]["status"], "error");
+    let table = env.run(&["--config", cfg_path.to_str().unwrap(), "cert", "list"]).ok().to_owned();
+    assert!(table.lines().any(|l| l.starts_with("f-test") && l.contains("error")), "{table}");
+    // The old certificate is still served.
+    assert_eq!(served(tls_port, "f.test").unwrap().0, serial);
+    let metrics = wait_for(20, "portcullis_acme_renewal_failing 1", || {
+        let m = common::curl(&[&format!("http://127.0.0.1:{admin_port}/metrics")]).1;
+        m.contains("portcullis_acme_renewal_failing{id=\"f-test\"} 1").then_some(m)
+    });
+    assert!(metrics.contains("portcullis_acme_orders_total{result=\"error\"}"), "{metrics}");
+
+    // Alerts: the first failure and the error state, by mail and by command.
+    let mails = wait_for(30, "two alert mails", || {
+        let files: Vec<String> =
+            fs::read_dir(maildir.join("new")).ok()?.map(|e| fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+        (files.len() >= 2).then_some(files)
+    });
+    assert!(mails.iter().any(|m| m.contains("Subject: [portcullis] certificate renewal failed: f.test")), "{mails:?}");
+    assert!(mails.iter().any(|m| m.contains("renewal failing, expiry near")), "{mails:?}");
+    assert!(mails.iter().all(|m| m.contains("To: ops@example.test") && !m.contains("PRIVATE KEY")));
+    let lines = fs::read_to_string(&alerts_file).unwrap();
+    assert!(lines.contains("renewal-failed f-test f.test"), "{lines}");
+    assert!(lines.contains("error f-test f.test"), "{lines}");
+    // Once a day: no second error alert right away.
+    assert_eq!(lines.matches("error f-test").count(), 1, "{lines}");
+}
+
+#[test]
+fn invalid_requests_are_refused_before_any_order() {
+    let env = Env::initialised();
+    let before = env.tree();
+    let cfg = env.write(
+        "portcullis.toml",
+        "[acme]\ndirectory = \"https://127.0.0.1:9/dir\"\nagree_tos = true\nhttp_listen = \"127.0.0.1:9\"\n",
+    );
+    let cfg = cfg.to_str().unwrap();
+    for (args, expect) in [
+        (vec!["--hostname", "localhost"], "--hostname \"localhost\": not a fully qualified domain name"),
+        (vec!["--hostname", "*.example.com"], "DNS-01 would be needed"),
+        (vec!["--hostname", "a..b.example"], "--hostname \"a..b.example\""),
+        (vec!["--hostname", "10.0.0.1"], "an IP address"),
+        (vec!["--hostname", "ok.example.com", "--key", "dsa"], "--key \"dsa\""),
+    ] {
+        let mut full = vec!["--config", cfg, "acme", "request"];
+        full.extend(args);
+        let out = env.run(&full);
+        assert_eq!(out.code, Some(1), "{full:?}: {out:?}");
+        assert!(out.stderr.contains(expect), "{full:?}: {}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    }
+    // No ToS agreement: the configuration is refused, naming the key.
+    let no_tos = env.write("no-tos.toml", "[acme]\ndirectory = \"https://127.0.0.1:9/dir\"\n");
+    let out = env.run(&["--config", no_tos.to_str().unwrap(), "acme", "request", "--hostname", "a.example.com"]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("acme.agree_tos: must be set to true"), "{}", out.stderr);
+    let out = env.run(&["--config", no_tos.to_str().unwrap(), "check-config"]);
+    assert_eq!(out.code, Some(1));
+    // A wildcard in [[acme.certificate]] is refused the same way.
+    let wild =
+        env.write("wild.toml", "[acme]\nagree_tos = true\n[[acme.certificate]]\nhostnames = [\"*.example.com\"]\n");
+    let out = env.run(&["--config", wild.to_str().unwrap(), "check-config"]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("acme.certificate[0].hostnames") && out.stderr.contains("DNS-01"), "{}", out.stderr);
+    // No [acme] at all.
+    let out = env.run(&["acme", "request", "--hostname", "a.example.com"]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("no [acme] section"), "{}", out.stderr);
+    assert_eq!(env.tree(), before, "refused requests changed the store");
+}
