@@ -499,7 +499,10 @@ async fn run_one(dir: &Path, name: &str, ctx: &Context, rerun: bool, recent: &Re
             Ok(parsed) => {
                 let action = parsed.action.clone();
                 tracing::info!(job = %stem, %action, rerun, "job started");
-                (action, execute(parsed, ctx, rerun).await)
+                let outcome = execute(parsed, ctx, rerun).await;
+                // Test builds: a crash after the effect, before the result is written.
+                crate::store::atomic::failpoint("job-executed");
+                (action, outcome)
             }
         },
     };

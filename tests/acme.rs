@@ -196,13 +196,14 @@ fn issuance_served_without_restart_and_not_reordered_on_restart() {
     let (http_port, tls_port, admin_port) = (free_port(), free_port(), free_port());
     let pebble = Pebble::start(&env, 7_776_000, http_port);
     let root = pebble.dir.join("ca.pem");
+    let jobs = format!("[jobs]\ndir = \"{}\"\n", env.path("jobs").display());
     let cfg = config(
         &env,
         &pebble,
         tls_port,
         admin_port,
         "[[acme.certificate]]\nhostnames = [\"a.test\", \"www.a.test\"]\n",
-        "",
+        &jobs,
     );
     let mut daemon = env.daemon(&cfg, &[tls_port, http_port, admin_port]);
     let cfg_path = env.path("portcullis.toml");
@@ -259,11 +260,22 @@ fn issuance_served_without_restart_and_not_reordered_on_restart() {
     let again = env.run(&["--config", cfg_path.to_str().unwrap(), "acme", "request", "--hostname", "b.test"]);
     assert!(again.ok().contains("unchanged b-test"), "{}", again.stdout);
 
-    // The admin status lists both with their renewal status.
-    wait_for(10, "two ACME certificates in /status.json", || {
+    // The same as an admin job, answered from the daemon's own challenge map.
+    fs::write(env.path("jobs/incoming/.j.tmp"), "action = \"acme-request\"\nhostname = [\"j.test\"]\n").unwrap();
+    fs::rename(env.path("jobs/incoming/.j.tmp"), env.path("jobs/incoming/get-j.toml")).unwrap();
+    let result = wait_for(60, "the acme-request job's result", || {
+        fs::read_to_string(env.path("jobs/done/get-j.result.json")).ok()
+    });
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(result["outputs"]["action"], "issued", "{result:#}");
+    assert_eq!(result["outputs"]["id"], "j-test");
+    wait_for(10, "j.test served", || served(tls_port, "j.test").filter(|(_, i)| i.contains("Pebble")));
+
+    // The admin status lists them with their renewal status.
+    wait_for(10, "three ACME certificates in /status.json", || {
         let s: serde_json::Value =
             serde_json::from_str(&common::curl(&[&format!("http://127.0.0.1:{admin_port}/status.json")]).1).ok()?;
-        (s["acme"].as_array()?.len() == 2).then_some(())
+        (s["acme"].as_array()?.len() == 3).then_some(())
     });
 
     // A restart does not order again: same serial, no new order in the log.

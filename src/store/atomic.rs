@@ -29,7 +29,7 @@ pub(crate) struct StagedFile<'a> {
 
 /// Test builds can stop the process at a named point to prove crash safety.
 #[cfg(feature = "failpoints")]
-fn failpoint(name: &str) {
+pub(crate) fn failpoint(name: &str) {
     if std::env::var("PORTCULLIS_FAILPOINT").is_ok_and(|v| v == name) {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
@@ -38,7 +38,7 @@ fn failpoint(name: &str) {
 
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
-fn failpoint(_name: &str) {}
+pub(crate) fn failpoint(_name: &str) {}
 
 fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

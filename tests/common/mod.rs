@@ -219,6 +219,11 @@ impl Env {
     /// Starts `portcullis run` with `config` (TOML text written to portcullis.toml) and
     /// waits for every port in `ports`.
     pub fn daemon(&self, config: &str, ports: &[u16]) -> Proc {
+        self.daemon_env(config, ports, &[])
+    }
+
+    /// [`Env::daemon`] with extra environment variables (e.g. a failpoint).
+    pub fn daemon_env(&self, config: &str, ports: &[u16], vars: &[(&str, &str)]) -> Proc {
         let path = self.write("portcullis.toml", config);
         let log = fs::File::create(self.path("daemon.log")).unwrap();
         let child = Command::new(BIN)
@@ -230,6 +235,7 @@ impl Env {
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(log)
+            .envs(vars.iter().copied())
             .spawn()
             .unwrap();
         let proc = Proc(child);
