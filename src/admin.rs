@@ -1,6 +1,8 @@
-//! The admin listener: `/metrics` (Prometheus), `/healthz`. Bound to 127.0.0.1 by default.
+//! The admin listener: `/metrics` (Prometheus), `/healthz`, `/status` (HTML) and
+//! `/status.json` (the same data). Bound to 127.0.0.1 by default.
 
 pub mod metrics;
+pub mod status_page;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,11 +30,44 @@ pub struct ReloadStatus {
     pub last_error_at: Option<String>,
 }
 
-/// The daemon's view, served as `/status.json`.
+/// A listener and its addresses.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ListenerRow {
+    pub name: String,
+    pub bind: Vec<String>,
+}
+
+/// A row of the certificate table, as the guides show it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CertRow {
+    pub id: String,
+    pub friendly_name: String,
+    pub issued_to: String,
+    pub issued_by: String,
+    pub not_after: String,
+    pub days_left: i64,
+    pub sans: Vec<String>,
+    pub private_key: bool,
+    pub default: bool,
+    pub listeners: Vec<String>,
+    pub warnings: Vec<String>,
+    /// ACME certificates: valid, renewing, retrying, error or expired.
+    pub acme_status: Option<String>,
+}
+
+/// The daemon's view, served as `/status.json` and rendered as `/status`.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct DaemonStatus {
     pub version: String,
+    #[serde(default)]
+    pub hostname: String,
     pub pid: u32,
+    #[serde(default)]
+    pub uptime_secs: u64,
+    #[serde(default)]
+    pub listeners: Vec<ListenerRow>,
+    #[serde(default)]
+    pub certificates: Vec<CertRow>,
     pub reload: ReloadStatus,
     /// Store entries skipped (or kept at their last good version) by the last build.
     pub problems: Vec<String>,
@@ -53,6 +88,7 @@ pub async fn serve(
     jobs: crate::jobs::Recent,
     shutdown: CancellationToken,
 ) {
+    STARTED.get_or_init(std::time::Instant::now);
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
@@ -80,17 +116,15 @@ fn answer(
     jobs: &crate::jobs::Recent,
 ) -> Response<Body> {
     match path {
-        "/status.json" => {
-            let status = DaemonStatus {
-                version: crate::VERSION.into(),
-                pid: std::process::id(),
-                reload: (**reloads.load()).clone(),
-                problems: snapshot.load().problems.clone(),
-                acme: crate::acme::snapshot_views(&snapshot.load()),
-                jobs: jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect(),
+        "/status.json" | "/status" => {
+            let status = daemon_status(&snapshot.load(), reloads, jobs);
+            let (body, kind) = if path == "/status" {
+                (status_page::render(&status).into_bytes(), "text/html; charset=utf-8")
+            } else {
+                (serde_json::to_vec_pretty(&status).unwrap_or_default(), "application/json")
             };
-            let mut resp = Response::new(full(serde_json::to_vec_pretty(&status).unwrap_or_default()));
-            resp.headers_mut().insert(hyper::header::CONTENT_TYPE, "application/json".parse().expect("static"));
+            let mut resp = Response::new(full(body));
+            resp.headers_mut().insert(hyper::header::CONTENT_TYPE, kind.parse().expect("static"));
             resp
         }
         "/metrics" => {
@@ -103,7 +137,55 @@ fn answer(
             resp
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /status.json\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found: try /status, /status.json, /metrics or /healthz\n"),
+    }
+}
+
+/// When the admin listener started: the daemon's uptime.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn daemon_status(snapshot: &Snapshot, reloads: &ArcSwap<ReloadStatus>, jobs: &crate::jobs::Recent) -> DaemonStatus {
+    let now = time::OffsetDateTime::now_utc();
+    let acme = crate::acme::snapshot_views(snapshot);
+    let certificates = snapshot
+        .certificates
+        .iter()
+        .map(|c| {
+            let not_after = time::OffsetDateTime::from_unix_timestamp(c.not_after).unwrap_or(now);
+            CertRow {
+                id: c.id.to_string(),
+                friendly_name: c.friendly_name.to_string(),
+                issued_to: c.issued_to.to_string(),
+                issued_by: c.issued_by.to_string(),
+                not_after: crate::pki::rfc3339(not_after),
+                days_left: (not_after - now).whole_days(),
+                sans: c.sans.clone(),
+                private_key: c.has_key,
+                default: c.default,
+                listeners: c.listeners.clone(),
+                warnings: c.warnings.clone(),
+                acme_status: acme.iter().find(|a| *a.id == *c.id).map(|a| a.status.clone()),
+            }
+        })
+        .collect();
+    DaemonStatus {
+        version: crate::LONG_VERSION.into(),
+        hostname: crate::hostname().unwrap_or_default(),
+        pid: std::process::id(),
+        uptime_secs: STARTED.get().map_or(0, |t| t.elapsed().as_secs()),
+        listeners: snapshot
+            .listeners
+            .iter()
+            .map(|l| ListenerRow {
+                name: l.config.name.clone(),
+                bind: l.config.bind.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+        certificates,
+        reload: (**reloads.load()).clone(),
+        problems: snapshot.problems.clone(),
+        acme,
+        jobs: jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect(),
     }
 }
 

@@ -22,10 +22,14 @@ Examples:
   portcullis cert request --name 'Support 2027' --key rsa-3072 --country DE --org 'Example GmbH' --san support.example.com > support.csr
   portcullis cert list --json
   portcullis cert set-default support-site
-  portcullis status";
+  portcullis acme request --hostname support.example.com
+  portcullis job submit renew-lab.toml --wait
+  portcullis --config /etc/portcullis/portcullis.toml status
+
+Exit status: 0 success, 1 an error (one line on stderr naming the flag, file or id), 2 a usage error.";
 
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version = crate::VERSION, about = "A TLS edge proxy that owns its certificates", after_help = EXAMPLES)]
+#[command(name = "portcullis", version = crate::VERSION, long_version = crate::LONG_VERSION, about = "A TLS edge proxy that owns its certificates", after_help = EXAMPLES)]
 pub struct Cli {
     /// Configuration file (default: built-in defaults, store under ./portcullis-data)
     #[arg(long, global = true, value_name = "PATH")]
@@ -43,10 +47,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the proxy: listeners, admin endpoint; SIGHUP reloads, SIGTERM drains and exits
+    #[command(
+        after_help = "Examples:\n  portcullis run                                        # built-in defaults: https://127.0.0.1:8443\n  portcullis --config /etc/portcullis/portcullis.toml run\n  RUST_LOG=debug portcullis --config portcullis.toml run"
+    )]
     Run,
     /// Show the node: version, hostname, listeners, certificates in use with fingerprints
+    #[command(
+        after_help = "Examples:\n  portcullis --config /etc/portcullis/portcullis.toml status\n  portcullis status --json"
+    )]
     Status,
     /// Validate the configuration and the store; print every problem
+    #[command(
+        after_help = "Example:\n  portcullis --config /etc/portcullis/portcullis.toml check-config && systemctl reload portcullis"
+    )]
     CheckConfig,
     /// Manage certificates and certificate signing requests
     #[command(subcommand)]
@@ -57,6 +70,14 @@ pub(crate) enum Command {
     /// Admin jobs by file drop ([jobs] dir): submit a job file to the running daemon
     #[command(subcommand)]
     Job(JobCommand),
+    /// Print a shell completion script
+    #[command(
+        after_help = "Examples:\n  portcullis completions bash > /etc/bash_completion.d/portcullis\n  portcullis completions zsh > \"${fpath[1]}/_portcullis\"\n  portcullis completions fish > ~/.config/fish/completions/portcullis.fish"
+    )]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +127,7 @@ pub(crate) enum AcmeCommand {
         force: bool,
     },
     /// Every ACME certificate: hostnames, expiry, next renewal, last attempt and result
+    #[command(after_help = "Examples:\n  portcullis acme status\n  portcullis acme status --json")]
     Status,
 }
 
@@ -220,6 +242,7 @@ pub(crate) enum CertCommand {
         listeners: Vec<String>,
     },
     /// Stop serving a certificate on listeners
+    #[command(after_help = "Example:\n  portcullis cert unassign support-2026 --listener public")]
     Unassign {
         id: String,
         #[arg(long = "listener", value_name = "NAME", required = true)]
@@ -235,6 +258,9 @@ pub(crate) enum CertCommand {
         listener: Option<String>,
     },
     /// Delete a certificate or a pending request (never the factory default)
+    #[command(
+        after_help = "Examples:\n  portcullis cert delete support-2026\n  portcullis cert delete support-2027   # a pending request: its key goes too"
+    )]
     Delete { id: String },
 }
 
@@ -306,7 +332,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             // One line, whatever the chain of causes.
             let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("error: {msg}");
+            eprintln!("{}: {msg}", paint("error", "31"));
             ExitCode::from(1)
         }
     }
@@ -329,6 +355,11 @@ impl Ctx {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Some(Command::Completions { shell }) = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = Config::load(cli.config.as_deref())?;
     let store_dir = cli.store.clone().unwrap_or_else(|| config.store_dir.clone());
     let ctx = Ctx { config, store_dir, json: cli.json };
@@ -342,6 +373,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::CheckConfig) => check_config(&ctx),
         Some(Command::Cert(cmd)) => cert(&ctx, *cmd),
         Some(Command::Acme(cmd)) => acme(&ctx, cmd),
+        Some(Command::Completions { .. }) => unreachable!("handled before loading the configuration"),
         Some(Command::Job(JobCommand::Submit { file, wait, timeout })) => {
             let source = ctx.config.source.as_ref().map_or("the configuration".into(), |p| p.display().to_string());
             let dir = ctx.config.jobs_dir.clone().ok_or_else(|| anyhow::anyhow!("{source}: no [jobs] dir"))?;
@@ -770,10 +802,20 @@ fn init_tracing() {
 
 fn tell<T>(report: &Report<T>) {
     for n in &report.notes {
-        eprintln!("note: {n}");
+        eprintln!("{}: {n}", paint("note", "36"));
     }
     for w in &report.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("{}: {w}", paint("warning", "33"));
+    }
+}
+
+/// `word` in an ANSI colour when stderr is a terminal and NO_COLOR is not set.
+fn paint(word: &str, colour: &str) -> String {
+    use std::io::IsTerminal;
+    if io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        format!("\x1b[{colour}m{word}\x1b[0m")
+    } else {
+        word.to_owned()
     }
 }
 
@@ -914,5 +956,31 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command an operator runs shows an example in its --help.
+    #[test]
+    fn every_command_has_examples() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            let subs: Vec<&clap::Command> = cmd.get_subcommands().filter(|c| c.get_name() != "help").collect();
+            if subs.is_empty() {
+                let help = cmd.get_after_help().map(ToString::to_string).unwrap_or_default();
+                if !help.contains("portcullis ") {
+                    missing.push(path.clone());
+                }
+            }
+            for s in subs {
+                walk(s, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no example in --help: {missing:?}");
     }
 }

@@ -274,6 +274,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
             None
         }
     };
+    crate::notify::ready(&format!("serving {} listener(s)", config.listeners.len()));
     let mut rescan = tokio::time::interval(RESCAN);
     rescan.reset();
     let mut term = signal(SignalKind::terminate())?;
@@ -292,7 +293,11 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
             _ = rescan.tick() => "periodic rescan",
         };
         generation += 1;
-        if let Some(config) = reload(&inputs, &shared, &cache, &cell, &reloads, generation, why).await {
+        // systemd waits for READY=1 after RELOADING=1 (`systemctl reload` returns then).
+        crate::notify::reloading();
+        let reloaded = reload(&inputs, &shared, &cache, &cell, &reloads, generation, why).await;
+        crate::notify::ready(&format!("snapshot generation {generation}"));
+        if let Some(config) = reloaded {
             let _ = binds.apply(&config, &cell, &tracker, &shutdown, false).await;
             // The renewer re-reads [acme] and the store only when the configuration changed.
             let changed = {
@@ -304,6 +309,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
             }
         }
     }
+    crate::notify::stopping();
     eprintln!("shutting down: draining connections (up to {}s)", config.drain_timeout.as_secs());
     shutdown.cancel();
     tracker.close();

@@ -10,20 +10,22 @@
 //!   permissions, `state.toml`, the factory default certificate.
 //! - [`pki`]: keys, self-signed certificates, CSRs, reading certificates back. Pure: no
 //!   file system.
-//! - [`ops`]: one function per admin action, shared by the CLI and (later) the job runner.
+//! - [`ops`]: one function per admin action, shared by the CLI and the job runner.
+//! - [`acme`]: ACME account, orders over HTTP-01, renewal policy, the daemon's renewer;
+//!   [`alerts`]: mail and command alerts about failing renewals.
+//! - [`jobs`]: admin jobs by file drop, parsed by the CLI's parser, run through `ops`.
 //! - [`cli`]: argument parsing and rendering; the only place that prints.
 //!
 //! Data plane and daemon:
 //!
 //! - [`snapshot`]: the immutable `Snapshot` built from `Config` + `Store`.
 //! - [`sni`]: `CertMap` and the rustls resolver. [`proxy`]: listeners and handlers.
-//! - [`admin`]: `/metrics`, `/healthz`. [`watch`]: reload on file changes.
+//! - [`admin`]: `/metrics`, `/healthz`, `/status` (HTML) and `/status.json`.
+//!   [`watch`]: reload on file changes. [`notify`]: systemd's readiness protocol.
 //! - [`daemon`]: `portcullis run`.
 //!
-//! Still to come (see the issues): `acme`, `jobs`.
-//!
-//! **Invariant:** `pki` never touches the file system; `store` is the only module that
-//! writes files, and only through `store::atomic`.
+//! **Invariant:** `pki` never touches the file system; files are written only through
+//! `store::atomic` (store entries, exports, ACME tokens, job results).
 
 pub mod acme;
 pub mod admin;
@@ -32,6 +34,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod jobs;
+pub mod notify;
 pub mod ops;
 pub mod pki;
 pub mod proxy;
@@ -42,6 +45,9 @@ pub mod watch;
 
 /// The version printed by `--version` and `status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `--version`: the release and the git revision it was built from.
+pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("PORTCULLIS_GIT_REV"), ")");
 
 /// This node's host name, if the OS gives one that is UTF-8.
 pub fn hostname() -> Option<String> {

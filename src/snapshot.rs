@@ -51,6 +51,16 @@ impl ListenerSnap {
 pub struct CertSummary {
     pub id: Arc<str>,
     pub friendly_name: Arc<str>,
+    pub issued_to: Arc<str>,
+    pub issued_by: Arc<str>,
+    pub sans: Vec<String>,
+    pub has_key: bool,
+    /// Problems found when the entry was read (chain, key, file modes, expiry then).
+    pub warnings: Vec<String>,
+    /// The global default (the factory default when none is set).
+    pub default: bool,
+    /// Listeners where it is assigned or the listener default.
+    pub listeners: Vec<String>,
     pub not_before: i64,
     pub not_after: i64,
     /// ACME certificates: hostnames and renewal status from meta.toml.
@@ -105,6 +115,10 @@ fn certified_key(entry: &CertEntry, send_root: bool) -> Result<Arc<CertifiedKey>
 struct Cached {
     stamp: Stamp,
     friendly_name: Arc<str>,
+    issued_to: Arc<str>,
+    issued_by: Arc<str>,
+    has_key: bool,
+    warnings: Vec<String>,
     sans: Vec<String>,
     not_before: i64,
     not_after: i64,
@@ -173,6 +187,15 @@ impl EntryCache {
                         Cached {
                             stamp,
                             friendly_name: entry.meta.friendly_name.as_str().into(),
+                            issued_to: entry.info.issued_to.as_str().into(),
+                            issued_by: entry.info.issued_by.as_str().into(),
+                            has_key: entry.key.has_key(),
+                            warnings: {
+                                let mut w = entry.info.warnings(entry.key.clone(), time::OffsetDateTime::now_utc());
+                                w.extend(entry.chain.warnings.iter().cloned());
+                                w.extend(entry.file_warnings.iter().cloned());
+                                w
+                            },
                             sans: entry.info.sans.clone(),
                             not_before: entry.info.not_before.unix_timestamp(),
                             not_after: entry.info.not_after.unix_timestamp(),
@@ -286,11 +309,29 @@ pub fn build_cached(
             metrics: ListenerMetrics::new(&l.name),
         });
     }
+    // Where each certificate is used, in one pass over state.toml (not one per entry).
+    let mut used_on: HashMap<&str, Vec<String>> = HashMap::new();
+    for (name, l) in &store.state().listeners {
+        for id in l.default.iter().chain(&l.assigned) {
+            let on = used_on.entry(id.as_str()).or_default();
+            if !on.contains(name) {
+                on.push(name.clone());
+            }
+        }
+    }
+    let default_id = store.state().default_id();
     let mut certificates: Vec<CertSummary> = entries
         .iter()
         .map(|(id, c)| CertSummary {
             id: id.as_str().into(),
             friendly_name: Arc::clone(&c.friendly_name),
+            issued_to: Arc::clone(&c.issued_to),
+            issued_by: Arc::clone(&c.issued_by),
+            sans: c.sans.clone(),
+            has_key: c.has_key,
+            warnings: c.warnings.clone(),
+            default: default_id == id,
+            listeners: used_on.get(id.as_str()).cloned().unwrap_or_default(),
             not_before: c.not_before,
             not_after: c.not_after,
             acme: c.acme.clone(),

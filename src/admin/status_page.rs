@@ -1,0 +1,187 @@
+//! `/status`: the node and its certificates as server-rendered HTML (the same data as
+//! `/status.json`). One page, inline CSS, no scripts or external assets; the tables
+//! scroll sideways on a phone.
+
+use std::fmt::Write;
+
+use super::DaemonStatus;
+
+/// Escapes text for HTML element content and attribute values.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const CSS: &str = "\
+body{font:15px/1.4 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0 auto;max-width:80rem;padding:1rem;color:#1b1f24;background:#fff}\
+h1{font-size:1.4rem;margin:.2rem 0}h2{font-size:1.1rem;margin:1.6rem 0 .4rem}\
+.meta{color:#57606a}.wrap{overflow-x:auto}\
+table{border-collapse:collapse;width:100%;font-size:.9rem}\
+th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:top}\
+th{background:#f6f8fa;white-space:nowrap}\
+.ok{color:#1a7f37}.warn{color:#9a6700}.bad{color:#cf222e;font-weight:600}\
+code{font-size:.85rem}#reload th{width:9rem}\
+@media (prefers-color-scheme:dark){body{background:#0d1117;color:#e6edf3}th{background:#161b22}th,td{border-color:#30363d}.meta{color:#8b949e}}";
+
+fn class_of_status(s: &str) -> &'static str {
+    match s {
+        "valid" | "done" | "ok" => "ok",
+        "renewing" | "retrying" => "warn",
+        _ => "bad",
+    }
+}
+
+/// Renders the page.
+pub fn render(s: &DaemonStatus) -> String {
+    let mut h = String::with_capacity(16 * 1024);
+    let _ = write!(
+        h,
+        "<!doctype html><html lang=en><head><meta charset=utf-8>\
+         <meta name=viewport content='width=device-width,initial-scale=1'>\
+         <title>Portcullis on {host}</title><style>{CSS}</style></head><body>\
+         <h1>Portcullis on {host}</h1>\
+         <p class=meta>version {version} · pid {pid} · up {uptime} · snapshot generation {generation}</p>",
+        host = esc(&s.hostname),
+        version = esc(&s.version),
+        pid = s.pid,
+        uptime = uptime(s.uptime_secs),
+        generation = s.reload.generation,
+    );
+
+    h.push_str("<h2>Listeners</h2><div class=wrap><table id=listeners><tr><th>Name<th>Addresses</tr>");
+    for l in &s.listeners {
+        let _ = write!(h, "<tr><td>{}<td>{}</tr>", esc(&l.name), esc(&l.bind.join(", ")));
+    }
+    h.push_str("</table></div>");
+
+    let _ = write!(
+        h,
+        "<h2>Certificates</h2><div class=wrap><table id=certificates><tr>\
+         <th>Friendly name<th>Issued to<th>Issued by<th>Expiration<th>Alternative names\
+         <th>Private key<th>Default<th>Listeners<th>ACME<th>Warnings</tr>"
+    );
+    for c in &s.certificates {
+        let expiry_class = if c.days_left < 0 {
+            "bad"
+        } else if c.days_left < 14 {
+            "warn"
+        } else {
+            ""
+        };
+        let acme = c
+            .acme_status
+            .as_deref()
+            .map_or_else(|| "–".to_owned(), |st| format!("<span class={}>{}</span>", class_of_status(st), esc(st)));
+        let _ = write!(
+            h,
+            "<tr data-id='{id}'><td>{name}<td>{to}<td>{by}<td class='{expiry_class}'>{exp} ({days} days)<td>{sans}\
+             <td>{key}<td>{default}<td>{listeners}<td>{acme}<td class=warn>{warnings}</tr>",
+            id = esc(&c.id),
+            name = esc(&c.friendly_name),
+            to = esc(&c.issued_to),
+            by = esc(&c.issued_by),
+            exp = esc(c.not_after.get(..10).unwrap_or(&c.not_after)),
+            days = c.days_left,
+            sans = esc(&c.sans.join(", ")),
+            key = if c.private_key { "yes" } else { "<span class=bad>no</span>" },
+            default = if c.default { "yes" } else { "" },
+            listeners = esc(&c.listeners.join(", ")),
+            warnings = esc(&c.warnings.join("; ")),
+        );
+    }
+    h.push_str("</table></div>");
+
+    if !s.acme.is_empty() {
+        h.push_str(
+            "<h2>ACME renewal</h2><div class=wrap><table id=acme><tr><th>Certificate<th>Hostnames<th>Status\
+             <th>Renewal from<th>Next attempt<th>Last attempt<th>Result</tr>",
+        );
+        for a in &s.acme {
+            let _ = write!(
+                h,
+                "<tr><td>{}<td>{}<td class={}>{}<td>{}<td>{}<td>{}<td>{}</tr>",
+                esc(&a.friendly_name),
+                esc(&a.hostnames.join(", ")),
+                class_of_status(&a.status),
+                esc(&a.status),
+                esc(&a.renew_at),
+                esc(a.next_attempt.as_deref().unwrap_or("–")),
+                esc(a.last_attempt.as_deref().unwrap_or("–")),
+                esc(a.last_result.as_deref().unwrap_or("–")),
+            );
+        }
+        h.push_str("</table></div>");
+    }
+
+    h.push_str("<h2>Last reload</h2><div class=wrap><table id=reload>");
+    let _ = write!(h, "<tr><th>Last success<td class=ok>{}</tr>", esc(s.reload.last_success.as_deref().unwrap_or("–")));
+    if let Some(err) = &s.reload.last_error {
+        let _ = write!(
+            h,
+            "<tr><th>Last error<td class=bad>{} {}</tr>",
+            esc(s.reload.last_error_at.as_deref().unwrap_or("")),
+            esc(err)
+        );
+    }
+    for p in &s.problems {
+        let _ = write!(h, "<tr><th>Problem<td class=warn>{}</tr>", esc(p));
+    }
+    h.push_str("</table></div>");
+
+    h.push_str("<h2>Recent jobs</h2>");
+    if s.jobs.is_empty() {
+        h.push_str("<p class=meta>No admin jobs since start.</p>");
+    } else {
+        h.push_str("<div class=wrap><table id=jobs><tr><th>Job<th>Action<th>Status<th>Finished<th>Detail</tr>");
+        for j in s.jobs.iter().rev() {
+            let detail = j.error.clone().unwrap_or_else(|| j.messages.join("; "));
+            let _ = write!(
+                h,
+                "<tr><td>{}<td>{}<td class={}>{}<td>{}<td>{}</tr>",
+                esc(&j.job),
+                esc(&j.action),
+                class_of_status(&j.status),
+                esc(&j.status),
+                esc(&j.finished),
+                esc(&detail)
+            );
+        }
+        h.push_str("</table></div>");
+    }
+    h.push_str("<p class=meta>Machine-readable: <a href=/status.json>/status.json</a> · <a href=/metrics>/metrics</a></p></body></html>\n");
+    h
+}
+
+fn uptime(secs: u64) -> String {
+    let (d, h, m) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60);
+    if d > 0 {
+        format!("{d}d {h}h {m}m")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else {
+        format!("{m}m {}s", secs % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(
+            esc("<script>alert('x')</script> & \""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;"
+        );
+    }
+}

@@ -1,0 +1,121 @@
+//! The status page in a real headless browser (Debian's chromium): the DOM it renders
+//! holds the certificate table rows for known certificates, with text escaped.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{Env, free_port};
+
+/// Chromium's flags for a closed network and a root user (see the machine notes).
+fn chromium(env: &Env, args: &[&str]) -> String {
+    let profile = env.path("chromium-profile");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium (make test installs it)");
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `<td>` texts of the row `data-id="ID"` in chromium's serialised DOM.
+fn row(dom: &str, id: &str) -> Vec<String> {
+    let start = dom.find(&format!("<tr data-id=\"{id}\">")).unwrap_or_else(|| panic!("no row for {id} in:\n{dom}"));
+    let end = start + dom[start..].find("</tr>").unwrap();
+    dom[start..end]
+        .split("<td")
+        .skip(1)
+        .map(|cell| {
+            let text = &cell[cell.find('>').unwrap() + 1..];
+            // Strip inner tags (<span class=...>), keep entities as chromium wrote them.
+            let mut out = String::new();
+            let mut in_tag = false;
+            for c in text.chars() {
+                match c {
+                    '<' => in_tag = true,
+                    '>' => in_tag = false,
+                    c if !in_tag => out.push(c),
+                    _ => {}
+                }
+            }
+            out.trim().to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn status_page_shows_the_certificate_table() {
+    let env = Env::initialised();
+    env.run(&[
+        "cert",
+        "create-self-signed",
+        "--name",
+        "Support site",
+        "--common-name",
+        "support.example.com",
+        "--san",
+        "*.example.com",
+    ])
+    .ok();
+    env.run(&["cert", "create-self-signed", "--name", "Lab <b>x</b>", "--san", "lab.example.com", "--days", "5"]).ok();
+    env.run(&["cert", "set-default", "support-site"]).ok();
+    let (admin, tls) = (free_port(), free_port());
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{tls}\"]\n"
+    );
+    let _daemon = env.daemon(&config, &[admin, tls]);
+    let cfg = env.path("portcullis.toml");
+    env.run(&["--config", cfg.to_str().unwrap(), "cert", "assign", "lab-b-x-b", "--listener", "public"]).ok();
+    let url = format!("http://127.0.0.1:{admin}/status");
+    // The assignment is served after a reload; wait until the JSON says so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, json) = common::curl(&[&format!("{url}.json")]);
+        if json.contains("\"public\"")
+            && json.contains("lab-b-x-b")
+            && json.contains("\"listeners\": [\n        \"public\"")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "assignment not in /status.json: {json}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let dom = chromium(&env, &["--dump-dom", &url]);
+    assert!(dom.contains("<h1>Portcullis on "), "{dom}");
+    let support = row(&dom, "support-site");
+    // Friendly name, issued to, issued by, expiration, SANs, key, default, listeners, ACME, warnings
+    assert_eq!(support[0], "Support site");
+    assert_eq!(support[1], "support.example.com");
+    assert_eq!(support[2], "support.example.com");
+    assert!(support[3].contains("(364 days)") || support[3].contains("(365 days)"), "{support:?}");
+    assert_eq!(support[4], "support.example.com, *.example.com");
+    assert_eq!((support[5].as_str(), support[6].as_str(), support[7].as_str()), ("yes", "yes", ""));
+    let lab = row(&dom, "lab-b-x-b");
+    // Escaped: the name shows as text, it did not become markup.
+    assert_eq!(lab[0], "Lab &lt;b&gt;x&lt;/b&gt;");
+    assert!(!dom.contains("<b>x</b>"));
+    assert_eq!((lab[6].as_str(), lab[7].as_str()), ("", "public"));
+    assert!(lab[9].contains("expires in 5 days"), "{lab:?}");
+    let factory = row(&dom, "portcullis-default");
+    assert_eq!(factory[0], "Portcullis Default");
+    assert!(dom.contains("id=\"listeners\"") && dom.contains(&format!("127.0.0.1:{tls}")));
+
+    // Readable on a phone: the page declares a device-width viewport and renders at 390 px.
+    assert!(dom.contains("width=device-width"));
+    let shot = env.path("phone.png");
+    chromium(&env, &["--window-size=390,844", &format!("--screenshot={}", shot.display()), &url]);
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+}
