@@ -128,8 +128,9 @@ fn answer(
             resp
         }
         "/metrics" => {
-            metrics::refresh_certificate_expiry(&snapshot.load());
-            let mut resp = Response::new(full(prometheus.render()));
+            let mut body = prometheus.render();
+            metrics::render_certificates(&snapshot.load(), &mut body);
+            let mut resp = Response::new(full(body));
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8".parse().expect("static"),

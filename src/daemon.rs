@@ -59,8 +59,60 @@ const RESCAN: std::time::Duration = std::time::Duration::from_secs(60);
 /// The accept loops running, by listener and address, so a reload can open new
 /// addresses and close removed ones (their connections drain on their own).
 struct Binds {
-    active: HashMap<(String, SocketAddr), CancellationToken>,
-    limits: HashMap<String, Arc<Semaphore>>,
+    active: HashMap<(String, SocketAddr), (CancellationToken, tokio::task::JoinHandle<()>)>,
+    limits: HashMap<String, Limit>,
+}
+
+/// A listener's `max_connections`: a semaphore whose size follows the configuration.
+struct Limit {
+    sem: Arc<Semaphore>,
+    /// Permits in existence (free and held).
+    total: Arc<std::sync::atomic::AtomicUsize>,
+    /// A decrease waits for connections to end, then forgets their permits.
+    shrinking: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Limit {
+    fn new(n: usize) -> Self {
+        Self { sem: Arc::new(Semaphore::new(n)), total: Arc::new(n.into()), shrinking: None }
+    }
+
+    fn resize(&mut self, wanted: usize) {
+        use std::sync::atomic::Ordering;
+        // An unfinished decrease gives back what it collected so far.
+        if let Some(h) = self.shrinking.take() {
+            h.abort();
+        }
+        let total = self.total.load(Ordering::SeqCst);
+        if wanted > total {
+            self.sem.add_permits(wanted - total);
+            self.total.store(wanted, Ordering::SeqCst);
+        } else if wanted < total {
+            let n = total - wanted;
+            let (sem, tot) = (Arc::clone(&self.sem), Arc::clone(&self.total));
+            self.shrinking = Some(tokio::spawn(async move {
+                if let Ok(p) = sem.acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX)).await {
+                    p.forget();
+                    tot.fetch_sub(n, Ordering::SeqCst);
+                }
+            }));
+        }
+    }
+}
+
+/// Binds a listening socket. IPv6 sockets are IPv6-only, so `0.0.0.0:443` and
+/// `[::]:443` can both be listed (Linux would otherwise map IPv4 into the IPv6 socket).
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 impl Binds {
@@ -76,25 +128,25 @@ impl Binds {
     ) -> Result<()> {
         let wanted: Vec<(String, SocketAddr)> =
             config.listeners.iter().flat_map(|l| l.bind.iter().map(|a| (l.name.clone(), *a))).collect();
-        self.active.retain(|key, token| {
-            let keep = wanted.contains(key);
-            if !keep {
+        let removed: Vec<_> = self.active.keys().filter(|k| !wanted.contains(k)).cloned().collect();
+        for key in removed {
+            if let Some((token, handle)) = self.active.remove(&key) {
                 token.cancel();
+                // Closed before binding again: an address may move to another listener.
+                let _ = handle.await;
                 tracing::info!(listener = %key.0, addr = %key.1, "stopped listening (removed from the configuration)");
             }
-            keep
-        });
+        }
         for l in &config.listeners {
-            // max_connections applies to a listener's addresses as they are bound.
-            let limit = Arc::clone(
-                self.limits.entry(l.name.clone()).or_insert_with(|| Arc::new(Semaphore::new(l.max_connections))),
-            );
+            let entry = self.limits.entry(l.name.clone()).or_insert_with(|| Limit::new(l.max_connections));
+            entry.resize(l.max_connections);
+            let limit = Arc::clone(&entry.sem);
             for addr in &l.bind {
                 let key = (l.name.clone(), *addr);
                 if self.active.contains_key(&key) {
                     continue;
                 }
-                let tcp = match TcpListener::bind(addr).await {
+                let tcp = match bind_tcp(*addr) {
                     Ok(t) => t,
                     Err(e) if starting => return Err(anyhow!("listener {}: cannot bind {addr}: {e}", l.name)),
                     Err(e) => {
@@ -107,7 +159,7 @@ impl Binds {
                     eprintln!("listening: {} on https://{}", l.name, tcp.local_addr().unwrap_or(*addr));
                 }
                 let token = shutdown.child_token();
-                tokio::spawn(crate::proxy::accept_loop(
+                let handle = tokio::spawn(crate::proxy::accept_loop(
                     tcp,
                     l.name.as_str().into(),
                     Arc::clone(cell),
@@ -115,7 +167,7 @@ impl Binds {
                     tracker.clone(),
                     token.clone(),
                 ));
-                self.active.insert(key, token);
+                self.active.insert(key, (token, handle));
             }
         }
         Ok(())

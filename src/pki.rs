@@ -103,7 +103,11 @@ impl Subject {
                 "OU" => DnType::OrganizationalUnitName,
                 _ => DnType::CommonName,
             };
-            dn.push(ty, value);
+            // RFC 5280: countryName is a PrintableString (two letters, checked above).
+            match rcgen::string::PrintableString::try_from(value) {
+                Ok(p) if short == "C" => dn.push(ty, rcgen::DnValue::PrintableString(p)),
+                _ => dn.push(ty, value),
+            }
         }
         dn
     }

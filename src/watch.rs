@@ -14,6 +14,18 @@ pub struct Watch {
     _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
 }
 
+/// A deletion moves the entry into `.staging/deleted-*` and removes it there (a renewal
+/// swaps it with `.staging/entry-*` and removes that); the debouncer folds the rename
+/// and the removal into one removal inside `.staging/`, which is then the only trace.
+fn deleted_entry(kind: &notify::EventKind, path: &Path) -> bool {
+    matches!(kind, notify::EventKind::Remove(_))
+        && path.parent().and_then(Path::file_name).is_some_and(|d| d == ".staging")
+        && path.file_name().is_some_and(|n| {
+            let n = n.to_string_lossy();
+            n.starts_with("deleted-") || n.starts_with("entry-")
+        })
+}
+
 /// True for paths whose change can alter the snapshot.
 fn relevant(path: &Path, config: Option<&Path>, store: &Path) -> bool {
     if path.starts_with(store) {
@@ -60,7 +72,8 @@ pub fn start(store: &Path, config: Option<&Path>, tx: UnboundedSender<()>) -> Re
             // Reads (open, access, close-after-read) change nothing; the reload itself
             // reads the store, and counting those would reload forever.
             Ok(events) => events.iter().any(|e| {
-                !matches!(e.kind, notify::EventKind::Access(_)) && e.paths.iter().any(|p| relevant(p, c.as_deref(), &s))
+                !matches!(e.kind, notify::EventKind::Access(_))
+                    && e.paths.iter().any(|p| relevant(p, c.as_deref(), &s) || deleted_entry(&e.kind, p))
             }),
             // Overflow or a watch error: rescan everything.
             Err(_) => true,

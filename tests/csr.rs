@@ -53,6 +53,13 @@ fn every_key_type_makes_a_csr_a_ca_can_sign() {
         ] {
             assert!(text.contains(want), "{key}: CSR lacks {want:?}:\n{text}");
         }
+        // RFC 5280: countryName is a PrintableString, which strict CAs check.
+        let asn1 = openssl_ok(&["asn1parse", "-in", &csr_path], None);
+        let after_c = asn1.split(":countryName").nth(1).unwrap_or_default();
+        assert!(
+            after_c.lines().nth(1).is_some_and(|l| l.contains("PRINTABLESTRING") && l.ends_with(":US")),
+            "{key}:\n{asn1}"
+        );
 
         // The CA signs it; the answer verifies and belongs to the stored key.
         let signed = env.path(&format!("{key}.crt")).display().to_string();

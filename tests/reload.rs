@@ -215,3 +215,68 @@ fn replacements_under_load_drop_nothing() {
     assert!(ok > 100, "the load was too light to mean anything: {ok} requests");
     assert!(slowest < Duration::from_secs(1), "a new certificate took {slowest:?}");
 }
+
+/// Whether the proxy keeps a fresh plain TCP connection open (it waits for a
+/// ClientHello) rather than closing it at accept (max_connections reached).
+fn kept_open(port: u16) -> bool {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    !matches!(s.read(&mut [0u8; 1]), Ok(0))
+}
+
+#[test]
+fn limits_and_listener_renames_apply_on_reload() {
+    let env = Env::initialised();
+    let (port, admin) = (free_port(), free_port());
+    let config = |name: &str, max: usize| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"{name}\"\nbind = [\"127.0.0.1:{port}\"]\nmax_connections = {max}\n[[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"{name}\" }}\n"
+        )
+    };
+    let _daemon = env.daemon(&config("public", 1), &[port, admin]);
+    let cfg = env.path("portcullis.toml");
+    // One connection holds the only permit (it waits for a ClientHello). The startup
+    // probe's permit is released first.
+    let mut held = None;
+    within(5, "one connection held", &env, || {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let open = !matches!(s.read(&mut [0u8; 1]), Ok(0));
+        held = open.then_some(s);
+        open
+    });
+    assert!(!kept_open(port), "a second connection was accepted with max_connections = 1");
+    // Raised on reload: the same address now takes more.
+    std::fs::write(&cfg, config("public", 3)).unwrap();
+    within(5, "max_connections raised", &env, || kept_open(port));
+    // Lowered again: back to refusing while the first is held.
+    std::fs::write(&cfg, config("public", 1)).unwrap();
+    within(5, "max_connections lowered", &env, || !kept_open(port));
+    // The address moves to a renamed listener without a bind error.
+    std::fs::write(&cfg, config("edge", 10)).unwrap();
+    within(5, "renamed listener serving", &env, || curl(&["-k", &format!("https://127.0.0.1:{port}/")]).1 == "edge");
+    assert!(!env.daemon_log().contains("cannot bind"), "{}", env.daemon_log());
+}
+
+#[test]
+fn a_deleted_certificate_leaves_the_metrics_at_once() {
+    let env = Env::initialised();
+    let (port, admin) = (free_port(), free_port());
+    env.run(&["cert", "create-self-signed", "--name", "Short lived", "--san", "short.example.test"]).ok();
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{port}\"]\n"
+    );
+    let _daemon = env.daemon(&config, &[port, admin]);
+    let metrics = || curl(&[&format!("http://127.0.0.1:{admin}/metrics")]).1;
+    let series = "portcullis_certificate_expiry_seconds{id=\"short-lived\",friendly_name=\"Short lived\"}";
+    assert!(metrics().contains(series), "{}", metrics());
+    for round in 0..3 {
+        // Unassigned and not the default: only the watcher notices the deletion.
+        env.run(&["cert", "delete", "short-lived"]).ok();
+        within(3, "deleted certificate gone from /metrics", &env, || !metrics().contains(series));
+        env.run(&["cert", "create-self-signed", "--name", "Short lived", "--san", "short.example.test"]).ok();
+        within(3, &format!("re-created certificate in /metrics (round {round})"), &env, || metrics().contains(series));
+    }
+}

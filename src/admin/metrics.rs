@@ -52,15 +52,10 @@ pub fn describe() {
     describe_counter!(BYTES, "Bytes from (in) and to (out) clients");
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status class");
     describe_counter!(UPSTREAM_ERRORS, "Failed upstream connections and requests");
-    describe_gauge!(CERTIFICATE_EXPIRY, "Seconds until each stored certificate's not_after (negative once expired)");
     describe_counter!(RELOADS, "Snapshot builds by result (ok, error)");
     describe_gauge!(LAST_RELOAD_SUCCESS, "Unix time of the last snapshot that was built and published");
     describe_counter!(JOBS, "Admin jobs by action and result (done, failed)");
     describe_counter!(ACME_ORDERS, "ACME orders (issuance and renewal) by result (ok, error)");
-    describe_gauge!(
-        ACME_RENEWAL_FAILING,
-        "1 while an ACME certificate's renewal is failing below its alert threshold (the error state), else 0"
-    );
 }
 
 /// One listener's handles.
@@ -138,15 +133,41 @@ pub fn reload(ok: bool) {
     }
 }
 
-/// Sets the expiry gauge of every certificate in the snapshot, relative to now.
-pub fn refresh_certificate_expiry(snapshot: &Snapshot) {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    for c in &snapshot.certificates {
-        gauge!(names::CERTIFICATE_EXPIRY, "id" => c.id.to_string(), "friendly_name" => c.friendly_name.to_string())
-            .set((c.not_after - now) as f64);
+/// The gauges derived from the snapshot, rendered at scrape time from the certificates
+/// served now: a deleted certificate's series disappears with it (the exporter's
+/// registry would keep reporting its last value).
+pub fn render_certificates(snapshot: &Snapshot, out: &mut String) {
+    use std::fmt::Write;
+    fn label(s: &str) -> String {
+        s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
     }
-    for v in crate::acme::snapshot_views(snapshot) {
-        let failing = if v.status == "error" || (v.status == "expired" && v.failures > 0) { 1.0 } else { 0.0 };
-        gauge!(names::ACME_RENEWAL_FAILING, "id" => v.id).set(failing);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let _ = writeln!(
+        out,
+        "# HELP {n} Seconds until each stored certificate's not_after (negative once expired)\n# TYPE {n} gauge",
+        n = names::CERTIFICATE_EXPIRY
+    );
+    for c in &snapshot.certificates {
+        let _ = writeln!(
+            out,
+            "{}{{id=\"{}\",friendly_name=\"{}\"}} {}",
+            names::CERTIFICATE_EXPIRY,
+            label(&c.id),
+            label(&c.friendly_name),
+            c.not_after - now
+        );
+    }
+    let views = crate::acme::snapshot_views(snapshot);
+    if views.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {n} 1 while an ACME certificate's renewal is failing below its alert threshold (the error state), else 0\n# TYPE {n} gauge",
+        n = names::ACME_RENEWAL_FAILING
+    );
+    for v in views {
+        let failing = u8::from(v.status == "error" || (v.status == "expired" && v.failures > 0));
+        let _ = writeln!(out, "{}{{id=\"{}\"}} {failing}", names::ACME_RENEWAL_FAILING, label(&v.id));
     }
 }
