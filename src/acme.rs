@@ -843,6 +843,46 @@ pub async fn renewer(
     }
 }
 
+/// ACME Renewal Information for one pass: the account (only an existing one; asking
+/// never creates an account) and whether the directory offers ARI at all.
+#[derive(Default)]
+struct Ari {
+    account: Option<Option<Account>>,
+}
+
+impl Ari {
+    /// The moment in the CA's suggested window at which to renew `der`: a fixed point of
+    /// the window per certificate (from its hash), as RFC 9773 asks clients to spread.
+    async fn window(&mut self, acme: &AcmeConfig, store_dir: &Path, der: &[u8]) -> Option<OffsetDateTime> {
+        if self.account.is_none() {
+            let existing = account_path(store_dir).exists();
+            let quiet = |_: &str| {};
+            self.account = Some(if existing { account(acme, store_dir, &quiet).await.ok() } else { None });
+        }
+        let acct = self.account.as_ref()?.as_ref()?;
+        let cert = rustls_pki_types::CertificateDer::from(der.to_vec());
+        let id = instant_acme::CertificateIdentifier::try_from(&cert).ok()?;
+        match acct.renewal_info(&id).await {
+            Ok((info, _retry_after)) => {
+                let w = info.suggested_window;
+                use sha2::Digest;
+                let h = sha2::Sha256::digest(der);
+                let f = u64::from_le_bytes(h[..8].try_into().ok()?) as f64 / u64::MAX as f64;
+                Some(w.start + (w.end - w.start).max(time::Duration::ZERO) * f)
+            }
+            Err(instant_acme::Error::Unsupported(_)) => {
+                // No renewalInfo in the directory: stop asking for this pass.
+                self.account = Some(None);
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %describe(&e), "ACME renewal information unavailable");
+                None
+            }
+        }
+    }
+}
+
 fn jitter(max: Duration) -> Duration {
     let mut b = [0u8; 4];
     let _ = aws_lc_rs::rand::fill(&mut b);
@@ -930,18 +970,31 @@ async fn pass(
             if store.read_meta(&id).is_ok_and(|m| m.acme.is_some())
                 && let Ok(e) = store.read_cert(&id)
             {
-                out.push((e.id, e.meta, e.info));
+                let der = e.leaf_der();
+                out.push((e.id, e.meta, e.info, der));
             }
         }
         Ok(out)
     })
     .await
     .unwrap_or_default();
-    for (id, meta, info) in entries {
+    let mut ari = Ari::default();
+    for (id, meta, info, der) in entries {
         let Some(mut am) = meta.acme.clone() else { continue };
         let now = OffsetDateTime::now_utc();
         let s = schedule(&am, &info, &policy, now);
-        let attempt_at = am.next_attempt.unwrap_or(s.renew_at).max(s.renew_at);
+        let mut attempt_at = am.next_attempt.unwrap_or(s.renew_at).max(s.renew_at);
+        // RFC 9773: the CA may want it renewed earlier (e.g. ahead of a revocation).
+        if now < attempt_at
+            && am.failures == 0
+            && let Some(at) = ari.window(acme, store_dir, &der).await
+            && at < attempt_at
+        {
+            if at <= now {
+                tracing::info!(%id, "the CA's suggested renewal window (ARI) has started");
+            }
+            attempt_at = at;
+        }
         if now < attempt_at {
             let (renew_threshold, _) = policy.thresholds(info.not_before, info.not_after);
             let spread = jitter((renew_threshold / 20).min(Duration::from_secs(600)));

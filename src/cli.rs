@@ -660,6 +660,12 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
                     }
                     _ => println!("{shown} on listener {}: no certificate: {}", w.listener, w.reason),
                 }
+                for id in &w.not_assigned {
+                    println!(
+                        "  {id} covers {shown} but is not served on listener {l}: portcullis cert assign {id} --listener {l}",
+                        l = w.listener
+                    );
+                }
             }
         }
         CertCommand::SetDefault { id, listener: Some(listener) } => {

@@ -347,6 +347,10 @@ pub struct Which {
     pub id: Option<String>,
     pub friendly_name: Option<String>,
     pub reason: String,
+    /// Stored certificates that cover the name but are not served on this listener
+    /// (a listener with assignments serves only those).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_assigned: Vec<String>,
 }
 
 pub fn which(store: &Store, config: &Config, hostname: &str, listener: Option<&str>) -> Result<Which, Error> {
@@ -362,7 +366,19 @@ pub fn which(store: &Store, config: &Config, hostname: &str, listener: Option<&s
     let l = snapshot.listener(&name).ok_or_else(|| flag("--listener", format!("{name:?} is not configured")))?;
     let sni = (!hostname.is_empty()).then_some(hostname);
     let selection = l.certs.lookup(sni);
+    let matched = matches!(selection, crate::sni::Selection::Exact(_) | crate::sni::Selection::Wildcard(_));
+    let not_assigned = if matched || hostname.is_empty() {
+        Vec::new()
+    } else {
+        snapshot
+            .certificates
+            .iter()
+            .filter(|c| c.has_key && pki::covers(&c.sans, hostname))
+            .map(|c| c.id.to_string())
+            .collect()
+    };
     Ok(Which {
+        not_assigned,
         listener: name,
         hostname: hostname.to_owned(),
         id: selection.served().map(|s| s.id.to_string()),

@@ -85,7 +85,7 @@ impl Selection<'_> {
     pub fn reason(&self) -> String {
         let miss = |m: &Miss| match m {
             Miss::NoSni => "no SNI",
-            Miss::Unknown => "no certificate covers the name",
+            Miss::Unknown => "no certificate on this listener covers the name",
         };
         match self {
             Self::Exact(_) => "exact name match".into(),

@@ -87,7 +87,7 @@ handler = {{ type = "static", body = "public" }}
             p1,
             Some("a.b.example.test"),
             Some("Fallback A"),
-            "listener default (no certificate covers the name)",
+            "listener default (no certificate on this listener covers the name)",
         ),
         ("public", p1, Some("example.test"), Some("Fallback A"), "listener default"),
         ("public", p1, Some("unknown.test"), Some("Fallback A"), "listener default"),

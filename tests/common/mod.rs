@@ -172,9 +172,20 @@ pub fn now_epoch() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-/// A free loopback port (bound then released: a tiny race, acceptable in tests).
+/// A free loopback port for a daemon to bind. Taken below the kernel's ephemeral range
+/// (32768 and up), so no client connection of a parallel test can hold it by chance,
+/// and from a per-process sequence, so parallel tests never pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() * 97) % 10_000;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(base + n % 2_700).expect("below 32768");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Waits until something accepts on 127.0.0.1:`port` (at most 10 s).
@@ -238,9 +249,16 @@ impl Env {
             .envs(vars.iter().copied())
             .spawn()
             .unwrap();
-        let proc = Proc(child);
+        let mut proc = Proc(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         for p in ports {
-            wait_port(*p);
+            while std::net::TcpStream::connect(("127.0.0.1", *p)).is_err() {
+                if let Some(status) = proc.0.try_wait().unwrap() {
+                    panic!("the daemon exited ({status}) before listening on {p}:\n{}", self.daemon_log());
+                }
+                assert!(std::time::Instant::now() < deadline, "nothing listens on port {p}:\n{}", self.daemon_log());
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
         proc
     }
