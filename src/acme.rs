@@ -421,6 +421,21 @@ async fn issue(
     responder: &Responder,
     progress: Progress<'_>,
 ) -> Result<String> {
+    let r = issue_once(acme, store_dir, hostnames, key_type, key, responder, progress).await;
+    let result = if r.is_ok() { "ok" } else { "error" };
+    metrics::counter!(crate::admin::metrics::names::ACME_ORDERS, "result" => result).increment(1);
+    r
+}
+
+async fn issue_once(
+    acme: &AcmeConfig,
+    store_dir: &Path,
+    hostnames: &[String],
+    key_type: KeyType,
+    key: &PrivateKey,
+    responder: &Responder,
+    progress: Progress<'_>,
+) -> Result<String> {
     let account = account(acme, store_dir, progress).await?;
     let ids: Vec<Identifier> = hostnames.iter().map(|h| Identifier::Dns(h.clone())).collect();
     let mut order = match account.new_order(&NewOrder::new(&ids)).await {
@@ -602,8 +617,12 @@ pub async fn request(
             let mut store = Store::open(&store_dir)?;
             match find_entry(&store, &hostnames)? {
                 Some((id, _)) => {
-                    // Finishes an assignment a crash may have cut off: re-running is safe.
-                    store.assign(&id, &listeners, true)?;
+                    // Finishes an assignment a crash cut off between storing and assigning;
+                    // a certificate the operator placed (or unassigned) stays as it is.
+                    let state = store.state();
+                    if state.listeners_of(&id).is_empty() && state.default_id() != id {
+                        store.assign(&id, &listeners, true)?;
+                    }
                     Ok((Some(store.read_cert(&id)?), name))
                 }
                 None => Ok((None, store.check_new_name(&name)?)),
@@ -753,7 +772,6 @@ pub async fn renew(
             })
             .await?;
             progress(&format!("renewed {id}: serial {}, valid until {}", info.serial, rfc3339(info.not_after)));
-            metrics::counter!(crate::admin::metrics::names::ACME_ORDERS, "result" => "ok").increment(1);
             Ok(Obtained {
                 id,
                 friendly_name: name,
@@ -764,7 +782,6 @@ pub async fn renew(
             })
         }
         Err(e) => {
-            metrics::counter!(crate::admin::metrics::names::ACME_ORDERS, "result" => "error").increment(1);
             let message = format!("{e:#}").replace('\n', " ");
             let (renew_threshold, _) = policy.thresholds(entry.info.not_before, entry.info.not_after);
             meta.failures += 1;
@@ -828,55 +845,98 @@ pub async fn renewer(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut pending: HashMap<Vec<String>, (u32, OffsetDateTime)> = HashMap::new();
+    let mut ari = AriCache::default();
     loop {
         let config = configs.borrow_and_update().clone();
         let wake = match &config.acme {
-            Some(acme) => pass(&config, acme, &store_dir, &challenges, &mut pending).await,
+            Some(acme) => pass(&config, acme, &store_dir, &challenges, &mut pending, &mut ari).await,
             None => CHECK_INTERVAL,
         };
         tracing::debug!(secs = wake.as_secs_f64(), "next ACME check");
-        tokio::select! {
-            () = tokio::time::sleep(wake) => {}
-            r = configs.changed() => if r.is_err() { return },
-            () = shutdown.cancelled() => return,
+        let deadline = tokio::time::Instant::now() + wake;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                r = configs.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    // Every reload publishes its configuration; only [acme] and [alerts]
+                    // matter here.
+                    let new = configs.borrow().clone();
+                    if new.acme != config.acme || new.alerts != config.alerts || new.listeners != config.listeners {
+                        break;
+                    }
+                }
+                () = shutdown.cancelled() => return,
+            }
         }
     }
 }
 
-/// ACME Renewal Information for one pass: the account (only an existing one; asking
-/// never creates an account) and whether the directory offers ARI at all.
+/// ACME Renewal Information (RFC 9773): the CA's suggested renewal time per
+/// certificate, asked again only after the Retry-After it gave.
 #[derive(Default)]
-struct Ari {
-    account: Option<Option<Account>>,
+struct AriCache {
+    /// By certificate DER hash: the chosen moment (if any) and when to ask again.
+    answers: HashMap<[u8; 32], (Option<OffsetDateTime>, OffsetDateTime)>,
+    /// The directory has no renewalInfo (or no account exists yet): do not ask.
+    off_until: Option<OffsetDateTime>,
 }
 
-impl Ari {
+impl AriCache {
     /// The moment in the CA's suggested window at which to renew `der`: a fixed point of
     /// the window per certificate (from its hash), as RFC 9773 asks clients to spread.
-    async fn window(&mut self, acme: &AcmeConfig, store_dir: &Path, der: &[u8]) -> Option<OffsetDateTime> {
-        if self.account.is_none() {
-            let existing = account_path(store_dir).exists();
-            let quiet = |_: &str| {};
-            self.account = Some(if existing { account(acme, store_dir, &quiet).await.ok() } else { None });
+    async fn window(
+        &mut self,
+        account: &mut Option<Option<Account>>,
+        acme: &AcmeConfig,
+        store_dir: &Path,
+        der: &[u8],
+    ) -> Option<OffsetDateTime> {
+        use sha2::Digest;
+        let now = OffsetDateTime::now_utc();
+        if self.off_until.is_some_and(|t| now < t) {
+            return None;
         }
-        let acct = self.account.as_ref()?.as_ref()?;
+        let hash: [u8; 32] = sha2::Sha256::digest(der).into();
+        if let Some((at, until)) = self.answers.get(&hash)
+            && now < *until
+        {
+            return *at;
+        }
+        if account.is_none() {
+            // Only the stored account of this directory: asking never creates one.
+            let stored = std::fs::read_to_string(account_path(store_dir))
+                .ok()
+                .and_then(|t| serde_json::from_str::<StoredAccount>(&t).ok())
+                .is_some_and(|a| a.directory == acme.directory);
+            let quiet = |_: &str| {};
+            *account = Some(if stored { self::account(acme, store_dir, &quiet).await.ok() } else { None });
+        }
+        let Some(Some(acct)) = account.as_ref() else {
+            self.off_until = Some(now + time::Duration::HOUR);
+            return None;
+        };
         let cert = rustls_pki_types::CertificateDer::from(der.to_vec());
         let id = instant_acme::CertificateIdentifier::try_from(&cert).ok()?;
         match acct.renewal_info(&id).await {
-            Ok((info, _retry_after)) => {
+            Ok((info, retry_after)) => {
                 let w = info.suggested_window;
-                use sha2::Digest;
-                let h = sha2::Sha256::digest(der);
-                let f = u64::from_le_bytes(h[..8].try_into().ok()?) as f64 / u64::MAX as f64;
-                Some(w.start + (w.end - w.start).max(time::Duration::ZERO) * f)
+                let f = u64::from_le_bytes(hash[..8].try_into().ok()?) as f64 / u64::MAX as f64;
+                let at = w.start + (w.end - w.start).max(time::Duration::ZERO) * f;
+                // RFC 9773 §4.3: ask again after Retry-After (at least an hour, at most a day).
+                let again = retry_after.clamp(Duration::from_secs(3600), Duration::from_secs(86_400));
+                self.answers.insert(hash, (Some(at), now + again));
+                Some(at)
             }
             Err(instant_acme::Error::Unsupported(_)) => {
-                // No renewalInfo in the directory: stop asking for this pass.
-                self.account = Some(None);
+                self.off_until = Some(now + time::Duration::DAY);
                 None
             }
             Err(e) => {
                 tracing::debug!(error = %describe(&e), "ACME renewal information unavailable");
+                self.answers.insert(hash, (None, now + time::Duration::HOUR));
                 None
             }
         }
@@ -895,6 +955,7 @@ async fn pass(
     store_dir: &Path,
     challenges: &Challenges,
     pending: &mut HashMap<Vec<String>, (u32, OffsetDateTime)>,
+    ari: &mut AriCache,
 ) -> Duration {
     let responder = Responder { challenges: challenges.clone(), on_disk: false, check: Vec::new() };
     let log = |line: &str| tracing::info!(target: "acme", "{line}");
@@ -934,11 +995,9 @@ async fn pass(
         match request(acme, store_dir, &params, &responder, &log).await {
             Ok(o) => {
                 pending.remove(&key);
-                metrics::counter!(crate::admin::metrics::names::ACME_ORDERS, "result" => "ok").increment(1);
                 tracing::info!(id = %o.id, hostnames = %o.hostnames.join(","), "ACME certificate issued");
             }
             Err(e) => {
-                metrics::counter!(crate::admin::metrics::names::ACME_ORDERS, "result" => "error").increment(1);
                 let failures = pending.get(&key).map_or(1, |p| p.0 + 1);
                 // A day is the renewal threshold of nothing yet: back off as for a 90-day certificate.
                 let wait = backoff(failures, policy.renew_before);
@@ -978,16 +1037,20 @@ async fn pass(
     })
     .await
     .unwrap_or_default();
-    let mut ari = Ari::default();
+    let mut account = None;
     for (id, meta, info, der) in entries {
         let Some(mut am) = meta.acme.clone() else { continue };
         let now = OffsetDateTime::now_utc();
         let s = schedule(&am, &info, &policy, now);
-        let mut attempt_at = am.next_attempt.unwrap_or(s.renew_at).max(s.renew_at);
+        // After a failure (also of a forced or ARI-early renewal) the backoff decides.
+        let mut attempt_at = match am.next_attempt {
+            Some(next) if am.failures > 0 => next,
+            _ => s.renew_at,
+        };
         // RFC 9773: the CA may want it renewed earlier (e.g. ahead of a revocation).
         if now < attempt_at
             && am.failures == 0
-            && let Some(at) = ari.window(acme, store_dir, &der).await
+            && let Some(at) = ari.window(&mut account, acme, store_dir, &der).await
             && at < attempt_at
         {
             if at <= now {

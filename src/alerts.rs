@@ -38,6 +38,18 @@ impl Alert {
 
     fn body(&self) -> String {
         let host = crate::hostname().unwrap_or_else(|| "this node".into());
+        if self.kind == "order-failed" {
+            return format!(
+                "Portcullis on {host} could not obtain an ACME certificate.\n\n\
+                 certificate: {} (configured in [[acme.certificate]])\nhostnames:   {}\n\n\
+                 The CA said:\n{}\n\n\
+                 The order is retried with backoff; nothing is served for these names until it succeeds.\n\
+                 Check with: portcullis acme status, and the daemon's log\n",
+                self.friendly_name,
+                self.hostnames.join(", "),
+                self.error,
+            );
+        }
         let expiry = self.not_after.map_or_else(
             || "no certificate yet".to_owned(),
             |t| format!("{} ({} days left)", rfc3339(t), (t - OffsetDateTime::now_utc()).whole_days()),

@@ -486,11 +486,29 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
                 if ids.is_empty() {
                     progress("no ACME certificates in the store");
                 }
+                // Every due certificate gets its attempt, even after one fails.
                 let mut out = Vec::new();
+                let mut failed = Vec::new();
                 for id in ids {
-                    out.push(crate::acme::renew(acme_config, &store_dir, &id, force, &responder, &progress).await?);
+                    match crate::acme::renew(acme_config, &store_dir, &id, force, &responder, &progress).await {
+                        Ok(o) => out.push(o),
+                        Err(e) => {
+                            eprintln!("{}: {e:#}", paint("error", "31"));
+                            failed.push(id);
+                        }
+                    }
                 }
-                Ok(out)
+                if failed.is_empty() {
+                    Ok(out)
+                } else {
+                    for o in &out {
+                        println!(
+                            "{} {} ({}): serial {}, valid until {}",
+                            o.action, o.id, o.friendly_name, o.serial, o.not_after
+                        );
+                    }
+                    Err(anyhow::anyhow!("renewal failed for {}", failed.join(", ")))
+                }
             }
             (None, None) => unreachable!("one of them is set"),
         }

@@ -404,10 +404,15 @@ impl Config {
         // A section in a fragment replaces the main file's; listeners and routes add up.
         let mut listener_files = vec![path.to_owned(); raw.listener.len()];
         let mut route_files: Vec<(PathBuf, usize)> = (0..raw.route.len()).map(|i| (path.to_owned(), i)).collect();
+        // Which file each replaced section came from, for error messages.
+        let mut section_files: std::collections::HashMap<&'static str, PathBuf> = std::collections::HashMap::new();
         for fragment in fragments(path)? {
             let f = parse_file(&fragment)?;
             macro_rules! replace {
-                ($($field:ident),*) => { $( if f.$field.is_some() { raw.$field = f.$field; } )* };
+                ($($field:ident),*) => { $( if f.$field.is_some() {
+                    raw.$field = f.$field;
+                    section_files.insert(stringify!($field), fragment.clone());
+                } )* };
             }
             replace!(store, admin, runtime, http, acme, alerts, jobs);
             listener_files.extend(std::iter::repeat_n(fragment.clone(), f.listener.len()));
@@ -416,7 +421,11 @@ impl Config {
             raw.route.extend(f.route);
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        let invalid = |key: String, message: String| Error::Invalid { path: path.to_owned(), key, message };
+        let invalid = |key: String, message: String| {
+            let section = key.split(['.', '[']).next().unwrap_or_default();
+            let path = section_files.get(section).cloned().unwrap_or_else(|| path.to_owned());
+            Error::Invalid { path, key, message }
+        };
         let mut config = Self::builtin();
         config.source = Some(path.to_owned());
         if let Some(store) = raw.store {
@@ -806,6 +815,11 @@ mod tests {
         fs::write(dir.path().join("conf.d/30-bad.toml"), "[[route]\n").unwrap();
         let err = Config::load(Some(&main)).unwrap_err().to_string();
         assert!(err.contains("30-bad.toml:1:"), "{err}");
+        fs::remove_file(dir.path().join("conf.d/30-bad.toml")).unwrap();
+        // A section from a fragment: its errors name the fragment.
+        fs::write(dir.path().join("conf.d/40-acme.toml"), "[acme]\ncontact = [\"mailto:ops@example.com\"]\n").unwrap();
+        let err = Config::load(Some(&main)).unwrap_err().to_string();
+        assert!(err.contains("40-acme.toml: acme.agree_tos: must be set to true"), "{err}");
     }
 
     #[test]

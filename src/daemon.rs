@@ -60,6 +60,9 @@ const RESCAN: std::time::Duration = std::time::Duration::from_secs(60);
 /// addresses and close removed ones (their connections drain on their own).
 struct Binds {
     active: HashMap<(String, SocketAddr), (CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// Plain-HTTP listeners ([http] listen and [acme] http_listen), by address.
+    http: HashMap<SocketAddr, (CancellationToken, tokio::task::JoinHandle<()>)>,
+    challenges: crate::acme::Challenges,
     limits: HashMap<String, Limit>,
 }
 
@@ -116,6 +119,49 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl Binds {
+    /// The plain-HTTP listeners follow the configuration like the TLS ones.
+    async fn apply_http(
+        &mut self,
+        config: &Config,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+        starting: bool,
+    ) -> Result<()> {
+        let wanted = config.plain_http();
+        let removed: Vec<SocketAddr> = self.http.keys().filter(|a| !wanted.contains(a)).copied().collect();
+        for addr in removed {
+            if let Some((token, handle)) = self.http.remove(&addr) {
+                token.cancel();
+                let _ = handle.await;
+                tracing::info!(%addr, "stopped plain-HTTP listener (removed from the configuration)");
+            }
+        }
+        for addr in wanted {
+            if self.http.contains_key(&addr) {
+                continue;
+            }
+            let tcp = match bind_tcp(addr) {
+                Ok(t) => t,
+                Err(e) if starting => {
+                    return Err(anyhow!("[http] listen / [acme] http_listen: cannot bind {addr}: {e}"));
+                }
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot bind the plain-HTTP listener");
+                    continue;
+                }
+            };
+            tracing::info!(%addr, "listening (plain HTTP: ACME HTTP-01, redirect to https)");
+            if starting {
+                eprintln!("listening: ACME HTTP-01 and redirect to https on http://{addr}");
+            }
+            let token = shutdown.child_token();
+            let handle =
+                tokio::spawn(crate::proxy::redirect_loop(tcp, self.challenges.clone(), tracker.clone(), token.clone()));
+            self.http.insert(addr, (token, handle));
+        }
+        Ok(())
+    }
+
     /// Binds what `config` lists and is not yet bound, and stops what it no longer lists.
     /// At start a bind failure is fatal; on reload it is logged and the rest applies.
     async fn apply(
@@ -128,6 +174,7 @@ impl Binds {
     ) -> Result<()> {
         let wanted: Vec<(String, SocketAddr)> =
             config.listeners.iter().flat_map(|l| l.bind.iter().map(|a| (l.name.clone(), *a))).collect();
+        self.apply_http(config, tracker, shutdown, starting).await?;
         let removed: Vec<_> = self.active.keys().filter(|k| !wanted.contains(k)).cloned().collect();
         for key in removed {
             if let Some((token, handle)) = self.active.remove(&key) {
@@ -267,17 +314,11 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    let mut binds = Binds { active: HashMap::new(), limits: HashMap::new() };
-    binds.apply(&config, &cell, &tracker, &shutdown, true).await?;
-    // Plain HTTP: [http] listen and [acme] http_listen, one listener per address.
+    // The ACME challenges answered on the plain-HTTP listeners.
     let challenges = crate::acme::Challenges::new(Some(crate::acme::challenge_dir(&store_dir)));
-    for addr in config.plain_http() {
-        let tcp = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("[http] listen / [acme] http_listen: cannot bind {addr}"))?;
-        eprintln!("listening: ACME HTTP-01 and redirect to https on http://{addr}");
-        tokio::spawn(crate::proxy::redirect_loop(tcp, challenges.clone(), tracker.clone(), shutdown.clone()));
-    }
+    let mut binds =
+        Binds { active: HashMap::new(), http: HashMap::new(), challenges: challenges.clone(), limits: HashMap::new() };
+    binds.apply(&config, &cell, &tracker, &shutdown, true).await?;
     let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
     // Admin jobs by file drop: [jobs] dir as configured at start.
     let recent_jobs: crate::jobs::Recent = Arc::default();
@@ -351,14 +392,9 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         crate::notify::ready(&format!("snapshot generation {generation}"));
         if let Some(config) = reloaded {
             let _ = binds.apply(&config, &cell, &tracker, &shutdown, false).await;
-            // The renewer re-reads [acme] and the store only when the configuration changed.
-            let changed = {
-                let old = config_tx.borrow();
-                config.acme != old.acme || config.alerts != old.alerts
-            };
-            if why != "file change" || changed {
-                let _ = config_tx.send(Arc::new(config));
-            }
+            // The job runner and the ACME renewer see the new configuration (the renewer
+            // acts only when [acme], [alerts] or the listeners changed).
+            let _ = config_tx.send(Arc::new(config));
         }
     }
     crate::notify::stopping();

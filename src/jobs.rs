@@ -279,7 +279,7 @@ fn cert(cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, String>
         CertCommand::CreateSelfSigned { new, days } => {
             let params = new.params(days).map_err(|e| format!("{e:#}"))?;
             let mut store = open()?;
-            if let Some(done) = already(&store, &new.name, EntryKind::Cert)? {
+            if let Some(done) = already(&store, &params, EntryKind::Cert)? {
                 return Ok(done);
             }
             Ok(Outcome::from_report(ops::create_self_signed(&mut store, &params).map_err(e)?))
@@ -287,7 +287,7 @@ fn cert(cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, String>
         CertCommand::Request { new } => {
             let params = new.params(0).map_err(|e| format!("{e:#}"))?;
             let mut store = open()?;
-            if let Some(mut done) = already(&store, &new.name, EntryKind::Request)? {
+            if let Some(mut done) = already(&store, &params, EntryKind::Request)? {
                 if let Some(id) = done.outputs["id"].as_str()
                     && let Ok(r) = store.read_request(id)
                 {
@@ -295,11 +295,7 @@ fn cert(cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, String>
                 }
                 return Ok(done);
             }
-            let report = ops::create_request(&mut store, &params).map_err(e)?;
-            let mut out = Outcome::from_report(report);
-            // {"request": {...}, "csr_pem": "..."}: the id on top, as for the other actions.
-            out.outputs["id"] = out.outputs["request"]["id"].clone();
-            Ok(out)
+            Ok(Outcome::from_report(ops::create_request(&mut store, &params).map_err(e)?))
         }
         CertCommand::Import { files, name, password_file } => {
             let password = password_file.as_deref().map(ops::read_password_file).transpose().map_err(e)?;
@@ -354,17 +350,37 @@ fn cert(cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, String>
     }
 }
 
-/// An entry of `kind` named `name` is the effect of an earlier run of the same job:
-/// report it instead of failing on the taken name.
-fn already(store: &Store, name: &str, kind: EntryKind) -> Result<Option<Outcome>, String> {
-    match store.find_by_name(name) {
-        Some((k, id)) if k == kind => Ok(Some(Outcome {
-            messages: vec![format!("{id} ({name}) already exists; not created again")],
-            warnings: Vec::new(),
-            outputs: serde_json::json!({ "id": id, "friendly_name": name, "already_present": true }),
-        })),
-        _ => Ok(None),
+/// An entry of `kind` with the requested name and the same alternative names is the
+/// effect of an earlier run of this job (cut off by a crash, or submitted twice): report
+/// it instead of creating a second one. A different entry with that name is the usual
+/// "name taken" error.
+fn already(store: &Store, params: &ops::CreateParams, kind: EntryKind) -> Result<Option<Outcome>, String> {
+    let name = params.identity.friendly_name.trim();
+    let Some((k, id)) = store.find_by_name(name) else { return Ok(None) };
+    if k != kind {
+        return Ok(None);
     }
+    let mut wanted: Vec<String> = match params.identity.validate() {
+        Ok(identity) => identity.sans.iter().map(|s| s.to_string().to_lowercase()).collect(),
+        Err(_) => return Ok(None),
+    };
+    let mut have: Vec<String> = match kind {
+        EntryKind::Cert => store.read_cert(&id).map(|e| e.info.sans).unwrap_or_default(),
+        EntryKind::Request => store.read_request(&id).map(|r| r.meta.sans).unwrap_or_default(),
+    }
+    .into_iter()
+    .map(|s| s.to_lowercase())
+    .collect();
+    wanted.sort();
+    have.sort();
+    if wanted != have {
+        return Ok(None);
+    }
+    Ok(Some(Outcome {
+        messages: vec![format!("{id} ({name}) already exists with these names; not created again")],
+        warnings: Vec::new(),
+        outputs: serde_json::json!({ "id": id, "friendly_name": name, "already_present": true }),
+    }))
 }
 
 /// The job runner: recovers processing/, then runs incoming/ in name order whenever
@@ -383,6 +399,16 @@ pub async fn runner(
     if let Err(e) = ensure_dirs(&dir) {
         tracing::error!(dir = %dir.display(), error = %e, "jobs: cannot create the job directories");
         return;
+    }
+    // A crash while writing a result leaves its temporary file (only the runner writes
+    // in done/ and failed/); the job itself is still in processing/ and runs again.
+    for d in [DONE, FAILED] {
+        for e in fs::read_dir(dir.join(d)).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
     // Jobs a crash cut off: finish moving those with a result, run the others again.
     for name in names(&dir.join(PROCESSING)) {
@@ -545,7 +571,9 @@ fn finish(dir: &Path, job_file: &Path, name: &str, result: &JobResult, recent: &
     if let Err(e) = move_file(job_file, &target.join(name)) {
         tracing::error!(job = %result.job, error = %e, "jobs: cannot move the job file");
     }
-    let action = if result.action.is_empty() { "unknown".to_owned() } else { result.action.clone() };
+    // Only known actions as label values: a job file cannot create new series.
+    let action =
+        if ACTIONS.iter().any(|(a, _)| *a == result.action) { result.action.clone() } else { "unknown".to_owned() };
     metrics::counter!(crate::admin::metrics::names::JOBS, "action" => action, "result" => result.status.clone())
         .increment(1);
     match &result.error {
@@ -586,7 +614,8 @@ pub fn submit(dir: &Path, file: &Path) -> Result<String, String> {
             dir.join(INCOMING).display()
         ));
     }
-    crate::store::write_export(&target, text.as_bytes(), true, false).map_err(|e| match e {
+    // 0644: readable by the daemon's user even when root submits; no secrets in jobs.
+    crate::store::write_export(&target, text.as_bytes(), false, false).map_err(|e| match e {
         crate::store::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
             format!("{}: a job of that name is waiting", target.display())
         }

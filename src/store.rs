@@ -576,7 +576,11 @@ impl Store {
             candidates.push(PoolCert::new(der).map_err(|reason| Error::Damaged { path: chain_path.clone(), reason })?);
         }
         candidates.extend(pool.iter().cloned());
-        let chain = pki::build_chain(&leaf, &info, &candidates, OffsetDateTime::now_utc());
+        let mut chain = pki::build_chain(&leaf, &info, &candidates, OffsetDateTime::now_utc());
+        if meta.source == Source::Acme {
+            // ACME CAs send leaf + intermediates; clients hold the root, it is never served.
+            chain.warnings.retain(|w| !w.starts_with("chain incomplete: missing root"));
+        }
         let mut file_warnings = Vec::new();
         let key_path = dir.join("key.pem");
         let mut private = None;

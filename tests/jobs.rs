@@ -128,6 +128,7 @@ fn every_action_has_the_cli_effect() {
         "02-request",
         "action = \"request\"\nname = \"Support 2027\"\ncountry = \"DE\"\norg = \"Example GmbH\"\ncommon_name = \"support.example.com\"\n",
     );
+    assert_eq!(r["outputs"]["id"], "support-2027", "{r:#}");
     let csr = r["outputs"]["csr_pem"].as_str().unwrap();
     let verified = common::openssl(&["req", "-verify", "-noout", "-subject"], Some(csr));
     assert!(verified.0 && verified.1.contains("support.example.com"), "{verified:?}");
@@ -279,6 +280,11 @@ fn bad_jobs_fail_with_the_reason_and_change_nothing() {
             "only through password_file",
         ),
         ("missing-file", "action = \"import\"\nfiles = [\"nope.pem\"]\n", "nope.pem"),
+        (
+            "name-taken",
+            "action = \"create-self-signed\"\nname = \"Portcullis Default\"\nsan = [\"x.example.com\"]\n",
+            "already used by certificate portcullis-default",
+        ),
         ("no-listener", "action = \"assign\"\nid = \"portcullis-default\"\nlistener = [\"dmz\"]\n", "dmz"),
     ] {
         let r = run_job(&env, name, text);
@@ -343,7 +349,7 @@ fn a_job_cut_off_after_its_effect_is_reported_not_repeated() {
     let r = result(&env, "crash", 30);
     assert_eq!(r["status"], "done", "{r:#}");
     assert_eq!(r["rerun"], true);
-    assert!(r["messages"][0].as_str().unwrap().contains("already exists; not created again"), "{r:#}");
+    assert!(r["messages"][0].as_str().unwrap().contains("already exists with these names; not created again"), "{r:#}");
     let once = env.list().into_iter().filter(|c| c["friendly_name"] == "Once").count();
     assert_eq!(once, 1);
     assert!(names_in(&env.path("jobs/processing")).is_empty());

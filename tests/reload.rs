@@ -258,6 +258,14 @@ fn limits_and_listener_renames_apply_on_reload() {
     std::fs::write(&cfg, config("edge", 10)).unwrap();
     within(5, "renamed listener serving", &env, || curl(&["-k", &format!("https://127.0.0.1:{port}/")]).1 == "edge");
     assert!(!env.daemon_log().contains("cannot bind"), "{}", env.daemon_log());
+    // A plain-HTTP listener added by a reload (as [acme] http_listen would be).
+    let http = free_port();
+    std::fs::write(&cfg, format!("[http]\nlisten = [\"127.0.0.1:{http}\"]\n{}", config("edge", 10))).unwrap();
+    let redirect =
+        || curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", &format!("http://127.0.0.1:{http}/x")]).1;
+    within(5, "plain-HTTP listener added", &env, || redirect() == "301 https://127.0.0.1/x");
+    std::fs::write(&cfg, config("edge", 10)).unwrap();
+    within(5, "plain-HTTP listener removed", &env, || std::net::TcpStream::connect(("127.0.0.1", http)).is_err());
 }
 
 #[test]
