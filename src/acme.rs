@@ -842,6 +842,7 @@ pub async fn renewer(
     store_dir: PathBuf,
     mut configs: tokio::sync::watch::Receiver<Arc<config::Config>>,
     challenges: Challenges,
+    kick: Arc<tokio::sync::Notify>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut pending: HashMap<Vec<String>, (u32, OffsetDateTime)> = HashMap::new();
@@ -857,6 +858,9 @@ pub async fn renewer(
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => break,
+                // SIGHUP and the periodic rescan: failures recorded by `acme renew`, a
+                // deleted certificate of [[acme.certificate]].
+                () = kick.notified() => break,
                 r = configs.changed() => {
                     if r.is_err() {
                         return;
@@ -1059,8 +1063,14 @@ async fn pass(
             attempt_at = at;
         }
         if now < attempt_at {
-            let (renew_threshold, _) = policy.thresholds(info.not_before, info.not_after);
-            let spread = jitter((renew_threshold / 20).min(Duration::from_secs(600)));
+            // Scheduled renewals are spread (many certificates issued together); a retry
+            // keeps its backoff time.
+            let spread = if am.failures > 0 {
+                Duration::ZERO
+            } else {
+                let (renew_threshold, _) = policy.thresholds(info.not_before, info.not_after);
+                jitter((renew_threshold / 20).min(Duration::from_secs(600)))
+            };
             wake = wake.min((attempt_at - now).unsigned_abs() + spread);
         } else {
             match renew(acme, store_dir, &id, true, &responder, &log).await {

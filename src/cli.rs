@@ -411,7 +411,25 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
     let policy = crate::acme::Policy::of(ctx.config.acme.as_ref());
     if let AcmeCommand::Status = cmd {
         let store = ctx.open_store()?;
-        let views = crate::acme::status(&store, &policy, OffsetDateTime::now_utc())?;
+        let mut views = crate::acme::status(&store, &policy, OffsetDateTime::now_utc())?;
+        // Configured certificates never issued yet (an order failing, or not tried yet).
+        for c in ctx.config.acme.iter().flat_map(|a| &a.certificates) {
+            if !views.iter().any(|v| crate::config::same_names(&v.hostnames, &c.hostnames)) {
+                views.push(crate::acme::AcmeView {
+                    id: String::new(),
+                    friendly_name: c.name.clone().unwrap_or_else(|| c.hostnames[0].clone()),
+                    hostnames: c.hostnames.clone(),
+                    not_after: String::new(),
+                    status: "not-issued".into(),
+                    renew_at: String::new(),
+                    error_at: String::new(),
+                    next_attempt: None,
+                    last_attempt: None,
+                    last_result: Some("see the daemon's log".into()),
+                    failures: 0,
+                });
+            }
+        }
         if ctx.json {
             print_json(&views)?;
         } else {
@@ -419,12 +437,13 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
             let rows: Vec<Vec<String>> = views
                 .iter()
                 .map(|v| {
+                    let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
                     vec![
-                        v.id.clone(),
+                        dash(&v.id),
                         v.hostnames.join(","),
-                        v.not_after.clone(),
+                        dash(&v.not_after),
                         v.status.clone(),
-                        v.next_attempt.clone().unwrap_or_else(|| v.renew_at.clone()),
+                        dash(v.next_attempt.as_deref().unwrap_or(&v.renew_at)),
                         v.last_attempt.clone().unwrap_or_else(|| "-".into()),
                         v.last_result.clone().unwrap_or_else(|| "-".into()),
                     ]
@@ -539,7 +558,8 @@ async fn cli_responder(acme: &crate::config::Acme, store_dir: &std::path::Path) 
     let challenges = crate::acme::Challenges::new(Some(crate::acme::challenge_dir(store_dir)));
     let mut check = Vec::new();
     for addr in &acme.http_listen {
-        match tokio::net::TcpListener::bind(addr).await {
+        // Bound as the daemon binds (IPv6 sockets v6-only), so "in use" means the same.
+        match crate::daemon::bind_tcp(*addr) {
             Ok(tcp) => {
                 eprintln!("acme: answering HTTP-01 challenges on http://{addr} during the order");
                 let tracker = tokio_util::task::TaskTracker::new();

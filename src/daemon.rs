@@ -105,7 +105,7 @@ impl Limit {
 
 /// Binds a listening socket. IPv6 sockets are IPv6-only, so `0.0.0.0:443` and
 /// `[::]:443` can both be listed (Linux would otherwise map IPv4 into the IPv6 socket).
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     if addr.is_ipv6() {
@@ -343,11 +343,18 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
             watch
         }
     };
-    tokio::spawn(crate::acme::renewer(store_dir.clone(), config_rx, challenges.clone(), shutdown.clone()));
+    let kick_renewer = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(crate::acme::renewer(
+        store_dir.clone(),
+        config_rx,
+        challenges.clone(),
+        Arc::clone(&kick_renewer),
+        shutdown.clone(),
+    ));
     let admin_tcp = admin::bind(config.admin_listen)
         .await
         .with_context(|| format!("[admin] listen: cannot bind {}", config.admin_listen))?;
-    eprintln!("listening: admin on http://{} (/metrics, /healthz)", config.admin_listen);
+    eprintln!("listening: admin on http://{} (/status, /status.json, /metrics, /healthz)", config.admin_listen);
     tokio::spawn(admin::serve(
         admin_tcp,
         prometheus,
@@ -395,6 +402,9 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
             // The job runner and the ACME renewer see the new configuration (the renewer
             // acts only when [acme], [alerts] or the listeners changed).
             let _ = config_tx.send(Arc::new(config));
+            if why != "file change" {
+                kick_renewer.notify_one();
+            }
         }
     }
     crate::notify::stopping();

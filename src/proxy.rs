@@ -117,7 +117,8 @@ async fn connection(
     };
     l.metrics.handshake_ok.increment(1);
     l.metrics.handshake_duration.record(start.elapsed().as_secs_f64());
-    let conn = ConnInfo { peer };
+    let peer_ip = http::HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value");
+    let conn = ConnInfo { peer, peer_ip };
     // Stream handlers are chosen by SNI; HTTP handlers per request by Host.
     let sni_route = tls.get_ref().1.server_name().and_then(|sni| l.route(sni));
     if let Some(route) = sni_route
@@ -159,7 +160,7 @@ where
         let l = &snap.listeners[index];
         let route = request_host(&req).and_then(|h| l.routes.iter().position(|r| r.hosts.iter().any(|p| p.matches(h))));
         let fut = route.and_then(|ri| match &l.routes[ri].handler {
-            Handler::Http(h) => Some((h.call(req, conn), ri)),
+            Handler::Http(h) => Some((h.call(req, conn.clone()), ri)),
             _ => None,
         });
         let snap = Arc::clone(&snap);

@@ -34,9 +34,11 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// What a handler knows about the request's connection.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's IP as a header value, made once per connection (X-Forwarded-For).
+    pub peer_ip: http::HeaderValue,
 }
 
 /// Answers HTTP requests (HTTP/1.1 and HTTP/2 after TLS).

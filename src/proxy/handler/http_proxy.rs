@@ -48,6 +48,8 @@ fn ninety() -> u64 {
 
 struct Upstream {
     authority: Arc<str>,
+    /// Parsed once: each request's URI is built from it without formatting or parsing.
+    parsed: http::uri::Authority,
     /// Unix millis until which this upstream is skipped; shared with in-flight requests.
     down_until: Arc<AtomicU64>,
 }
@@ -76,8 +78,11 @@ pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
         upstreams: o
             .upstreams
             .into_iter()
-            .map(|authority| Upstream { authority: authority.into(), down_until: Arc::new(AtomicU64::new(0)) })
-            .collect(),
+            .map(|authority| {
+                let parsed = authority.parse().map_err(|e| format!("upstream {authority:?}: {e}"))?;
+                Ok(Upstream { authority: authority.into(), parsed, down_until: Arc::new(AtomicU64::new(0)) })
+            })
+            .collect::<Result<_, String>>()?,
         next: AtomicUsize::new(0),
         client,
         response_timeout: Duration::from_secs(o.response_timeout_secs.max(1)),
@@ -141,8 +146,12 @@ impl HttpHandler for HttpProxy {
             .get(hyper::header::HOST)
             .cloned()
             .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let uri: Result<Uri, _> = format!("http://{authority}{path}").parse();
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(upstream.parsed.clone());
+        parts.path_and_query =
+            Some(req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+        let uri = Uri::from_parts(parts);
         let Ok(uri) = uri else {
             return Box::pin(std::future::ready(super::text(StatusCode::BAD_REQUEST, "bad request target\n")));
         };
@@ -150,12 +159,11 @@ impl HttpHandler for HttpProxy {
         *req.version_mut() = Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        let client_ip = conn.peer.ip().to_string();
         let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {client_ip}"),
-            None => client_ip,
+            Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", conn.peer.ip())).ok(),
+            None => Some(conn.peer_ip),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if let Some(v) = xff {
             headers.insert("x-forwarded-for", v);
         }
         headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
