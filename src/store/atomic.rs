@@ -70,8 +70,8 @@ fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("."))
 }
 
-/// Creates directory `target` with `files`, all or nothing. Fails if `target` exists.
-pub(crate) fn create_entry(root: &Path, target: &Path, files: &[StagedFile<'_>]) -> io::Result<()> {
+/// Writes `files` into a new directory in `.staging/`, everything fsynced.
+fn stage_entry(root: &Path, files: &[StagedFile<'_>]) -> io::Result<PathBuf> {
     let stage = staging(root)?.join(unique_name("entry"));
     create_dir(&stage)?;
     for f in files {
@@ -79,6 +79,12 @@ pub(crate) fn create_entry(root: &Path, target: &Path, files: &[StagedFile<'_>])
     }
     fsync_dir(&stage)?;
     failpoint("entry-staged");
+    Ok(stage)
+}
+
+/// Creates directory `target` with `files`, all or nothing. Fails if `target` exists.
+pub(crate) fn create_entry(root: &Path, target: &Path, files: &[StagedFile<'_>]) -> io::Result<()> {
+    let stage = stage_entry(root, files)?;
     if target.exists() {
         return Err(io::Error::new(io::ErrorKind::AlreadyExists, "already exists"));
     }
@@ -93,13 +99,7 @@ pub(crate) fn create_entry(root: &Path, target: &Path, files: &[StagedFile<'_>])
 /// nothing: the new directory is staged, then swapped with the old in one
 /// `renameat2(RENAME_EXCHANGE)`, and the old one, now in `.staging/`, is deleted.
 pub(crate) fn exchange_entry(root: &Path, target: &Path, files: &[StagedFile<'_>]) -> io::Result<()> {
-    let stage = staging(root)?.join(unique_name("entry"));
-    create_dir(&stage)?;
-    for f in files {
-        write_synced(&stage.join(f.name), f.bytes, f.mode)?;
-    }
-    fsync_dir(&stage)?;
-    failpoint("entry-staged");
+    let stage = stage_entry(root, files)?;
     rustix::fs::renameat_with(rustix::fs::CWD, &stage, rustix::fs::CWD, target, rustix::fs::RenameFlags::EXCHANGE)?;
     fsync_dir(parent(target))?;
     fsync_dir(parent(&stage))?;
