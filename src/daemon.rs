@@ -174,7 +174,6 @@ impl Binds {
     ) -> Result<()> {
         let wanted: Vec<(String, SocketAddr)> =
             config.listeners.iter().flat_map(|l| l.bind.iter().map(|a| (l.name.clone(), *a))).collect();
-        self.apply_http(config, tracker, shutdown, starting).await?;
         let removed: Vec<_> = self.active.keys().filter(|k| !wanted.contains(k)).cloned().collect();
         for key in removed {
             if let Some((token, handle)) = self.active.remove(&key) {
@@ -184,6 +183,8 @@ impl Binds {
                 tracing::info!(listener = %key.0, addr = %key.1, "stopped listening (removed from the configuration)");
             }
         }
+        // Between the TLS removals and the TLS binds: an address can move either way.
+        self.apply_http(config, tracker, shutdown, starting).await?;
         for l in &config.listeners {
             let entry = self.limits.entry(l.name.clone()).or_insert_with(|| Limit::new(l.max_connections));
             entry.resize(l.max_connections);

@@ -266,6 +266,12 @@ fn limits_and_listener_renames_apply_on_reload() {
     within(5, "plain-HTTP listener added", &env, || redirect() == "301 https://127.0.0.1/x");
     std::fs::write(&cfg, config("edge", 10)).unwrap();
     within(5, "plain-HTTP listener removed", &env, || std::net::TcpStream::connect(("127.0.0.1", http)).is_err());
+    // The TLS address becomes the plain-HTTP one in one edit (the listener moves away).
+    let moved = config("edge", 10).replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{http}"));
+    std::fs::write(&cfg, format!("[http]\nlisten = [\"127.0.0.1:{port}\"]\n{moved}")).unwrap();
+    let plain = || curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{port}/")]).1;
+    within(5, "address moved from TLS to plain HTTP", &env, || plain() == "301");
+    assert!(!env.daemon_log().contains("cannot bind"), "{}", env.daemon_log());
 }
 
 #[test]
