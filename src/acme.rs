@@ -4,8 +4,8 @@
 //!
 //! One code path: `acme request` (CLI and jobs), the renewer and `acme renew` all end in
 //! [`obtain`], and store the result as a normal store entry with source `acme`, so the
-//! hot reload serves it. A renewal replaces the entry's files in one step (same id, same
-//! assignments); the old certificate is served until then.
+//! hot reload serves it. A renewal replaces the entry's directory (same id, same
+//! assignments; see `store::atomic::replace_entry`); the old certificate is served until then.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -600,7 +600,9 @@ fn find_entry(store: &Store, hostnames: &[String]) -> Result<Option<(String, Cer
 
 /// `acme request` (CLI, jobs and `[[acme.certificate]]`): issues a certificate for the
 /// hostnames, unless an ACME entry for the same names exists and is not due for renewal,
-/// in which case nothing is ordered ("unchanged"), so re-running it is safe.
+/// in which case nothing is ordered ("unchanged"), so re-running it is safe. An ACME
+/// entry with the same friendly name but other hostnames is issued again for the new
+/// names ("reissued": the configuration changed them).
 pub async fn request(
     acme: &AcmeConfig,
     store_dir: &Path,
@@ -611,7 +613,7 @@ pub async fn request(
     let hostnames = check_hostnames(&params.hostnames)?;
     let name = params.name.clone().unwrap_or_else(|| hostnames[0].clone());
     let policy = Policy::of(Some(acme));
-    let (existing, name) = {
+    let (existing, renamed, name) = {
         let (store_dir, hostnames, listeners) = (store_dir.to_owned(), hostnames.clone(), params.listeners.clone());
         blocking(move || {
             let mut store = Store::open(&store_dir)?;
@@ -623,13 +625,24 @@ pub async fn request(
                     if state.listeners_of(&id).is_empty() && state.default_id() != id {
                         store.assign(&id, &listeners, true)?;
                     }
-                    Ok((Some(store.read_cert(&id)?), name))
+                    Ok((Some(store.read_cert(&id)?), None, name))
                 }
-                None => Ok((None, store.check_new_name(&name)?)),
+                // The ACME certificate of this name, for other hostnames: the names changed.
+                None => match store.find_by_name(&name) {
+                    Some((crate::store::EntryKind::Cert, id))
+                        if store.read_meta(&id).is_ok_and(|m| m.acme.is_some()) =>
+                    {
+                        Ok((None, Some(id), name))
+                    }
+                    _ => Ok((None, None, store.check_new_name(&name)?)),
+                },
             }
         })
         .await?
     };
+    if let Some(id) = renamed {
+        return renew_as(acme, store_dir, &id, true, Some(hostnames), responder, progress).await;
+    }
     if let Some(entry) = existing {
         let meta_acme = entry.meta.acme.clone().unwrap_or_default();
         let s = schedule(&meta_acme, &entry.info, &policy, OffsetDateTime::now_utc());
@@ -707,6 +720,20 @@ pub async fn renew(
     responder: &Responder,
     progress: Progress<'_>,
 ) -> Result<Obtained> {
+    renew_as(acme, store_dir, id, force, None, responder, progress).await
+}
+
+/// [`renew`], optionally for a new set of hostnames (the configuration changed them):
+/// the entry keeps its id, name and assignments and asks for the new names from now on.
+async fn renew_as(
+    acme: &AcmeConfig,
+    store_dir: &Path,
+    id: &str,
+    force: bool,
+    names: Option<Vec<String>>,
+    responder: &Responder,
+    progress: Progress<'_>,
+) -> Result<Obtained> {
     let entry = {
         let (store_dir, id) = (store_dir.to_owned(), id.to_owned());
         blocking(move || {
@@ -716,13 +743,18 @@ pub async fn renew(
         })
         .await?
     };
-    let Some(meta) = entry.meta.acme.clone() else {
+    let Some(mut meta) = entry.meta.acme.clone() else {
         bail!("{}: not an ACME certificate (source {})", entry.id, entry.meta.source.as_str());
     };
+    let reissue = names.is_some();
+    if let Some(names) = names {
+        progress(&format!("{}: hostnames change from {} to {}", entry.id, meta.hostnames.join(", "), names.join(", ")));
+        meta.hostnames = names;
+    }
     let policy = Policy::of(Some(acme));
     let now = OffsetDateTime::now_utc();
     let s = schedule(&meta, &entry.info, &policy, now);
-    if !force && s.status == Status::Valid {
+    if !force && !reissue && s.status == Status::Valid {
         progress(&format!("{}: not due; renewal starts {}", entry.id, rfc3339(s.renew_at)));
         return Ok(Obtained {
             id: entry.id.clone(),
@@ -740,7 +772,6 @@ pub async fn renew(
     };
     progress(&format!("renewing {} ({}) for {}", entry.id, entry.meta.friendly_name, meta.hostnames.join(", ")));
     let result = issue(acme, store_dir, &meta.hostnames, key_type, &key, responder, progress).await;
-    let mut meta = meta;
     meta.last_attempt = Some(now_seconds());
     meta.directory = acme.directory.clone();
     let (store_dir, id, name) = (store_dir.to_owned(), entry.id.clone(), entry.meta.friendly_name.clone());
@@ -751,6 +782,7 @@ pub async fn renew(
             meta.failing_since = None;
             meta.next_attempt = None;
             meta.last_alert_kind = None;
+            let hostnames = meta.hostnames.clone();
             let key_pem = key.to_pem();
             let id2 = id.clone();
             let name2 = name.clone();
@@ -775,10 +807,10 @@ pub async fn renew(
             Ok(Obtained {
                 id,
                 friendly_name: name,
-                hostnames: entry.meta.acme.map(|a| a.hostnames).unwrap_or_default(),
+                hostnames,
                 serial: info.serial,
                 not_after: rfc3339(info.not_after),
-                action: "renewed",
+                action: if reissue { "reissued" } else { "renewed" },
             })
         }
         Err(e) => {

@@ -297,6 +297,11 @@ impl Store {
         let mut store = Self { root: root.to_owned(), state: State::default(), notes: Vec::new(), _lock: lock };
 
         let removed = atomic::clean_staging(root).map_err(io_err(&root.join(atomic::STAGING)))?;
+        let (finished, removed): (Vec<String>, Vec<String>) =
+            removed.into_iter().partition(|r| r.contains("moved into place"));
+        for f in finished {
+            store.notes.push(format!("finished an interrupted replacement: {f}"));
+        }
         if !removed.is_empty() {
             store.notes.push(format!(
                 "removed {} leftover(s) of an interrupted write from {}",
@@ -763,7 +768,7 @@ impl Store {
         }
         let dir = self.cert_dir(id);
         if replace {
-            atomic::exchange_entry(&self.root, &dir, &files).map_err(io_err(&dir))
+            atomic::replace_entry(&self.root, &dir, &files).map_err(io_err(&dir))
         } else {
             atomic::create_entry(&self.root, &dir, &files).map_err(io_err(&dir))
         }

@@ -14,16 +14,13 @@ pub struct Watch {
     _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
 }
 
-/// A deletion moves the entry into `.staging/deleted-*` and removes it there (a renewal
-/// swaps it with `.staging/entry-*` and removes that); the debouncer folds the rename
-/// and the removal into one removal inside `.staging/`, which is then the only trace.
+/// A deletion moves the entry into `.staging/deleted-*` and removes it there; the
+/// debouncer folds the rename and the removal into one removal inside `.staging/`,
+/// which is then the only trace.
 fn deleted_entry(kind: &notify::EventKind, path: &Path) -> bool {
     matches!(kind, notify::EventKind::Remove(_))
         && path.parent().and_then(Path::file_name).is_some_and(|d| d == ".staging")
-        && path.file_name().is_some_and(|n| {
-            let n = n.to_string_lossy();
-            n.starts_with("deleted-") || n.starts_with("entry-")
-        })
+        && path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("deleted-"))
 }
 
 /// True for paths whose change can alter the snapshot.

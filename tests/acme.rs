@@ -285,6 +285,20 @@ fn issuance_served_without_restart_and_not_reordered_on_restart() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(served(tls_port, "a.test").unwrap().0, serial);
     assert!(!env.daemon_log().contains("order placed"), "{}", env.daemon_log());
+    // A name added to [[acme.certificate]]: the same entry is issued again for the new
+    // set (same id and assignments), served without restart.
+    std::fs::write(
+        &cfg_path,
+        cfg.replace("[\"a.test\", \"www.a.test\"]", "[\"a.test\", \"www.a.test\", \"new.a.test\"]"),
+    )
+    .unwrap();
+    let (new_serial, _) = wait_for(60, "new.a.test served", || {
+        served(tls_port, "new.a.test").filter(|(s, i)| i.contains("Pebble") && *s != serial)
+    });
+    assert_eq!(served(tls_port, "a.test").unwrap().0, new_serial);
+    let a = env.list().into_iter().find(|c| c["id"] == "a-test").unwrap();
+    assert_eq!(a["acme"]["hostnames"], serde_json::json!(["a.test", "www.a.test", "new.a.test"]));
+    assert_eq!(env.list().iter().filter(|c| c["source"] == "acme").count(), 3);
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(20), Some(0));
 

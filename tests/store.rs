@@ -205,3 +205,23 @@ fn a_crash_at_any_point_leaves_old_or_new_state() {
     assert_eq!(list[0]["default"], true, "the default fell back to the factory certificate");
     assert!(staging_is_empty(&env));
 }
+
+/// A renewal replaces an entry in two renames (old out, new in). A crash between them
+/// leaves the complete new entry staged; the next writer moves it into place.
+#[test]
+fn a_replacement_cut_off_between_its_renames_is_finished() {
+    let env = Env::initialised();
+    create(&env, "Lab", "lab.example.test");
+    let store = env.store();
+    let entry = store.join("certs/lab");
+    let before = std::fs::read_to_string(entry.join("cert.pem")).unwrap();
+    // The state a crash at "entry-moved-out" leaves: the old entry in .staging as
+    // deleted-*, the new one staged as replace.<id>.*, nothing at certs/lab.
+    std::fs::create_dir_all(store.join(".staging")).unwrap();
+    std::fs::rename(&entry, store.join(".staging/replace.lab.new-1-2-3")).unwrap();
+    let out = env.run(&["cert", "list"]);
+    assert!(out.ok().contains("lab"), "{}", out.stdout);
+    assert!(out.stderr.contains("moved into place"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(entry.join("cert.pem")).unwrap(), before);
+    assert_eq!(std::fs::read_dir(store.join(".staging")).unwrap().count(), 0);
+}

@@ -95,16 +95,32 @@ pub(crate) fn create_entry(root: &Path, target: &Path, files: &[StagedFile<'_>])
     Ok(())
 }
 
-/// Replaces directory `target` (which must exist) with one holding `files`, all or
-/// nothing: the new directory is staged, then swapped with the old in one
-/// `renameat2(RENAME_EXCHANGE)`, and the old one, now in `.staging/`, is deleted.
-pub(crate) fn exchange_entry(root: &Path, target: &Path, files: &[StagedFile<'_>]) -> io::Result<()> {
-    let stage = stage_entry(root, files)?;
-    rustix::fs::renameat_with(rustix::fs::CWD, &stage, rustix::fs::CWD, target, rustix::fs::RenameFlags::EXCHANGE)?;
+/// Prefix of a staged replacement of `certs/<name>`: `replace.<name>.<unique>`.
+const REPLACE: &str = "replace.";
+
+/// Replaces directory `target` (which must exist) with one holding `files`: the new
+/// directory is staged complete, the old one is renamed into `.staging/`, the new one
+/// into place. A crash between the two renames leaves the staged replacement, which the
+/// next writer moves into place ([`clean_staging`]): old state or new, never neither.
+/// (Plain renames, unlike `RENAME_EXCHANGE`, are seen by the file watcher.)
+pub(crate) fn replace_entry(root: &Path, target: &Path, files: &[StagedFile<'_>]) -> io::Result<()> {
+    let name = target.file_name().and_then(|n| n.to_str()).ok_or_else(|| io::Error::other("bad entry path"))?;
+    let stage = staging(root)?.join(format!("{REPLACE}{name}.{}", unique_name("new")));
+    create_dir(&stage)?;
+    for f in files {
+        write_synced(&stage.join(f.name), f.bytes, f.mode)?;
+    }
+    fsync_dir(&stage)?;
+    fsync_dir(parent(&stage))?;
+    failpoint("entry-staged");
+    let old = staging(root)?.join(unique_name("deleted"));
+    fs::rename(target, &old)?;
+    failpoint("entry-moved-out");
+    fs::rename(&stage, target)?;
     fsync_dir(parent(target))?;
     fsync_dir(parent(&stage))?;
-    failpoint("entry-exchanged");
-    fs::remove_dir_all(&stage)
+    failpoint("entry-replaced");
+    fs::remove_dir_all(&old)
 }
 
 /// Replaces (or creates) one file atomically.
@@ -140,6 +156,19 @@ pub(crate) fn clean_staging(root: &Path) -> io::Result<Vec<String>> {
     for entry in entries {
         let entry = entry?;
         let path = entry.path();
+        // A replacement cut off after the old entry left: finish it.
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = file_name.strip_prefix(REPLACE)
+            && let Some((name, _)) = rest.split_once('.')
+        {
+            let target = root.join("certs").join(name);
+            if !target.exists() {
+                fs::rename(&path, &target)?;
+                fsync_dir(parent(&target))?;
+                removed.push(format!("{file_name} (moved into place as {})", target.display()));
+                continue;
+            }
+        }
         if entry.file_type()?.is_dir() {
             fs::remove_dir_all(&path)?;
         } else {
