@@ -214,14 +214,14 @@ fn a_replacement_cut_off_between_its_renames_is_finished() {
     create(&env, "Lab", "lab.example.test");
     let store = env.store();
     let entry = store.join("certs/lab");
-    let before = std::fs::read_to_string(entry.join("cert.pem")).unwrap();
+    let before = fs::read_to_string(entry.join("cert.pem")).unwrap();
     // The state a crash at "entry-moved-out" leaves: the old entry in .staging as
     // deleted-*, the new one staged as replace.<id>.*, nothing at certs/lab.
-    std::fs::create_dir_all(store.join(".staging")).unwrap();
-    std::fs::rename(&entry, store.join(".staging/replace.lab.new-1-2-3")).unwrap();
+    fs::create_dir_all(store.join(".staging")).unwrap();
+    fs::rename(&entry, store.join(".staging/replace.lab.new-1-2-3")).unwrap();
     let out = env.run(&["cert", "list"]);
     assert!(out.ok().contains("lab"), "{}", out.stdout);
     assert!(out.stderr.contains("moved into place"), "{}", out.stderr);
-    assert_eq!(std::fs::read_to_string(entry.join("cert.pem")).unwrap(), before);
-    assert_eq!(std::fs::read_dir(store.join(".staging")).unwrap().count(), 0);
+    assert_eq!(fs::read_to_string(entry.join("cert.pem")).unwrap(), before);
+    assert_eq!(fs::read_dir(store.join(".staging")).unwrap().count(), 0);
 }
