@@ -287,11 +287,8 @@ fn issuance_served_without_restart_and_not_reordered_on_restart() {
     assert!(!env.daemon_log().contains("order placed"), "{}", env.daemon_log());
     // A name added to [[acme.certificate]]: the same entry is issued again for the new
     // set (same id and assignments), served without restart.
-    std::fs::write(
-        &cfg_path,
-        cfg.replace("[\"a.test\", \"www.a.test\"]", "[\"a.test\", \"www.a.test\", \"new.a.test\"]"),
-    )
-    .unwrap();
+    fs::write(&cfg_path, cfg.replace("[\"a.test\", \"www.a.test\"]", "[\"a.test\", \"www.a.test\", \"new.a.test\"]"))
+        .unwrap();
     let (new_serial, _) = wait_for(60, "new.a.test served", || {
         served(tls_port, "new.a.test").filter(|(s, i)| i.contains("Pebble") && *s != serial)
     });
