@@ -354,7 +354,23 @@ impl Ctx {
     }
 }
 
+/// Commands other than the daemon end quietly when their reader goes away
+/// (`portcullis cert list | head`), as command-line tools do, instead of failing on
+/// EPIPE. The daemon keeps SIGPIPE ignored: a closed client socket must be an error
+/// on that connection, not the end of the process.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: called at start, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
+    if !matches!(cli.command, None | Some(Command::Run)) {
+        default_sigpipe();
+    }
     if let Some(Command::Completions { shell }) = cli.command {
         use clap::CommandFactory;
         clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut io::stdout());
@@ -603,6 +619,7 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
         }
         CertCommand::CreateSelfSigned { new, days } => {
             let params = new.params(days)?;
+            slow_key_notice(params.key_type);
             let mut store = ctx.open_store()?;
             let report = ops::create_self_signed(&mut store, &params)?;
             tell(&report);
@@ -615,6 +632,7 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
         }
         CertCommand::Request { new } => {
             let params = new.params(0)?;
+            slow_key_notice(params.key_type);
             let mut store = ctx.open_store()?;
             let report = ops::create_request(&mut store, &params)?;
             tell(&report);
@@ -626,6 +644,10 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
         }
         CertCommand::Import { files, name, password_file } => {
             let password = password_file.as_deref().map(ops::read_password_file).transpose()?;
+            if password.is_some() {
+                // Password-based key derivation runs 100,000+ rounds per encrypted item.
+                progress_line(&format!("decrypting and reading {} file(s)...", files.len()));
+            }
             let mut store = ctx.open_store()?;
             let report = ops::import(&mut store, &ops::ImportParams { files, name, password })?;
             tell(&report);
@@ -850,6 +872,21 @@ fn tell<T>(report: &Report<T>) {
     }
     for w in &report.warnings {
         eprintln!("{}: {w}", paint("warning", "33"));
+    }
+}
+
+/// A progress line on stderr for an operation that takes seconds; only on a terminal.
+fn progress_line(text: &str) {
+    use std::io::IsTerminal;
+    if io::stderr().is_terminal() {
+        eprintln!("{}", paint(text, "2"));
+    }
+}
+
+/// RSA key generation takes seconds (RSA-4096: about 4 s here); say so.
+fn slow_key_notice(key: KeyType) {
+    if matches!(key, KeyType::Rsa3072 | KeyType::Rsa4096) {
+        progress_line(&format!("generating a {key} key (this takes a few seconds)..."));
     }
 }
 
