@@ -159,6 +159,8 @@ handler = {{ type = "static", body = "public" }}
 fn http_proxy_tcp_proxy_and_passthrough() {
     let env = Env::initialised();
     let (_backend, backend_port) = env.backend();
+    let (_backend2, backend2_port) = env.backend();
+    let dead2_port = free_port();
     let (https, plain, admin) = (free_port(), free_port(), free_port());
     // A TLS backend with its own certificate, for passthrough.
     let tls_backend_port = free_port();
@@ -216,6 +218,10 @@ handler = {{ type = "tcp_proxy", upstream = "127.0.0.1:{echo_port}" }}
 [[route]]
 hosts = ["pass.example.test"]
 handler = {{ type = "passthrough", upstream = "127.0.0.1:{tls_backend_port}" }}
+
+[[route]]
+hosts = ["pool.example.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{dead2_port}", "127.0.0.1:{backend_port}", "127.0.0.1:{backend2_port}"], connect_timeout_secs = 2 }}
 
 [[route]]
 hosts = ["down.example.test"]
@@ -283,6 +289,34 @@ handler = {{ type = "redirect", to = "https://www.example.test", status = 308 }}
             // (HTTP/2 has no Connection header: there X-Client-Hop is an ordinary header.)
             assert!(h.get("x-client-hop").is_none(), "hop-by-hop request header leaked: {h}");
         }
+    }
+
+    // Round-robin over three upstreams, one of them down: at most the first request that
+    // meets the dead one fails (passive health then skips it); both live ones serve.
+    let mut ports = Vec::new();
+    let mut failed = 0;
+    for _ in 0..12 {
+        let (_, body) = curl(&[
+            "-k",
+            "--resolve",
+            &resolve("pool.example.test"),
+            "-w",
+            "\n%{http_code}",
+            &url("pool.example.test", "/rr"),
+        ]);
+        let (json, code) = body.rsplit_once('\n').unwrap();
+        if code == "502" {
+            failed += 1;
+            continue;
+        }
+        assert_eq!(code, "200", "{body}");
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        ports.push(v["port"].as_u64().unwrap());
+    }
+    assert!(failed <= 1, "{failed} requests failed: the dead upstream was not skipped");
+    for p in [backend_port, backend2_port] {
+        let n = ports.iter().filter(|&&x| x == u64::from(p)).count();
+        assert!(n >= 4, "upstream {p} served {n} of {} requests: {ports:?}", ports.len());
     }
 
     // Upstream down: 502 with a short body.

@@ -21,6 +21,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path.startswith("/slow"):
             time.sleep(1)
         data = json.dumps({
+            "port": self.server.server_address[1],
             "method": self.command,
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
