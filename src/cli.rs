@@ -483,16 +483,7 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
                 .map(|k| k.parse::<KeyType>().map_err(|reason| anyhow::anyhow!("--key {k:?}: {reason}")))
                 .transpose()?;
             let hostnames = crate::acme::check_hostnames(hostnames)?;
-            for l in listeners {
-                if !ctx.config.listeners.iter().any(|c| &c.name == l) {
-                    anyhow::bail!("--listener {l:?}: not a [[listener]] in {source}");
-                }
-            }
-            let listeners = if listeners.is_empty() {
-                ctx.config.listeners.iter().map(|l| l.name.clone()).collect()
-            } else {
-                listeners.clone()
-            };
+            let listeners = ops::listeners_or_all(&ctx.config, listeners)?;
             (Some(crate::acme::RequestParams { hostnames, key_type, name: name.clone(), listeners }), None)
         }
         AcmeCommand::Renew { id, force } => (None, Some((id.clone(), *force))),
@@ -667,15 +658,7 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
         }
         CertCommand::Export { id, format, out, include_key, include_chain, password_file, no_password, force } => {
             let format = format.parse().map_err(|reason: String| anyhow::anyhow!("--format {format:?}: {reason}"))?;
-            let password = match password_file.as_deref().map(ops::read_password_file).transpose()? {
-                Some(bytes) => Some(String::from_utf8(bytes).map_err(|_| {
-                    anyhow::anyhow!(
-                        "--password-file {}: the password is not UTF-8",
-                        password_file.as_ref().map_or(String::new(), |p| p.display().to_string())
-                    )
-                })?),
-                None => None,
-            };
+            let password = password_file.as_deref().map(ops::read_password_text).transpose()?;
             let store = ctx.open_store()?;
             let params =
                 ops::ExportParams { id, format, out, include_key, include_chain, password, no_password, force };

@@ -118,6 +118,23 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Stops the accept loops whose key is no longer wanted and waits until each has closed
+/// its socket (so the address can be bound again at once, by another listener too);
+/// returns their keys.
+async fn stop_unwanted<K: Clone + Eq + std::hash::Hash>(
+    running: &mut HashMap<K, (CancellationToken, tokio::task::JoinHandle<()>)>,
+    wanted: impl Fn(&K) -> bool,
+) -> Vec<K> {
+    let removed: Vec<K> = running.keys().filter(|k| !wanted(k)).cloned().collect();
+    for key in &removed {
+        if let Some((token, handle)) = running.remove(key) {
+            token.cancel();
+            let _ = handle.await;
+        }
+    }
+    removed
+}
+
 impl Binds {
     /// The plain-HTTP listeners follow the configuration like the TLS ones.
     async fn apply_http(
@@ -128,13 +145,8 @@ impl Binds {
         starting: bool,
     ) -> Result<()> {
         let wanted = config.plain_http();
-        let removed: Vec<SocketAddr> = self.http.keys().filter(|a| !wanted.contains(a)).copied().collect();
-        for addr in removed {
-            if let Some((token, handle)) = self.http.remove(&addr) {
-                token.cancel();
-                let _ = handle.await;
-                tracing::info!(%addr, "stopped plain-HTTP listener (removed from the configuration)");
-            }
+        for addr in stop_unwanted(&mut self.http, |a| wanted.contains(a)).await {
+            tracing::info!(%addr, "stopped plain-HTTP listener (removed from the configuration)");
         }
         for addr in wanted {
             if self.http.contains_key(&addr) {
@@ -174,14 +186,8 @@ impl Binds {
     ) -> Result<()> {
         let wanted: Vec<(String, SocketAddr)> =
             config.listeners.iter().flat_map(|l| l.bind.iter().map(|a| (l.name.clone(), *a))).collect();
-        let removed: Vec<_> = self.active.keys().filter(|k| !wanted.contains(k)).cloned().collect();
-        for key in removed {
-            if let Some((token, handle)) = self.active.remove(&key) {
-                token.cancel();
-                // Closed before binding again: an address may move to another listener.
-                let _ = handle.await;
-                tracing::info!(listener = %key.0, addr = %key.1, "stopped listening (removed from the configuration)");
-            }
+        for key in stop_unwanted(&mut self.active, |k| wanted.contains(k)).await {
+            tracing::info!(listener = %key.0, addr = %key.1, "stopped listening (removed from the configuration)");
         }
         // Between the TLS removals and the TLS binds: an address can move either way.
         self.apply_http(config, tracker, shutdown, starting).await?;

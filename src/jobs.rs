@@ -236,16 +236,7 @@ async fn execute(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, 
         Command::Acme(AcmeCommand::Request { hostnames, key, name, listeners }) => {
             let acme = ctx.config.acme.as_ref().ok_or("no [acme] section in the daemon's configuration")?;
             let key_type = key.map(|k| k.parse().map_err(|r: String| format!("key {k:?}: {r}"))).transpose()?;
-            for l in &listeners {
-                if !ctx.config.listeners.iter().any(|c| &c.name == l) {
-                    return Err(format!("listener {l:?}: not a [[listener]] of the configuration"));
-                }
-            }
-            let listeners = if listeners.is_empty() {
-                ctx.config.listeners.iter().map(|l| l.name.clone()).collect()
-            } else {
-                listeners
-            };
+            let listeners = ops::listeners_or_all(&ctx.config, &listeners).map_err(|e| e.to_string())?;
             let params = crate::acme::RequestParams { hostnames, key_type, name, listeners };
             let responder =
                 crate::acme::Responder { challenges: ctx.challenges.clone(), on_disk: false, check: Vec::new() };
@@ -304,10 +295,7 @@ fn cert(cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, String>
         }
         CertCommand::Export { id, format, out, include_key, include_chain, password_file, no_password, force } => {
             let format = format.parse().map_err(|r: String| format!("format {format:?}: {r}"))?;
-            let password = match password_file.as_deref().map(ops::read_password_file).transpose().map_err(e)? {
-                Some(b) => Some(String::from_utf8(b).map_err(|_| "password_file: the password is not UTF-8")?),
-                None => None,
-            };
+            let password = password_file.as_deref().map(ops::read_password_text).transpose().map_err(e)?;
             let store = open()?;
             // A re-run after a crash may find its own half-finished export: replace it.
             let force = force || rerun;

@@ -91,9 +91,7 @@ impl CertView {
     /// With the renewal policy of `[acme]`, which decides an ACME certificate's status.
     pub fn with_policy(entry: &CertEntry, state: &State, now: OffsetDateTime, policy: &crate::acme::Policy) -> Self {
         let info = &entry.info;
-        let mut warnings = info.warnings(entry.key.clone(), now);
-        warnings.extend(entry.chain.warnings.iter().cloned());
-        warnings.extend(entry.file_warnings.iter().cloned());
+        let warnings = entry.warnings(now);
         Self {
             id: entry.id.clone(),
             friendly_name: entry.meta.friendly_name.clone(),
@@ -259,6 +257,17 @@ pub fn show(store: &Store, key: &str, now: OffsetDateTime) -> Result<Shown, Erro
 pub struct DefaultChanged {
     pub id: String,
     pub previous: String,
+}
+
+/// `--listener` values for a new ACME certificate: each must be configured; none given
+/// means every listener (a listener with assignments serves only those).
+pub fn listeners_or_all(config: &Config, listeners: &[String]) -> Result<Vec<String>, Error> {
+    check_listeners(config, listeners)?;
+    Ok(if listeners.is_empty() {
+        config.listeners.iter().map(|l| l.name.clone()).collect()
+    } else {
+        listeners.to_vec()
+    })
 }
 
 fn check_listeners(config: &Config, listeners: &[String]) -> Result<(), Error> {
@@ -931,6 +940,12 @@ pub fn read_password_file(path: &Path) -> Result<Vec<u8>, Error> {
     let bytes = std::fs::read(path).map_err(|source| Error::File { path: path.to_owned(), source })?;
     let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
     Ok(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+}
+
+/// [`read_password_file`] for passwords that protect exports: they must be UTF-8.
+pub fn read_password_text(path: &Path) -> Result<String, Error> {
+    String::from_utf8(read_password_file(path)?)
+        .map_err(|_| flag("--password-file", format!("{}: the password is not UTF-8", path.display())))
 }
 
 /// Stores `n` self-signed P-256 certificates named "{prefix} {i}" for `{i}.{domain}` and

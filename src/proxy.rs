@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::snapshot::{ListenerSnap, Snapshot};
-use handler::{Body, ConnInfo, Handler, Peeked};
+use handler::{Body, ConnInfo, Handler, HttpConn, Peeked};
 
 /// The snapshot the data plane reads.
 pub type SnapshotCell = Arc<ArcSwap<Snapshot>>;
@@ -117,8 +117,7 @@ async fn connection(
     };
     l.metrics.handshake_ok.increment(1);
     l.metrics.handshake_duration.record(start.elapsed().as_secs_f64());
-    let peer_ip = http::HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value");
-    let conn = ConnInfo { peer, peer_ip };
+    let conn = ConnInfo { peer };
     // Stream handlers are chosen by SNI; HTTP handlers per request by Host.
     let sni_route = tls.get_ref().1.server_name().and_then(|sni| l.route(sni));
     if let Some(route) = sni_route
@@ -156,6 +155,8 @@ where
 {
     let l = &snapshot.listeners[index];
     let snap = Arc::clone(snapshot);
+    let peer_ip = http::HeaderValue::from_str(&conn.peer.ip().to_string()).expect("an IP address is a header value");
+    let conn = HttpConn { peer: conn.peer, peer_ip };
     let service = service_fn(move |req: Request<Incoming>| {
         let l = &snap.listeners[index];
         let route = request_host(&req).and_then(|h| l.routes.iter().position(|r| r.hosts.iter().any(|p| p.matches(h))));

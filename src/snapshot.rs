@@ -190,12 +190,7 @@ impl EntryCache {
                             issued_to: entry.info.issued_to.as_str().into(),
                             issued_by: entry.info.issued_by.as_str().into(),
                             has_key: entry.key.has_key(),
-                            warnings: {
-                                let mut w = entry.info.warnings(entry.key.clone(), time::OffsetDateTime::now_utc());
-                                w.extend(entry.chain.warnings.iter().cloned());
-                                w.extend(entry.file_warnings.iter().cloned());
-                                w
-                            },
+                            warnings: entry.warnings(time::OffsetDateTime::now_utc()),
                             sans: entry.info.sans.clone(),
                             not_before: entry.info.not_before.unix_timestamp(),
                             not_after: entry.info.not_after.unix_timestamp(),

@@ -232,6 +232,15 @@ impl CertEntry {
     pub fn private_key(&self) -> Option<&PrivateKey> {
         self.private.as_ref()
     }
+
+    /// Everything worth warning about as of `now`: the certificate and its key, the
+    /// chain, the entry's files.
+    pub fn warnings(&self, now: OffsetDateTime) -> Vec<String> {
+        let mut warnings = self.info.warnings(self.key.clone(), now);
+        warnings.extend(self.chain.warnings.iter().cloned());
+        warnings.extend(self.file_warnings.iter().cloned());
+        warnings
+    }
 }
 
 /// A pending certificate signing request.

@@ -33,17 +33,24 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// What a handler knows about the request's connection.
-#[derive(Clone, Debug)]
+/// What a stream handler knows about its connection.
+#[derive(Clone, Copy, Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    /// The peer's IP as a header value, made once per connection (X-Forwarded-For).
+}
+
+/// What an HTTP handler knows about the request's connection.
+#[derive(Clone, Debug)]
+pub struct HttpConn {
+    pub peer: SocketAddr,
+    /// The peer's IP as a header value, made once per HTTP connection (X-Forwarded-For)
+    /// rather than per request; stream connections never need it.
     pub peer_ip: http::HeaderValue,
 }
 
 /// Answers HTTP requests (HTTP/1.1 and HTTP/2 after TLS).
 pub trait HttpHandler: Send + Sync {
-    fn call(&self, req: Request<Incoming>, conn: ConnInfo) -> BoxFuture<Response<Body>>;
+    fn call(&self, req: Request<Incoming>, conn: HttpConn) -> BoxFuture<Response<Body>>;
 }
 
 /// Takes over a TLS-terminated connection's byte stream.

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
-use super::{Body, BoxFuture, ConnInfo, Handler, HttpHandler};
+use super::{Body, BoxFuture, Handler, HttpConn, HttpHandler};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,7 +143,7 @@ impl HttpProxy {
 }
 
 impl HttpHandler for HttpProxy {
-    fn call(&self, mut req: Request<Incoming>, conn: ConnInfo) -> BoxFuture<Response<Body>> {
+    fn call(&self, mut req: Request<Incoming>, conn: HttpConn) -> BoxFuture<Response<Body>> {
         let upstream = self.pick();
         let authority = upstream.authority.clone();
         // The host the client asked for: Host for HTTP/1.1, :authority for HTTP/2.

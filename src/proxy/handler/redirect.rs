@@ -39,7 +39,7 @@ impl HttpHandler for Redirect {
     fn call(
         &self,
         req: hyper::Request<hyper::body::Incoming>,
-        _conn: super::ConnInfo,
+        _conn: super::HttpConn,
     ) -> super::BoxFuture<Response<super::Body>> {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let location = format!("{}{path}", self.to);

@@ -43,7 +43,7 @@ impl HttpHandler for Static {
     fn call(
         &self,
         _req: hyper::Request<hyper::body::Incoming>,
-        _conn: super::ConnInfo,
+        _conn: super::HttpConn,
     ) -> super::BoxFuture<Response<super::Body>> {
         let mut resp = Response::new(super::full(self.body.clone()));
         *resp.status_mut() = self.status;
