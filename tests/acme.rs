@@ -28,29 +28,12 @@ impl Pebble {
         let dir = env.path("pebble");
         fs::create_dir_all(&dir).unwrap();
         let p = |f: &str| dir.join(f).display().to_string();
-        openssl_ok(
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &p("ca.key"),
-                "-out",
-                &p("ca.pem"),
-                "-days",
-                "2",
-                "-subj",
-                "/CN=pebble API test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-            None,
+        common::openssl_self_signed(
+            &p("ca.key"),
+            &p("ca.pem"),
+            "/CN=pebble API test CA",
+            "2",
+            &["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
         );
         openssl_ok(
             &[
@@ -74,25 +57,13 @@ impl Pebble {
             "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
         )
         .unwrap();
-        openssl_ok(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &p("wfe.csr"),
-                "-CA",
-                &p("ca.pem"),
-                "-CAkey",
-                &p("ca.key"),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &p("wfe.ext"),
-                "-out",
-                &p("wfe.pem"),
-            ],
-            None,
+        common::openssl_ca_sign(
+            &p("wfe.csr"),
+            &p("ca.pem"),
+            &p("ca.key"),
+            "2",
+            &p("wfe.pem"),
+            &["-extfile", &p("wfe.ext")],
         );
         let (acme_port, mgmt_port, dns_port, chall_mgmt) = (free_port(), free_port(), free_port(), free_port());
         fs::write(

@@ -63,26 +63,7 @@ fn every_key_type_makes_a_csr_a_ca_can_sign() {
 
         // The CA signs it; the answer verifies and belongs to the stored key.
         let signed = env.path(&format!("{key}.crt")).display().to_string();
-        openssl_ok(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr_path,
-                "-CA",
-                &ca,
-                "-CAkey",
-                &ca_key,
-                "-CAcreateserial",
-                "-days",
-                "30",
-                "-copy_extensions",
-                "copyall",
-                "-out",
-                &signed,
-            ],
-            None,
-        );
+        common::openssl_ca_sign(&csr_path, &ca, &ca_key, "30", &signed, &["-copy_extensions", "copyall"]);
         let (ok, out, err) = openssl(&["verify", "-CAfile", &ca, &signed], None);
         assert!(ok && out.contains(": OK"), "{key}: {out}{err}");
         let text = openssl_ok(&["x509", "-in", &signed, "-noout", "-text"], None);

@@ -147,7 +147,7 @@ fn every_action_has_the_cli_effect() {
     ]);
 
     // import: the CA's answer to each side's CSR, signed by one test CA
-    for (env, csr, dir) in [(&jobs_env, csr.to_owned(), "jobs"), (&cli_env, cli_csr, "cli")] {
+    for (env, csr) in [(&jobs_env, csr.to_owned()), (&cli_env, cli_csr)] {
         let ca = env.path("ca");
         fs::create_dir_all(&ca).unwrap();
         let p = |f: &str| ca.join(f).display().to_string();
@@ -159,27 +159,14 @@ fn every_action_has_the_cli_effect() {
             &["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"],
         );
         fs::write(ca.join("req.csr"), csr).unwrap();
-        openssl_ok(
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &p("req.csr"),
-                "-CA",
-                &p("ca.pem"),
-                "-CAkey",
-                &p("ca.key"),
-                "-CAcreateserial",
-                "-days",
-                "20",
-                "-copy_extensions",
-                "copyall",
-                "-out",
-                &p("signed.pem"),
-            ],
-            None,
+        common::openssl_ca_sign(
+            &p("req.csr"),
+            &p("ca.pem"),
+            &p("ca.key"),
+            "20",
+            &p("signed.pem"),
+            &["-copy_extensions", "copyall"],
         );
-        let _ = dir;
     }
     fs::create_dir_all(jobs_env.path("jobs/in")).unwrap();
     fs::copy(jobs_env.path("ca/signed.pem"), jobs_env.path("jobs/in/signed.pem")).unwrap();

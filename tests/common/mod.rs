@@ -155,6 +155,15 @@ pub fn openssl_self_signed(key: &str, cert: &str, subject: &str, days: &str, ext
     openssl_ok(&args, None);
 }
 
+/// Signs `csr` with the CA `ca`/`ca_key` into `out` (`extra`: e.g. `-copy_extensions
+/// copyall` or `-extfile FILE`), as a CA would answer a request.
+pub fn openssl_ca_sign(csr: &str, ca: &str, ca_key: &str, days: &str, out: &str, extra: &[&str]) {
+    let mut args = vec!["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-days", days];
+    args.extend_from_slice(extra);
+    args.extend(["-out", out]);
+    openssl_ok(&args, None);
+}
+
 /// File mode bits.
 pub fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
