@@ -13,9 +13,10 @@ use aws_lc_sys as sys;
 /// Why AWS-LC could not read the key.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum LegacyError {
-    /// Decryption failed: almost always a wrong password.
+    /// Decryption failed, or decrypted to something that is not a key: a wrong password
+    /// (or damaged ciphertext, which no one can tell apart from it).
     BadDecrypt,
-    /// The input is not a key AWS-LC understands.
+    /// The input is not a key AWS-LC understands (e.g. an unsupported cipher).
     Unreadable,
 }
 
@@ -60,11 +61,15 @@ unsafe fn marshal_and_free(pkey: *mut sys::EVP_PKEY) -> Result<Vec<u8>, LegacyEr
     }
 }
 
-/// AWS-LC reports a failed decryption as a BAD_DECRYPT error on its queue.
-fn last_error_is_bad_decrypt() -> bool {
+/// Why reading an encrypted key failed, from AWS-LC's error queue (which it clears).
+/// CBC padding is the only check a wrong password must pass, and a random one passes it
+/// one time in 256: the "decrypted" bytes then fail to parse as a key. So every failure
+/// is a wrong password except a structure AWS-LC cannot read or an algorithm it does not
+/// support.
+fn failure() -> LegacyError {
     // SAFETY: reading and clearing the thread's error queue has no preconditions.
     unsafe {
-        let mut bad_decrypt = false;
+        let mut unsupported = false;
         loop {
             let e = sys::ERR_get_error();
             if e == 0 {
@@ -72,9 +77,28 @@ fn last_error_is_bad_decrypt() -> bool {
             }
             // ERR_GET_LIB and ERR_GET_REASON are C macros: lib in the top byte, reason low.
             let (lib, reason) = ((e >> 24) & 0xff, e & 0xfff);
-            bad_decrypt |= lib == sys::ERR_LIB_CIPHER as u32 && reason == sys::CIPHER_R_BAD_DECRYPT as u32;
+            let pem = [
+                sys::PEM_R_UNSUPPORTED_CIPHER,
+                sys::PEM_R_UNSUPPORTED_ENCRYPTION,
+                sys::PEM_R_BAD_IV_CHARS,
+                sys::PEM_R_NOT_DEK_INFO,
+                sys::PEM_R_NOT_PROC_TYPE,
+                sys::PEM_R_SHORT_HEADER,
+            ];
+            let pkcs8 = [
+                sys::PKCS8_R_DECODE_ERROR,
+                sys::PKCS8_R_UNKNOWN_CIPHER,
+                sys::PKCS8_R_UNSUPPORTED_CIPHER,
+                sys::PKCS8_R_UNKNOWN_ALGORITHM,
+                sys::PKCS8_R_UNKNOWN_CIPHER_ALGORITHM,
+                sys::PKCS8_R_UNSUPPORTED_KEY_DERIVATION_FUNCTION,
+                sys::PKCS8_R_UNSUPPORTED_PRF,
+                sys::PKCS8_R_UNSUPPORTED_KEYLENGTH,
+            ];
+            unsupported |= (lib == sys::ERR_LIB_PEM as u32 && pem.iter().any(|r| *r as u32 == reason))
+                || (lib == sys::ERR_LIB_PKCS8 as u32 && pkcs8.iter().any(|r| *r as u32 == reason));
         }
-        bad_decrypt
+        if unsupported { LegacyError::Unreadable } else { LegacyError::BadDecrypt }
     }
 }
 
@@ -98,7 +122,7 @@ pub(super) fn read_pem_key(pem: &[u8], password: &[u8]) -> Result<Vec<u8>, Legac
         );
         sys::BIO_free(bio);
         if pkey.is_null() {
-            return Err(if last_error_is_bad_decrypt() { LegacyError::BadDecrypt } else { LegacyError::Unreadable });
+            return Err(failure());
         }
         marshal_and_free(pkey)
     }
@@ -114,7 +138,7 @@ pub(super) fn decrypt_pkcs8(der: &[u8], password: &[u8]) -> Result<Vec<u8>, Lega
         sys::CBS_init(&mut cbs, der.as_ptr(), der.len());
         let pkey = sys::PKCS8_parse_encrypted_private_key(&mut cbs, password.as_ptr().cast(), password.len());
         if pkey.is_null() {
-            return Err(if last_error_is_bad_decrypt() { LegacyError::BadDecrypt } else { LegacyError::Unreadable });
+            return Err(failure());
         }
         marshal_and_free(pkey)
     }
