@@ -2,8 +2,11 @@
 # loadtest/callgrind.sh N — instructions (callgrind Ir, repeatable on a shared machine)
 # of the proxy for N HTTP/1.1 keep-alive requests on one TLS connection through
 # http_proxy to tests/support/backend.py. Per request: (Ir(N) - Ir(1)) / (N - 1).
+# MODE=close: each request on a new TLS connection instead (curl resumes the TLS 1.3
+# session, so this is a resumed handshake + one proxied request per connection).
 #   cargo build --release --bin portcullis
 #   loadtest/callgrind.sh 1; loadtest/callgrind.sh 5001
+#   MODE=close loadtest/callgrind.sh 1; MODE=close loadtest/callgrind.sh 1001
 # Prints the total and the work directory (cg.out for callgrind_annotate).
 # Needs valgrind, curl, python3; ports 18601-18603 on loopback.
 set -euo pipefail
@@ -25,7 +28,11 @@ T
 $BIN --store "$W/s" cert list >/dev/null 2>&1
 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" $BIN --config "$W/p.toml" --store "$W/s" run >"$W/d.log" 2>&1 & VP=$!
 for i in $(seq 1 300); do curl -sk -o /dev/null https://127.0.0.1:18603/ && break; sleep 0.2; done
-curl --http1.1 -sk -o /dev/null "https://127.0.0.1:18603/x?[1-$N]"
+if [[ ${MODE:-keepalive} == close ]]; then
+    curl --http1.1 -sk -o /dev/null -H "Connection: close" "https://127.0.0.1:18603/x?[1-$N]"
+else
+    curl --http1.1 -sk -o /dev/null "https://127.0.0.1:18603/x?[1-$N]"
+fi
 kill -TERM $VP; wait $VP || true; kill $BP
 grep -E "^summary|^totals" "$W/cg.out" | head -1
 echo "$W"

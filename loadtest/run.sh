@@ -9,12 +9,18 @@
 #   bulk        MB/s of 1 MiB bodies over 8 keep-alive connections
 #   rss         peak RSS (VmHWM) of the proxy's process tree
 #
+# Every load run also records how busy the proxy's core was during the measured window
+# (/proc/stat: everything but idle and iowait, so softirq work for its packets counts).
+# The goals are per proxy core: when the client's core saturates first, the raw rate
+# understates the proxy, so the second table divides each rate by that busy share.
+#
 # Each proxy gets CPU $PROXY_CPU alone with one worker; the client (loadtest/client.rs,
 # rustls; h2load and wrk resume sessions, so they cannot measure full handshakes) and
 # the backend (nginx) share CPU $CLIENT_CPU. ROUNDS runs of everything, interleaved;
 # the table gives medians and Portcullis's ratio to the best peer.
 #
 # Usage: loadtest/run.sh            (ROUNDS=3 DURATION=8 WARMUP=2 by default)
+#        TESTS="keepalive" PEERS="portcullis haproxy" loadtest/run.sh   (a subset)
 # Needs: apt-get install -y haproxy nginx; builds target/release/portcullis and the client.
 # Every load run stops by itself (WARMUP + DURATION seconds); every process started
 # here is stopped on exit.
@@ -27,6 +33,7 @@ PROXY_CPU=${PROXY_CPU:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
 BASE_PORT=${BASE_PORT:-19080}
 PEERS=${PEERS:-"portcullis haproxy nginx"}
+TESTS=${TESTS:-"full_ecdsa full_rsa resumed keepalive bulk"}
 OUT=${OUT:-/tmp/portcullis-loadtest.json}
 HOST=bench.test
 
@@ -132,24 +139,35 @@ NGX
     curl -sfk --resolve "$HOST:$port:127.0.0.1" -o /dev/null "https://$HOST:$port/small" || { echo "$name did not proxy" >&2; exit 1; }
 }
 
-run_client() { # MODE PORT CONNS [PATH]
-    taskset -c "$CLIENT_CPU" timeout $((WARMUP + DURATION + 10)) "$CLIENT" "$1" "127.0.0.1:$2" "$HOST" "$3" "$WARMUP" "$DURATION" "${4:-/small}"
+cpu_ticks() { # busy and total jiffies of CPU $PROXY_CPU
+    awk -v c="cpu$PROXY_CPU" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
 }
+run_client() { # MODE PORT CONNS [PATH]; prints the client's JSON with "busy" (proxy core share) added
+    local b0 b1 json
+    (sleep "$WARMUP"; cpu_ticks >"$TMP/busy0"; sleep "$DURATION"; cpu_ticks >"$TMP/busy1") &
+    local sampler=$!
+    json=$(taskset -c "$CLIENT_CPU" timeout $((WARMUP + DURATION + 10)) "$CLIENT" "$1" "127.0.0.1:$2" "$HOST" "$3" "$WARMUP" "$DURATION" "${4:-/small}")
+    wait "$sampler"
+    read -r b0 t0 <"$TMP/busy0"; read -r b1 t1 <"$TMP/busy1"
+    echo "${json%\}},\"busy\":$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.3f", (t > 0 ? b / t : 0) }')}"
+}
+want() { [[ " $TESTS " == *" $1 "* ]]; }
 
 : >"$TMP/results"
 port=$((BASE_PORT + 100))
 for round in $(seq "$ROUNDS"); do
     for name in $PEERS; do
         for kind in ecdsa rsa; do
+            [[ $kind == rsa ]] && ! want full_rsa && continue
             port=$((port + 1))
             peer_start "$name" "$kind" "$port"
             pid=$LAST
             log "round $round: $name ($kind) on :$port"
-            r=$(run_client full "$port" 32); echo "$round $name full_$kind $r" >>"$TMP/results"
+            if want "full_$kind"; then r=$(run_client full "$port" 32); echo "$round $name full_$kind $r" >>"$TMP/results"; fi
             if [[ $kind == ecdsa ]]; then
-                r=$(run_client resumed "$port" 32); echo "$round $name resumed $r" >>"$TMP/results"
-                r=$(run_client keepalive "$port" 64); echo "$round $name keepalive $r" >>"$TMP/results"
-                r=$(run_client bulk "$port" 8 /1m); echo "$round $name bulk $r" >>"$TMP/results"
+                if want resumed; then r=$(run_client resumed "$port" 32); echo "$round $name resumed $r" >>"$TMP/results"; fi
+                if want keepalive; then r=$(run_client keepalive "$port" 64); echo "$round $name keepalive $r" >>"$TMP/results"; fi
+                if want bulk; then r=$(run_client bulk "$port" 8 /1m); echo "$round $name bulk $r" >>"$TMP/results"; fi
                 echo "$round $name rss {\"rss_kb\":$(hwm_kb "$pid")}" >>"$TMP/results"
             fi
             stop "$pid"
@@ -166,16 +184,21 @@ function median(arr, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j 
   else if (test == "bulk") { v = field(line, "mb_per_s"); key = peer SUBSEP test }
   else { v = field(line, "rate"); key = peer SUBSEP test }
   n[key]++; vals[key, n[key]] = v
+  b = field(line, "busy"); if (test != "rss" && b > 0) { k4 = peer SUBSEP test "/core"; n[k4]++; vals[k4, n[k4]] = v / b
+    k5 = peer SUBSEP test "_busy"; n[k5]++; vals[k5, n[k5]] = b }
   if (test == "keepalive") { k2 = peer SUBSEP "p99_ms"; n[k2]++; vals[k2, n[k2]] = field(line, "p99_ms") }
   if (test == "resumed") { k3 = peer SUBSEP "resumed_share"; n[k3]++; vals[k3, n[k3]] = (field(line, "requests") > 0 ? field(line, "resumed") / field(line, "requests") : 0) } }
 END {
-  split("full_ecdsa full_rsa resumed resumed_share keepalive p99_ms bulk rss_mb", tests, " ")
+  nt = split("full_ecdsa full_rsa resumed resumed_share keepalive p99_ms bulk rss_mb" \
+    " full_ecdsa_busy full_rsa_busy resumed_busy keepalive_busy bulk_busy" \
+    " full_ecdsa/core full_rsa/core resumed/core keepalive/core bulk/core", tests, " ")
   np = split(peers, P, " ")
-  printf "%-14s", "test"; for (i = 1; i <= np; i++) printf "%14s", P[i]; printf "%16s\n", "portcullis/best"
-  for (t = 1; t <= 8; t++) { test = tests[t]; printf "%-14s", test; best = -1
+  printf "%-16s", "test"; for (i = 1; i <= np; i++) printf "%14s", P[i]; printf "%16s\n", "portcullis/best"
+  for (t = 1; t <= nt; t++) { test = tests[t]; if (t == 9) print "# busy share of the proxy core, then rate per busy proxy core-second"
+    if (!((P[1] SUBSEP test) in n)) continue; printf "%-16s", test; best = -1
     for (i = 1; i <= np; i++) { key = P[i] SUBSEP test; m = 0
       if (n[key] > 0) { delete a; for (j = 1; j <= n[key]; j++) a[j] = vals[key, j]; m = median(a, n[key]) }
       med[P[i]] = m; printf "%14.2f", m
-      if (P[i] != "portcullis") { lower = (test == "p99_ms" || test == "rss_mb"); if (best < 0 || (lower ? m < best : m > best)) best = m } }
+      if (P[i] != "portcullis") { lower = (test == "p99_ms" || test == "rss_mb" || test ~ /_busy$/); if (best < 0 || (lower ? m < best : m > best)) best = m } }
     printf "%16s\n", (best > 0 ? sprintf("%.2fx", med["portcullis"] / best) : "-") } }' "$TMP/results" | tee "$OUT"
 log "raw results: $OUT.raw; table: $OUT"
