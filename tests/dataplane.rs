@@ -239,6 +239,12 @@ handler = {{ type = "redirect", to = "https://www.example.test", status = 308 }}
     let site_pem = env.write("site.pem", env.run(&["cert", "show", "site", "--pem"]).ok());
     let cacert = site_pem.display().to_string();
     let mut daemon = env.daemon(&config, &[https, plain, admin]);
+    // The daemon opts out of transparent huge pages (peak RSS); kernels since 6.x say so
+    // in /proc/PID/status.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.0.id())).unwrap();
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
     let resolve = |host: &str| format!("{host}:{https}:127.0.0.1");
     let url = |host: &str, path: &str| format!("https://{host}:{https}{path}");
 
