@@ -271,11 +271,11 @@ async fn reload(
 
 /// Runs until SIGTERM or SIGINT, then drains in-flight connections.
 pub fn run(inputs: Inputs) -> Result<()> {
-    // No transparent huge pages: mimalloc asks for them on its arenas, and with THP in
-    // `madvise` mode each first touch then makes 2 MiB resident. Peak RSS under the
-    // load test 32.9 -> 20.5 MB, rates unchanged (docs/PERFORMANCE.md). Checked at
-    // fault time, so it also covers what was mapped before this line; the flag belongs
-    // to the process (its mm), not just this thread.
+    // No transparent huge pages: with them each first touch of an allocator arena makes
+    // 2 MiB resident. mimalloc is built not to ask for them (`no_thp`); this covers
+    // kernels in THP "always" mode, which would use them unasked. Peak RSS under the load
+    // test 32.9 -> 20.8 MB, rates unchanged (docs/PERFORMANCE.md). The flag belongs to
+    // the process and is checked at fault time.
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
         tracing::debug!(error = %e, "could not disable transparent huge pages");
     }
