@@ -388,3 +388,114 @@ handler = {{ type = "redirect", to = "https://www.example.test", status = 308 }}
     assert!(ok && body.ends_with("\n200"), "in-flight request was dropped: {body}");
     assert_eq!(daemon.wait_exit(15), Some(0), "{}", env.daemon_log());
 }
+
+/// Established TCP connections to 127.0.0.1:`port`, from the kernel's socket table.
+fn established_to(port: u16) -> usize {
+    let remote = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2] == remote && f[3] == "01"
+        })
+        .count()
+}
+
+/// http_proxy keeps upstream connections: requests on one client connection and on later
+/// client connections reuse one backend connection (the backend reports the source port
+/// each request came from), a connection the backend closed while it was idle is not
+/// used for the next request, and one idle for `pool_idle_timeout_secs` is closed.
+#[test]
+fn http_proxy_reuses_upstream_connections_and_survives_closed_ones() {
+    let env = Env::initialised();
+    let (_backend, backend_port) = env.backend();
+    let (_idle_backend, idle_port) = env.backend();
+    // A backend that answers one request per connection and then closes it without
+    // saying so (no "Connection: close"): a kept connection goes stale under the proxy.
+    let closing = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closing_port = closing.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for stream in closing.incoming().take(10) {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut s = stream.unwrap();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                line.clear();
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nclosing").unwrap();
+        }
+    });
+    let (https, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[listener]]
+name = "public"
+bind = ["127.0.0.1:{https}"]
+
+[[route]]
+hosts = ["www.example.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{backend_port}"] }}
+
+[[route]]
+hosts = ["closing.example.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{closing_port}"] }}
+
+[[route]]
+hosts = ["idle.example.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{idle_port}"], pool_idle_timeout_secs = 1 }}
+"#
+    );
+    env.write("portcullis.toml", &config);
+    let _daemon = env.daemon(&config, &[https, admin]);
+    let resolve = |host: &str| format!("{host}:{https}:127.0.0.1");
+
+    // Three requests on one client connection, then two more client connections.
+    let url = format!("https://www.example.test:{https}/r");
+    let www = resolve("www.example.test");
+    let mut ports = Vec::new();
+    for urls in [vec![url.as_str(); 3], vec![url.as_str()], vec![url.as_str()]] {
+        let mut args = vec!["-k", "--resolve", &www];
+        for u in &urls {
+            args.push(u);
+            args.push("-w");
+            args.push("\n");
+        }
+        let (ok, out) = curl(&args);
+        assert!(ok, "{out}\n{}", env.daemon_log());
+        for line in out.lines().filter(|l| l.starts_with('{')) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            ports.push(v["peer_port"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(ports.len(), 5, "{ports:?}");
+    assert!(ports.iter().all(|p| *p == ports[0]), "one upstream connection for all five requests: {ports:?}");
+
+    // The closing backend: every request succeeds although each kept connection was
+    // closed by the backend after its answer.
+    let url = format!("https://closing.example.test:{https}/c");
+    for i in 0..3 {
+        let (ok, out) = curl(&["-k", "--resolve", &resolve("closing.example.test"), &url]);
+        assert!(ok && out == "closing", "request {i}: {out}\n{}", env.daemon_log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    // Idle for longer than pool_idle_timeout_secs: the proxy closes its connection.
+    let url = format!("https://idle.example.test:{https}/i");
+    let (ok, out) = curl(&["-k", "--resolve", &resolve("idle.example.test"), &url]);
+    assert!(ok && out.starts_with('{'), "{out}");
+    assert_eq!(established_to(idle_port), 1, "one kept connection to the backend");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    while established_to(idle_port) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(established_to(idle_port), 0, "the idle connection was closed");
+}

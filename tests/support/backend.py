@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A real HTTP/1.1 backend for the proxy tests: answers every request with JSON describing
-what it received (path, headers, body length and SHA-256). /slow waits a second first.
+what it received (path, headers, body length and SHA-256) and the proxy's source port
+(which connection it came on). /slow waits a second first.
 Usage: backend.py PORT; prints "ready" once listening."""
 import hashlib
 import http.server
@@ -22,6 +23,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(1)
         data = json.dumps({
             "port": self.server.server_address[1],
+            "peer_port": self.client_address[1],
             "method": self.command,
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},

@@ -1,19 +1,23 @@
 //! `http_proxy`: a reverse proxy to HTTP/1.1 upstreams. Keep-alive connections are
-//! pooled, upstreams used round-robin, and one that fails to connect is skipped for a
-//! while (passive health check). Bodies stream both ways without buffering.
+//! pooled per upstream, upstreams used round-robin, and one that fails to connect is
+//! skipped for a while (passive health check). Bodies stream both ways without buffering.
+//!
+//! The pool is ours rather than hyper-util's: a stack of idle connections per upstream.
+//! A connection goes back when the response body has been read to its end, so a request
+//! costs no pool-key hashing and no task spawned to return it (docs/PERFORMANCE.md).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
+use hyper::client::conn::http1::SendRequest;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use tokio::net::TcpStream;
 
 use super::{Body, BoxFuture, Handler, HttpConn, HttpHandler};
 
@@ -48,51 +52,75 @@ fn ninety() -> u64 {
 
 struct Upstream {
     authority: Arc<str>,
-    /// Parsed once: each request's URI is built from it without formatting or parsing.
-    parsed: http::uri::Authority,
+    /// The Host header for a request that came without one.
+    host: HeaderValue,
     /// Unix millis until which this upstream is skipped; shared with in-flight requests.
-    down_until: Arc<AtomicU64>,
+    down_until: AtomicU64,
+    /// Idle keep-alive connections, most recently used last. A stack, so that a few
+    /// warm connections carry the load and the rest age out (each grows its buffers when
+    /// used: a queue cycled bulk responses through all of them, +3 MB peak RSS). The
+    /// lock is held for one push or pop.
+    idle: Mutex<Vec<Conn>>,
 }
 
+/// A connection to an upstream.
+struct Conn {
+    sender: SendRequest<Incoming>,
+    /// When it became idle (`mono_millis`), 0 while in use. Its connection task closes
+    /// it once idle for `pool_idle_timeout_secs`.
+    idle_since: Arc<AtomicU64>,
+}
+
+/// Milliseconds on a monotonic clock, never 0.
+fn mono_millis() -> u64 {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    EPOCH.elapsed().as_millis() as u64 + 1
+}
+
+/// Idle connections kept per upstream; more are closed when they come back.
+const MAX_IDLE: usize = 256;
+
 struct HttpProxy {
-    upstreams: Vec<Upstream>,
+    upstreams: Vec<Arc<Upstream>>,
     next: AtomicUsize,
-    client: Client<HttpConnector, Incoming>,
+    connect_timeout: Duration,
     response_timeout: Duration,
     fail_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
     let o: Options = super::options(table)?;
     super::check_upstreams(&o.upstreams)?;
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(o.connect_timeout_secs.max(1))));
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(o.pool_idle_timeout_secs))
-        // Bounded read buffers: large bodies stream through in 64 KiB steps instead of
-        // growing a buffer per pooled connection (peak RSS under bulk load).
-        .http1_max_buf_size(64 * 1024)
-        .build(connector);
     Ok(Handler::Http(Arc::new(HttpProxy {
         upstreams: o
             .upstreams
             .into_iter()
             .map(|authority| {
-                let parsed = authority.parse().map_err(|e| format!("upstream {authority:?}: {e}"))?;
-                Ok(Upstream { authority: authority.into(), parsed, down_until: Arc::new(AtomicU64::new(0)) })
+                let host = HeaderValue::from_str(&authority).map_err(|e| format!("upstream {authority:?}: {e}"))?;
+                Ok(Arc::new(Upstream {
+                    authority: authority.into(),
+                    host,
+                    down_until: AtomicU64::new(0),
+                    idle: Mutex::new(Vec::new()),
+                }))
             })
             .collect::<Result<_, String>>()?,
         next: AtomicUsize::new(0),
-        client,
+        connect_timeout: Duration::from_secs(o.connect_timeout_secs.max(1)),
         response_timeout: Duration::from_secs(o.response_timeout_secs.max(1)),
         fail_timeout: Duration::from_secs(o.fail_timeout_secs),
+        idle_timeout: Duration::from_secs(o.pool_idle_timeout_secs.max(1)),
     })))
 }
 
 fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never cross a proxy. Constant `HeaderName`s:
 /// comparing them is cheap, where a `&str` would be parsed and hashed per lookup.
@@ -131,7 +159,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 impl HttpProxy {
     /// The next upstream that is not marked down (or, if all are, the next one anyway).
-    fn pick(&self) -> &Upstream {
+    fn pick(&self) -> &Arc<Upstream> {
         let now = now_millis();
         let n = self.upstreams.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -142,58 +170,205 @@ impl HttpProxy {
     }
 }
 
+/// Why a request did not get a response.
+enum Failure {
+    /// No connection could be made: the upstream is marked down.
+    Connect(std::io::Error),
+    Request(hyper::Error),
+}
+
+impl Upstream {
+    /// An idle connection that is still open and was not idle too long.
+    fn take_idle(&self, idle_timeout: Duration) -> Option<Conn> {
+        loop {
+            let conn = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()?;
+            let since = conn.idle_since.swap(0, Ordering::AcqRel);
+            if !conn.sender.is_closed() && mono_millis().saturating_sub(since) < idle_timeout.as_millis() as u64 {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn put_idle(&self, conn: Conn) {
+        conn.idle_since.store(mono_millis(), Ordering::Release);
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+        // else: dropped after the lock is released, which closes it.
+    }
+
+    async fn connect(&self, timeout: Duration, idle_timeout: Duration) -> std::io::Result<Conn> {
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&*self.authority))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            // Bounded read buffers: large bodies stream through in 64 KiB steps instead
+            // of growing a buffer per pooled connection (peak RSS under bulk load).
+            .max_buf_size(64 * 1024)
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(std::io::Error::other)?;
+        let idle_since = Arc::new(AtomicU64::new(0));
+        let watch = Arc::clone(&idle_since);
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = tokio::time::sleep(idle_timeout) => {
+                        // Returning drops the connection, which closes it; the pool
+                        // finds it closed and skips it.
+                        let since = watch.load(Ordering::Acquire);
+                        if since != 0 && mono_millis().saturating_sub(since) >= idle_timeout.as_millis() as u64 {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Conn { sender, idle_since })
+    }
+
+    /// Sends `req` on an idle connection, or a new one. A request an idle connection
+    /// could not take (it closed meanwhile) is sent on the next one, or a new one.
+    async fn send(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Result<Response<Body>, Failure> {
+        loop {
+            let (mut conn, fresh) = match self.take_idle(idle_timeout) {
+                Some(c) => (c, false),
+                None => (self.connect(connect_timeout, idle_timeout).await.map_err(Failure::Connect)?, true),
+            };
+            // A connection comes back when its last body ended; hyper may not have
+            // finished with it yet.
+            if let Err(e) = conn.sender.ready().await {
+                if fresh {
+                    return Err(Failure::Request(e));
+                }
+                continue;
+            }
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => return Ok(Returning::wrap(resp, conn, self)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => req = unsent,
+                    _ => return Err(Failure::Request(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// A response body that returns its connection to the pool when it ends. Dropped before
+/// its end (the client went away), the connection is closed instead.
+struct Returning {
+    body: Incoming,
+    back: Option<(Conn, Arc<Upstream>)>,
+}
+
+impl Returning {
+    fn wrap(resp: Response<Incoming>, conn: Conn, upstream: Arc<Upstream>) -> Response<Body> {
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let mut body = Self { body, back: Some((conn, upstream)) };
+        body.end_if_done();
+        Response::from_parts(parts, body.boxed())
+    }
+
+    /// hyper stops polling a body that says it has ended, so check after every frame.
+    fn end_if_done(&mut self) {
+        if self.body.is_end_stream()
+            && let Some((conn, upstream)) = self.back.take()
+        {
+            upstream.put_idle(conn);
+        }
+    }
+}
+
+impl hyper::body::Body for Returning {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some((conn, upstream)) = self.back.take() {
+                    upstream.put_idle(conn);
+                }
+            }
+            Some(Ok(_)) => self.end_if_done(),
+            Some(Err(_)) => self.back = None,
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl HttpHandler for HttpProxy {
     fn call(&self, mut req: Request<Incoming>, conn: HttpConn) -> BoxFuture<Response<Body>> {
-        let upstream = self.pick();
-        let authority = upstream.authority.clone();
+        let upstream = Arc::clone(self.pick());
         // The host the client asked for: Host for HTTP/1.1, :authority for HTTP/2.
         let host = req
             .headers()
             .get(hyper::header::HOST)
             .cloned()
             .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        parts.authority = Some(upstream.parsed.clone());
-        parts.path_and_query =
-            Some(req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
-        let uri = Uri::from_parts(parts);
-        let Ok(uri) = uri else {
-            return Box::pin(std::future::ready(super::text(StatusCode::BAD_REQUEST, "bad request target\n")));
-        };
-        *req.uri_mut() = uri;
+        // Origin form (RFC 9112 §3.2.1): the upstream learns the host from Host.
+        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
         *req.version_mut() = Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", conn.peer.ip())).ok(),
             None => Some(conn.peer_ip),
         };
         if let Some(v) = xff {
-            headers.insert("x-forwarded-for", v);
+            headers.insert(X_FORWARDED_FOR, v);
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        if let Some(host) = host {
-            headers.insert("x-forwarded-host", host.clone());
-            headers.insert(hyper::header::HOST, host);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        match host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+                headers.insert(hyper::header::HOST, host);
+            }
+            None => {
+                headers.insert(hyper::header::HOST, upstream.host.clone());
+            }
         }
-        let pending = self.client.request(req);
+        let (connect_timeout, idle_timeout) = (self.connect_timeout, self.idle_timeout);
         let timeout = self.response_timeout;
         let fail_timeout = self.fail_timeout;
-        let health = Arc::clone(&upstream.down_until);
         Box::pin(async move {
-            match tokio::time::timeout(timeout, pending).await {
-                Ok(Ok(resp)) => {
-                    let (mut parts, body) = resp.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    Response::from_parts(parts, body.boxed())
-                }
-                Ok(Err(e)) => {
+            let authority = Arc::clone(&upstream.authority);
+            let health = Arc::clone(&upstream);
+            match tokio::time::timeout(timeout, upstream.send(req, connect_timeout, idle_timeout)).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(failure)) => {
                     crate::admin::metrics::upstream_error();
-                    if e.is_connect() {
-                        health.store(now_millis() + fail_timeout.as_millis() as u64, Ordering::Relaxed);
-                    }
-                    tracing::warn!(upstream = %authority, error = %e, "upstream request failed");
+                    let error = match failure {
+                        Failure::Connect(e) => {
+                            health.down_until.store(now_millis() + fail_timeout.as_millis() as u64, Ordering::Relaxed);
+                            format!("connect: {e}")
+                        }
+                        Failure::Request(e) => e.to_string(),
+                    };
+                    tracing::warn!(upstream = %authority, %error, "upstream request failed");
                     super::text(StatusCode::BAD_GATEWAY, format!("502 Bad Gateway: upstream {authority} failed\n"))
                 }
                 Err(_) => {
