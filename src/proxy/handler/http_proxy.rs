@@ -189,6 +189,20 @@ impl Upstream {
         }
     }
 
+    /// Pools a connection whose response has ended. One still busy (its request body is
+    /// still being sent, say) is pooled when it is ready, so no request waits on it.
+    fn give_back(self: Arc<Self>, mut conn: Conn) {
+        if conn.sender.is_ready() {
+            self.put_idle(conn);
+        } else if !conn.sender.is_closed() {
+            tokio::spawn(async move {
+                if conn.sender.ready().await.is_ok() {
+                    self.put_idle(conn);
+                }
+            });
+        }
+    }
+
     fn put_idle(&self, conn: Conn) {
         conn.idle_since.store(mono_millis(), Ordering::Release);
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -284,7 +298,7 @@ impl Returning {
         if self.body.is_end_stream()
             && let Some((conn, upstream)) = self.back.take()
         {
-            upstream.put_idle(conn);
+            upstream.give_back(conn);
         }
     }
 }
@@ -301,7 +315,7 @@ impl hyper::body::Body for Returning {
         match &frame {
             None => {
                 if let Some((conn, upstream)) = self.back.take() {
-                    upstream.put_idle(conn);
+                    upstream.give_back(conn);
                 }
             }
             Some(Ok(_)) => self.end_if_done(),
