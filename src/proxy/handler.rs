@@ -133,6 +133,15 @@ impl StreamOptions {
     }
 }
 
+/// A TCP connection to `upstream` (host:port) within `timeout`, without Nagle's delay.
+async fn dial(upstream: &str, timeout: std::time::Duration) -> std::io::Result<tokio::net::TcpStream> {
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(upstream))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 /// Upstream addresses: host:port, resolved when connecting.
 fn check_upstreams(upstreams: &[String]) -> Result<(), String> {
     if upstreams.is_empty() {

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
@@ -17,7 +17,6 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::net::TcpStream;
 
 use super::{Body, BoxFuture, Handler, HttpConn, HttpHandler};
 
@@ -51,10 +50,10 @@ fn ninety() -> u64 {
 }
 
 struct Upstream {
-    authority: Arc<str>,
+    authority: String,
     /// The Host header for a request that came without one.
     host: HeaderValue,
-    /// Unix millis until which this upstream is skipped; shared with in-flight requests.
+    /// `mono_millis` until which this upstream is skipped.
     down_until: AtomicU64,
     /// Idle keep-alive connections, most recently used last. A stack, so that a few
     /// warm connections carry the load and the rest age out (each grows its buffers when
@@ -75,6 +74,12 @@ struct Conn {
 fn mono_millis() -> u64 {
     static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
     EPOCH.elapsed().as_millis() as u64 + 1
+}
+
+/// Whether a connection idle since `since` (`mono_millis`, 0: in use) has been idle for
+/// `idle_timeout`.
+fn idle_expired(since: u64, idle_timeout: Duration) -> bool {
+    since != 0 && mono_millis().saturating_sub(since) >= idle_timeout.as_millis() as u64
 }
 
 /// Idle connections kept per upstream; more are closed when they come back.
@@ -98,12 +103,7 @@ pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
             .into_iter()
             .map(|authority| {
                 let host = HeaderValue::from_str(&authority).map_err(|e| format!("upstream {authority:?}: {e}"))?;
-                Ok(Arc::new(Upstream {
-                    authority: authority.into(),
-                    host,
-                    down_until: AtomicU64::new(0),
-                    idle: Mutex::new(Vec::new()),
-                }))
+                Ok(Arc::new(Upstream { authority, host, down_until: AtomicU64::new(0), idle: Mutex::new(Vec::new()) }))
             })
             .collect::<Result<_, String>>()?,
         next: AtomicUsize::new(0),
@@ -112,10 +112,6 @@ pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
         fail_timeout: Duration::from_secs(o.fail_timeout_secs),
         idle_timeout: Duration::from_secs(o.pool_idle_timeout_secs.max(1)),
     })))
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -160,7 +156,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 impl HttpProxy {
     /// The next upstream that is not marked down (or, if all are, the next one anyway).
     fn pick(&self) -> &Arc<Upstream> {
-        let now = now_millis();
+        let now = mono_millis();
         let n = self.upstreams.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
@@ -183,7 +179,7 @@ impl Upstream {
         loop {
             let conn = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()?;
             let since = conn.idle_since.swap(0, Ordering::AcqRel);
-            if !conn.sender.is_closed() && mono_millis().saturating_sub(since) < idle_timeout.as_millis() as u64 {
+            if !conn.sender.is_closed() && !idle_expired(since, idle_timeout) {
                 return Some(conn);
             }
         }
@@ -213,10 +209,7 @@ impl Upstream {
     }
 
     async fn connect(&self, timeout: Duration, idle_timeout: Duration) -> std::io::Result<Conn> {
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(&*self.authority))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-        let _ = tcp.set_nodelay(true);
+        let tcp = super::dial(&self.authority, timeout).await?;
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             // Bounded read buffers: large bodies stream through in 64 KiB steps instead
             // of growing a buffer per pooled connection (peak RSS under bulk load).
@@ -234,8 +227,7 @@ impl Upstream {
                     () = tokio::time::sleep(idle_timeout) => {
                         // Returning drops the connection, which closes it; the pool
                         // finds it closed and skips it.
-                        let since = watch.load(Ordering::Acquire);
-                        if since != 0 && mono_millis().saturating_sub(since) >= idle_timeout.as_millis() as u64 {
+                        if idle_expired(watch.load(Ordering::Acquire), idle_timeout) {
                             return;
                         }
                     }
@@ -295,9 +287,13 @@ impl Returning {
 
     /// hyper stops polling a body that says it has ended, so check after every frame.
     fn end_if_done(&mut self) {
-        if self.body.is_end_stream()
-            && let Some((conn, upstream)) = self.back.take()
-        {
+        if self.body.is_end_stream() {
+            self.end();
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some((conn, upstream)) = self.back.take() {
             upstream.give_back(conn);
         }
     }
@@ -313,11 +309,7 @@ impl hyper::body::Body for Returning {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let frame = std::task::ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx));
         match &frame {
-            None => {
-                if let Some((conn, upstream)) = self.back.take() {
-                    upstream.give_back(conn);
-                }
-            }
+            None => self.end(),
             Some(Ok(_)) => self.end_if_done(),
             Some(Err(_)) => self.back = None,
         }
@@ -369,15 +361,17 @@ impl HttpHandler for HttpProxy {
         let timeout = self.response_timeout;
         let fail_timeout = self.fail_timeout;
         Box::pin(async move {
-            let authority = Arc::clone(&upstream.authority);
-            let health = Arc::clone(&upstream);
-            match tokio::time::timeout(timeout, upstream.send(req, connect_timeout, idle_timeout)).await {
+            let sent = Arc::clone(&upstream).send(req, connect_timeout, idle_timeout);
+            let authority = &upstream.authority;
+            match tokio::time::timeout(timeout, sent).await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(failure)) => {
                     crate::admin::metrics::upstream_error();
                     let error = match failure {
                         Failure::Connect(e) => {
-                            health.down_until.store(now_millis() + fail_timeout.as_millis() as u64, Ordering::Relaxed);
+                            upstream
+                                .down_until
+                                .store(mono_millis() + fail_timeout.as_millis() as u64, Ordering::Relaxed);
                             format!("connect: {e}")
                         }
                         Failure::Request(e) => e.to_string(),

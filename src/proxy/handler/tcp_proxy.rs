@@ -19,19 +19,11 @@ pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
 
 /// Connects to `upstream` within `timeout`, counting failures.
 pub(super) async fn connect(upstream: &str, timeout: Duration) -> Option<TcpStream> {
-    match tokio::time::timeout(timeout, TcpStream::connect(upstream)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Some(s)
-        }
-        Ok(Err(e)) => {
+    match super::dial(upstream, timeout).await {
+        Ok(s) => Some(s),
+        Err(e) => {
             crate::admin::metrics::upstream_error();
             tracing::warn!(upstream, error = %e, "upstream connect failed");
-            None
-        }
-        Err(_) => {
-            crate::admin::metrics::upstream_error();
-            tracing::warn!(upstream, "upstream connect timed out");
             None
         }
     }
