@@ -70,9 +70,9 @@ fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("."))
 }
 
-/// Writes `files` into a new directory in `.staging/`, everything fsynced.
-fn stage_entry(root: &Path, files: &[StagedFile<'_>]) -> io::Result<PathBuf> {
-    let stage = staging(root)?.join(unique_name("entry"));
+/// Writes `files` into a new directory `.staging/<name>`, everything fsynced.
+fn stage_entry(root: &Path, name: &str, files: &[StagedFile<'_>]) -> io::Result<PathBuf> {
+    let stage = staging(root)?.join(name);
     create_dir(&stage)?;
     for f in files {
         write_synced(&stage.join(f.name), f.bytes, f.mode)?;
@@ -84,7 +84,7 @@ fn stage_entry(root: &Path, files: &[StagedFile<'_>]) -> io::Result<PathBuf> {
 
 /// Creates directory `target` with `files`, all or nothing. Fails if `target` exists.
 pub(crate) fn create_entry(root: &Path, target: &Path, files: &[StagedFile<'_>]) -> io::Result<()> {
-    let stage = stage_entry(root, files)?;
+    let stage = stage_entry(root, &unique_name("entry"), files)?;
     if target.exists() {
         return Err(io::Error::new(io::ErrorKind::AlreadyExists, "already exists"));
     }
@@ -105,14 +105,9 @@ const REPLACE: &str = "replace.";
 /// (Plain renames, unlike `RENAME_EXCHANGE`, are seen by the file watcher.)
 pub(crate) fn replace_entry(root: &Path, target: &Path, files: &[StagedFile<'_>]) -> io::Result<()> {
     let name = target.file_name().and_then(|n| n.to_str()).ok_or_else(|| io::Error::other("bad entry path"))?;
-    let stage = staging(root)?.join(format!("{REPLACE}{name}.{}", unique_name("new")));
-    create_dir(&stage)?;
-    for f in files {
-        write_synced(&stage.join(f.name), f.bytes, f.mode)?;
-    }
-    fsync_dir(&stage)?;
+    let stage = stage_entry(root, &format!("{REPLACE}{name}.{}", unique_name("new")), files)?;
+    // The staged replacement must outlive a crash once the old entry has moved out.
     fsync_dir(parent(&stage))?;
-    failpoint("entry-staged");
     let old = staging(root)?.join(unique_name("deleted"));
     fs::rename(target, &old)?;
     failpoint("entry-moved-out");
