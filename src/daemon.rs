@@ -105,6 +105,8 @@ impl Limit {
 
 /// Binds a listening socket. IPv6 sockets are IPv6-only, so `0.0.0.0:443` and
 /// `[::]:443` can both be listed (Linux would otherwise map IPv4 into the IPv6 socket).
+/// TCP_NODELAY is set here because Linux copies it to every accepted socket, which
+/// saves a `setsockopt` per connection.
 pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -112,6 +114,7 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
@@ -430,4 +433,21 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         tracing::warn!("drain timeout: closing the remaining connections");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_tcp;
+
+    /// The accept path no longer sets TCP_NODELAY itself: it relies on the listener's.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(listener) = bind_tcp(addr.parse().unwrap()) else { continue }; // no IPv6 here
+            let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            assert!(accepted.nodelay().unwrap(), "{addr}: accepted socket without TCP_NODELAY");
+            drop(client);
+        }
+    }
 }

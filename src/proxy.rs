@@ -63,7 +63,6 @@ pub async fn accept_loop(
             snapshot.listeners[index].metrics.refused.increment(1);
             continue; // dropping `tcp` closes it
         };
-        let _ = tcp.set_nodelay(true);
         let shutdown = shutdown.clone();
         let fut = async move {
             let l = &snapshot.listeners[index];
