@@ -1,9 +1,9 @@
 # The test command of README.md. It installs the system packages the tests use as
 # oracles and peers when missing (openssl, curl, python3 for a test backend, testssl.sh,
-# pebble as the ACME server, aiosmtpd as the SMTP server, chromium for the status
-# page, systemd-analyze for the unit file), then runs every test against
-# the real binary, built with the failpoints feature so crash-safety tests can stop it
-# mid-write.
+# pebble as the ACME server, aiosmtpd as the SMTP server, python3-websockets as WebSocket
+# peers, chromium for the status page, systemd-analyze for the unit file), then runs
+# every test against the real binary, built with the failpoints feature so crash-safety
+# tests can stop it mid-write.
 # command:package pairs
 APT_PACKAGES := openssl:openssl curl:curl python3:python3 testssl:testssl.sh pebble:pebble pebble-challtestsrv:pebble \
 	chromium:chromium systemd-analyze:systemd
@@ -20,6 +20,7 @@ lint:
 deps:
 	@missing=""; for cp in $(APT_PACKAGES); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
 	/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing="$$missing python3-aiosmtpd"; \
+	/usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || missing="$$missing python3-websockets"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

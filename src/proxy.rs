@@ -24,7 +24,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -64,17 +64,32 @@ pub async fn accept_loop(
             continue; // dropping `tcp` closes it
         };
         let shutdown = shutdown.clone();
+        let tunnels = tracker.clone();
         let fut = async move {
             let l = &snapshot.listeners[index];
             l.metrics.connections.increment(1);
             l.metrics.active.increment(1.0);
-            connection(&snapshot, index, tcp, peer, shutdown).await;
-            l.metrics.active.decrement(1.0);
-            drop(permit);
+            let guard = ConnGuard { _permit: permit, active: l.metrics.active.clone(), tunnels };
+            connection(&snapshot, index, tcp, peer, guard, shutdown).await;
         };
         // The connection's future is about 14 KB (TLS state, hyper's connection): boxed
         // once here, it is not copied again each time the task changes stage.
         tracker.spawn(Box::pin(fut));
+    }
+}
+
+/// A connection's place under `max_connections` and in the active gauge, held until it
+/// closes. An HTTP/1.1 connection upgraded to a tunnel (WebSocket) hands it on to the
+/// tunnel's task, spawned on `tunnels` so that a drain waits for it too.
+pub struct ConnGuard {
+    _permit: OwnedSemaphorePermit,
+    active: metrics::Gauge,
+    pub tunnels: TaskTracker,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.active.decrement(1.0);
     }
 }
 
@@ -83,6 +98,7 @@ async fn connection(
     index: usize,
     tcp: TcpStream,
     peer: SocketAddr,
+    guard: ConnGuard,
     shutdown: CancellationToken,
 ) {
     let l = &snapshot.listeners[index];
@@ -129,7 +145,7 @@ async fn connection(
         return;
     }
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_http(snapshot, index, tls, h2, conn, shutdown).await;
+    serve_http(snapshot, index, tls, h2, conn, guard, shutdown).await;
 }
 
 /// Reads the ClientHello with `peek` (nothing consumed) and returns its SNI:
@@ -160,6 +176,7 @@ async fn serve_http<I>(
     io: I,
     h2: bool,
     conn: ConnInfo,
+    guard: ConnGuard,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -167,7 +184,7 @@ async fn serve_http<I>(
     let l = &snapshot.listeners[index];
     let snap = Arc::clone(snapshot);
     let peer_ip = http::HeaderValue::from_str(&conn.peer.ip().to_string()).expect("an IP address is a header value");
-    let conn = HttpConn { peer: conn.peer, peer_ip };
+    let conn = HttpConn { peer: conn.peer, peer_ip, guard: Arc::new(guard) };
     let service = service_fn(move |req: Request<Incoming>| {
         let l = &snap.listeners[index];
         let route = request_host(&req).and_then(|h| l.routes.iter().position(|r| r.hosts.iter().any(|p| p.matches(h))));
@@ -219,7 +236,7 @@ async fn serve_http<I>(
             .timer(TokioTimer::new())
             .header_read_timeout(l.config.idle_timeout)
             .max_buf_size(l.config.max_header_bytes.max(8192));
-        drive!(builder.serve_connection(io, service));
+        drive!(builder.serve_connection(io, service).with_upgrades());
     }
 }
 

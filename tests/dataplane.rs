@@ -499,3 +499,107 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{idle_port}"], pool_id
     }
     assert_eq!(established_to(idle_port), 0, "the idle connection was closed");
 }
+
+/// The value of the metric line starting with `prefix` (labels included) on /metrics.
+fn metric(admin: u16, prefix: &str) -> Option<f64> {
+    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    metrics.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+/// WebSocket through http_proxy (HTTP/1.1 Upgrade, RFC 6455), with Debian's
+/// python3-websockets on both ends: echo of text and of 1 MiB binary, the handshake's
+/// headers at the backend, the tunnel counted as an active connection until it closes,
+/// and a tunnel idle for `tunnel_idle_timeout_secs` closed by the proxy.
+#[test]
+fn http_proxy_tunnels_websocket_upgrades() {
+    use std::process::{Command, Stdio};
+    let env = Env::initialised();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/websocket.py");
+    let ws_port = free_port();
+    let _backend = common::Proc(
+        Command::new("/usr/bin/python3")
+            .args([script, "server", &ws_port.to_string()])
+            .stderr(Stdio::null()) // tracebacks of the connections the idle timeout cuts
+            .spawn()
+            .expect("python3-websockets (make test installs it)"),
+    );
+    wait_port(ws_port);
+    let (https, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[listener]]
+name = "public"
+bind = ["127.0.0.1:{https}"]
+
+[[route]]
+hosts = ["ws.example.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{ws_port}"] }}
+
+[[route]]
+hosts = ["idle.example.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{ws_port}"], tunnel_idle_timeout_secs = 1 }}
+"#
+    );
+    let _daemon = env.daemon(&config, &[https, admin]);
+    let active = r#"portcullis_connections_active{listener="public"}"#;
+
+    let mut client = Command::new("/usr/bin/python3")
+        .args([script, "client", &format!("wss://ws.example.test:{https}/chat"), &https.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    let mut headers = String::new();
+    stdout.read_line(&mut headers).unwrap();
+    let mut open = String::new();
+    stdout.read_line(&mut open).unwrap();
+    if open.trim() != "open" {
+        let out = client.wait_with_output().unwrap();
+        panic!("{headers}{open}{}\n{}", String::from_utf8_lossy(&out.stderr), env.daemon_log());
+    }
+    let h: serde_json::Value = serde_json::from_str(&headers).unwrap();
+    assert_eq!(h["upgrade"], "websocket", "{h}");
+    assert_eq!(h["connection"].as_str().map(str::to_ascii_lowercase).as_deref(), Some("upgrade"), "{h}");
+    assert_eq!(h["host"], format!("ws.example.test:{https}"), "{h}");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "https", "{h}");
+    assert!(h["sec-websocket-key"].is_string(), "{h}");
+    assert_eq!(metric(admin, active), Some(1.0), "the open tunnel is an active connection");
+
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = client.wait().unwrap();
+    assert!(status.success() && rest.trim() == "closed", "{rest}\n{}", env.daemon_log());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while metric(admin, active) != Some(0.0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(metric(admin, active), Some(0.0), "the closed tunnel is no longer counted");
+    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    assert!(
+        metrics.lines().any(|l| l.starts_with("portcullis_http_requests_total{")
+            && l.contains(r#"route="route[0]""#)
+            && l.contains(r#"status="1xx""#)
+            && l.ends_with(" 1")),
+        "the 101 counted:\n{metrics}"
+    );
+
+    // No bytes either way for tunnel_idle_timeout_secs = 1: closed by the proxy.
+    let out = Command::new("/usr/bin/python3")
+        .args([script, "idle", &format!("wss://idle.example.test:{https}/"), &https.to_string(), "8"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let secs: f64 = said
+        .trim()
+        .strip_prefix("closed after ")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{said}{}", String::from_utf8_lossy(&out.stderr)));
+    assert!((0.9..4.0).contains(&secs), "closed after {secs} s");
+}

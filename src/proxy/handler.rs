@@ -40,12 +40,14 @@ pub struct ConnInfo {
 }
 
 /// What an HTTP handler knows about the request's connection.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpConn {
     pub peer: SocketAddr,
     /// The peer's IP as a header value, made once per HTTP connection (X-Forwarded-For)
     /// rather than per request; stream connections never need it.
     pub peer_ip: http::HeaderValue,
+    /// The connection's guard, for a handler that turns it into a tunnel (an upgrade).
+    pub guard: Arc<super::ConnGuard>,
 }
 
 /// Answers HTTP requests (HTTP/1.1 and HTTP/2 after TLS).

@@ -34,6 +34,9 @@ struct Options {
     fail_timeout_secs: u64,
     #[serde(default = "ninety")]
     pool_idle_timeout_secs: u64,
+    /// An upgraded connection (WebSocket) with no bytes either way for this long closes.
+    #[serde(default = "hour")]
+    tunnel_idle_timeout_secs: u64,
 }
 
 fn five() -> u64 {
@@ -47,6 +50,9 @@ fn sixty() -> u64 {
 }
 fn ninety() -> u64 {
     90
+}
+fn hour() -> u64 {
+    3600
 }
 
 struct Upstream {
@@ -92,6 +98,7 @@ struct HttpProxy {
     response_timeout: Duration,
     fail_timeout: Duration,
     idle_timeout: Duration,
+    tunnel_idle_timeout: Duration,
 }
 
 pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
@@ -111,6 +118,7 @@ pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
         response_timeout: Duration::from_secs(o.response_timeout_secs.max(1)),
         fail_timeout: Duration::from_secs(o.fail_timeout_secs),
         idle_timeout: Duration::from_secs(o.pool_idle_timeout_secs.max(1)),
+        tunnel_idle_timeout: Duration::from_secs(o.tunnel_idle_timeout_secs.max(1)),
     })))
 }
 
@@ -134,9 +142,10 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers and those the Connection header names. Most messages
 /// have none: one pass over the names decides, and nothing is hashed or allocated.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Returns the Upgrade header's value if Connection listed `upgrade` (RFC 9110 §7.8).
+fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
+        return None;
     }
     let listed: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
@@ -145,12 +154,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
+    let upgrade = match listed.contains(&hyper::header::UPGRADE) {
+        true => headers.get(hyper::header::UPGRADE).cloned(),
+        false => None,
+    };
     for name in listed {
         headers.remove(name);
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+    upgrade
+}
+
+/// Puts back the two headers of an upgrade that `strip_hop_by_hop` removed.
+fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(hyper::header::UPGRADE, protocol);
 }
 
 impl HttpProxy {
@@ -220,6 +240,8 @@ impl Upstream {
         let idle_since = Arc::new(AtomicU64::new(0));
         let watch = Arc::clone(&idle_since);
         tokio::spawn(async move {
+            // Upgrades: after a 101 the socket goes to the response's `OnUpgrade`.
+            let conn = conn.with_upgrades();
             tokio::pin!(conn);
             loop {
                 tokio::select! {
@@ -244,7 +266,7 @@ impl Upstream {
         mut req: Request<Incoming>,
         connect_timeout: Duration,
         idle_timeout: Duration,
-    ) -> Result<Response<Body>, Failure> {
+    ) -> Result<(Response<Incoming>, Conn), Failure> {
         loop {
             let (mut conn, fresh) = match self.take_idle(idle_timeout) {
                 Some(c) => (c, false),
@@ -259,7 +281,7 @@ impl Upstream {
                 continue;
             }
             match conn.sender.try_send_request(req).await {
-                Ok(resp) => return Ok(Returning::wrap(resp, conn, self)),
+                Ok(resp) => return Ok((resp, conn)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !fresh => req = unsent,
                     _ => return Err(Failure::Request(e.into_error())),
@@ -337,9 +359,11 @@ impl HttpHandler for HttpProxy {
         // Origin form (RFC 9112 §3.2.1): the upstream learns the host from Host.
         let path = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(path);
+        // Only HTTP/1.1 upgrades (RFC 9110 §7.8: ignored in HTTP/1.0; HTTP/2 has none).
+        let can_upgrade = req.version() == Version::HTTP_11;
         *req.version_mut() = Version::HTTP_11;
         let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
+        let upgrade = strip_hop_by_hop(headers).filter(|_| can_upgrade);
         let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", conn.peer.ip())).ok(),
             None => Some(conn.peer_ip),
@@ -357,6 +381,11 @@ impl HttpHandler for HttpProxy {
                 headers.insert(hyper::header::HOST, upstream.host.clone());
             }
         }
+        // The client's side of an upgrade, taken before the request goes upstream.
+        let client_side = upgrade.map(|protocol| {
+            set_upgrade(req.headers_mut(), protocol);
+            (hyper::upgrade::on(&mut req), conn.guard, self.tunnel_idle_timeout)
+        });
         let (connect_timeout, idle_timeout) = (self.connect_timeout, self.idle_timeout);
         let timeout = self.response_timeout;
         let fail_timeout = self.fail_timeout;
@@ -364,7 +393,16 @@ impl HttpHandler for HttpProxy {
             let sent = Arc::clone(&upstream).send(req, connect_timeout, idle_timeout);
             let authority = &upstream.authority;
             match tokio::time::timeout(timeout, sent).await {
-                Ok(Ok(resp)) => resp,
+                Ok(Ok((resp, conn))) => match client_side {
+                    Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => tunnel(resp, client),
+                    _ if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        // Not asked for: the connection is no longer HTTP, so not pooled.
+                        crate::admin::metrics::upstream_error();
+                        tracing::warn!(upstream = %authority, "upstream switched protocols unasked");
+                        super::text(StatusCode::BAD_GATEWAY, format!("502 Bad Gateway: upstream {authority} failed\n"))
+                    }
+                    _ => Returning::wrap(resp, conn, upstream),
+                },
                 Ok(Err(failure)) => {
                     crate::admin::metrics::upstream_error();
                     let error = match failure {
@@ -389,5 +427,93 @@ impl HttpHandler for HttpProxy {
                 }
             }
         })
+    }
+}
+
+/// Answers an upgrade the upstream accepted (101) and starts the tunnel: once hyper has
+/// sent the 101 and handed over both sockets, bytes are copied both ways until either
+/// side closes or none pass for the idle timeout. The tunnel keeps the client
+/// connection's guard (max_connections, the active gauge, the drain).
+fn tunnel(
+    mut resp: Response<Incoming>,
+    (client, guard, idle_timeout): (hyper::upgrade::OnUpgrade, Arc<crate::proxy::ConnGuard>, Duration),
+) -> Response<Body> {
+    let upstream = hyper::upgrade::on(&mut resp);
+    let (mut parts, _) = resp.into_parts();
+    if let Some(protocol) = strip_hop_by_hop(&mut parts.headers) {
+        set_upgrade(&mut parts.headers, protocol);
+    }
+    let tunnels = guard.tunnels.clone();
+    tunnels.spawn(async move {
+        let _guard = guard;
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade not completed");
+                return;
+            }
+        };
+        let last = AtomicU64::new(mono_millis());
+        let mut client = Active { io: TokioIo::new(client), last: &last };
+        let mut upstream = Active { io: TokioIo::new(upstream), last: &last };
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        loop {
+            tokio::select! {
+                _ = copy.as_mut() => return,
+                () = tokio::time::sleep(idle_timeout) => {
+                    if mono_millis().saturating_sub(last.load(Ordering::Relaxed)) >= idle_timeout.as_millis() as u64 {
+                        tracing::debug!("tunnel idle timeout");
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Response::from_parts(parts, super::full(bytes::Bytes::new()))
+}
+
+/// A tunnel's socket that notes when bytes last arrived (on either side: they share `last`).
+struct Active<'a, T> {
+    io: T,
+    last: &'a AtomicU64,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Active<'_, T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.last.store(mono_millis(), Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Active<'_, T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
