@@ -385,7 +385,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     // File changes and a periodic rescan (for file systems that miss events) reload
     // the same way as SIGHUP.
     let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
-    let _watch = match crate::watch::start(&store_dir, inputs.config_path.as_deref(), changed_tx) {
+    let mut watch = match crate::watch::start(&store_dir, inputs.config_path.as_deref(), changed_tx) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "file watching unavailable; reloading on SIGHUP and every 60 s only");
@@ -413,6 +413,9 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         generation += 1;
         // systemd waits for READY=1 after RELOADING=1 (`systemctl reload` returns then).
         crate::notify::reloading();
+        if let Some(w) = watch.as_mut() {
+            w.refresh(); // a conf.d/ created since
+        }
         let reloaded = reload(&inputs, &shared, &cache, &cell, &reloads, generation, why).await;
         crate::notify::ready(&format!("snapshot generation {generation}"));
         if let Some(config) = reloaded {

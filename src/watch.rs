@@ -11,7 +11,29 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// Keeps the watches alive; dropping it stops them.
 pub struct Watch {
-    _debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+    debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
+    /// The config's `conf.d/` and the inode watched there (`None`: not watched, e.g. it
+    /// did not exist yet): [`Watch::refresh`] adds the watch when it appears.
+    fragments: Option<(PathBuf, Option<u64>)>,
+}
+
+impl Watch {
+    /// Watches `conf.d/` if it appeared or was replaced since the last call: the
+    /// config directory's watch reports its creation, and the daemon calls this after
+    /// each reload, so fragments written into a new `conf.d/` apply at once too.
+    pub fn refresh(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let Some((dir, watched)) = &mut self.fragments else { return };
+        let now = std::fs::metadata(&*dir).ok().filter(std::fs::Metadata::is_dir).map(|m| m.ino());
+        if now.is_some() && now != *watched {
+            match self.debouncer.watch(&*dir, RecursiveMode::NonRecursive) {
+                Ok(()) => *watched = now,
+                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch"),
+            }
+        } else if now.is_none() {
+            *watched = None;
+        }
+    }
 }
 
 /// A deletion moves the entry into `.staging/deleted-*` and removes it there; the
@@ -33,9 +55,11 @@ fn relevant(path: &Path, config: Option<&Path>, store: &Path) -> bool {
         return !internal;
     }
     config.is_some_and(|c| {
+        let fragments = crate::config::fragment_dir(c);
+        // conf.d/ itself: created (or removed) after start.
         path == c
-            || (path.parent() == Some(crate::config::fragment_dir(c).as_path())
-                && path.extension().is_some_and(|x| x == "toml"))
+            || path == fragments
+            || (path.parent() == Some(fragments.as_path()) && path.extension().is_some_and(|x| x == "toml"))
     })
 }
 
@@ -56,7 +80,7 @@ pub fn start_jobs(incoming: &Path, tx: UnboundedSender<()>) -> Result<Watch, Str
     })
     .map_err(|e| format!("cannot watch: {e}"))?;
     debouncer.watch(incoming, RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", incoming.display()))?;
-    Ok(Watch { _debouncer: debouncer })
+    Ok(Watch { debouncer, fragments: None })
 }
 
 /// Starts watching; each relevant batch of events sends one `()` on `tx`.
@@ -81,14 +105,14 @@ pub fn start(store: &Path, config: Option<&Path>, tx: UnboundedSender<()>) -> Re
     })
     .map_err(|e| format!("cannot watch: {e}"))?;
     debouncer.watch(&store_abs, RecursiveMode::Recursive).map_err(|e| format!("{}: {e}", store_abs.display()))?;
-    if let Some(main) = config_abs.as_deref() {
-        // Directories, not files: editors replace a file by renaming another over it.
-        let dirs = [main.parent().map(Path::to_owned), Some(crate::config::fragment_dir(main))];
-        for dir in dirs.into_iter().flatten().filter(|d| d.is_dir()) {
-            debouncer.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
+    // Directories, not files: editors replace a file by renaming another over it.
+    if let Some(dir) = config_abs.as_deref().and_then(Path::parent).filter(|d| d.is_dir()) {
+        debouncer.watch(dir, RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    Ok(Watch { _debouncer: debouncer })
+    let mut watch =
+        Watch { debouncer, fragments: config_abs.as_deref().map(|c| (crate::config::fragment_dir(c), None)) };
+    watch.refresh();
+    Ok(watch)
 }
 
 #[cfg(test)]
@@ -107,5 +131,6 @@ mod tests {
         assert!(!relevant(Path::new("/etc/p/other.toml"), cfg, store));
         assert!(relevant(Path::new("/etc/p/conf.d/10-site.toml"), cfg, store));
         assert!(!relevant(Path::new("/etc/p/conf.d/README"), cfg, store));
+        assert!(relevant(Path::new("/etc/p/conf.d"), cfg, store));
     }
 }

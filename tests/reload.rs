@@ -294,3 +294,37 @@ fn a_deleted_certificate_leaves_the_metrics_at_once() {
         within(3, &format!("re-created certificate in /metrics (round {round})"), &env, || metrics().contains(series));
     }
 }
+
+/// conf.d/ fragments apply without restart, also when conf.d/ is created after the
+/// daemon started or removed and created again (well before the 60 s rescan).
+#[test]
+fn conf_d_fragments_apply_without_restart_even_when_created_later() {
+    let env = Env::initialised();
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{port}\"]\n[[route]]\nhosts = [\"a.example.test\"]\nhandler = {{ type = \"static\", body = \"a\" }}\n"
+    );
+    let _daemon = env.daemon(&config, &[port, admin]);
+    let get = |host: &str| curl(&["-k", "-H", &format!("Host: {host}"), &format!("https://127.0.0.1:{port}/")]).1;
+    let fragment = |body: &str| {
+        format!(
+            "[[route]]\nlistener = \"public\"\nhosts = [\"b.example.test\"]\nhandler = {{ type = \"static\", body = \"{body}\" }}\n"
+        )
+    };
+    assert_eq!(get("a.example.test"), "a");
+    assert!(get("b.example.test").contains("421"));
+    let dir = env.path("conf.d");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("10-b.toml"), fragment("b1")).unwrap();
+    within(5, "fragment in a new conf.d", &env, || get("b.example.test") == "b1");
+    std::fs::write(dir.join("10-b.toml"), fragment("b2")).unwrap();
+    within(5, "fragment changed", &env, || get("b.example.test") == "b2");
+    std::fs::remove_dir_all(&dir).unwrap();
+    within(5, "conf.d removed", &env, || get("b.example.test").contains("421"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("10-b.toml"), fragment("b3")).unwrap();
+    within(5, "fragment in a conf.d created again", &env, || get("b.example.test") == "b3");
+    std::fs::write(dir.join("10-b.toml"), fragment("b4")).unwrap();
+    within(5, "fragment changed in the new conf.d", &env, || get("b.example.test") == "b4");
+    assert_eq!(get("a.example.test"), "a");
+}
