@@ -140,29 +140,45 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     hyper::header::TRANSFER_ENCODING,
 ];
 
-/// Removes hop-by-hop headers and those the Connection header names. Most messages
-/// have none: one pass over the names decides, and nothing is hashed or allocated.
+/// Removes hop-by-hop headers and those the Connection header names. Most requests
+/// have none, and most responses only `Connection: keep-alive`: one pass over the names
+/// finds which are present, only those are removed, and nothing is allocated unless
+/// Connection names a header outside the fixed list.
 /// Returns the Upgrade header's value if Connection listed `upgrade` (RFC 9110 §7.8).
 fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    let mut present = 0u16; // bit i: HOP_BY_HOP[i]
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return None;
     }
-    let listed: Vec<HeaderName> = headers
+    let mut upgrade = None;
+    let mut listed = Vec::new();
+    for token in headers
         .get_all(hyper::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    let upgrade = match listed.contains(&hyper::header::UPGRADE) {
-        true => headers.get(hyper::header::UPGRADE).cloned(),
-        false => None,
-    };
+        .map(str::trim)
+    {
+        if token.eq_ignore_ascii_case("upgrade") {
+            upgrade = headers.get(hyper::header::UPGRADE).cloned();
+        } else if !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token))
+            && let Some(name) = headers.keys().find(|k| k.as_str().eq_ignore_ascii_case(token))
+        {
+            listed.push(name.clone());
+        }
+    }
     for name in listed {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     upgrade
 }
@@ -515,5 +531,62 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Active<'_, T> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    fn names(m: &HeaderMap) -> Vec<&str> {
+        let mut v: Vec<&str> = m.keys().map(HeaderName::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_the_rest_kept() {
+        let mut m = map(&[("host", "a"), ("accept", "*/*")]);
+        assert_eq!(strip_hop_by_hop(&mut m), None);
+        assert_eq!(names(&m), ["accept", "host"]);
+
+        let mut m = map(&[("content-length", "5"), ("connection", "keep-alive"), ("keep-alive", "timeout=5")]);
+        assert_eq!(strip_hop_by_hop(&mut m), None);
+        assert_eq!(names(&m), ["content-length"]);
+
+        // Names listed in Connection (any case, over several lines) go too; absent ones
+        // and the fixed list need no second mention.
+        let mut m = map(&[
+            ("connection", "close, X-Private"),
+            ("connection", " x-other ,te"),
+            ("x-private", "1"),
+            ("X-Other", "2"),
+            ("x-kept", "3"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic eA=="),
+            ("trailer", "x-sum"),
+        ]);
+        assert_eq!(strip_hop_by_hop(&mut m), None);
+        assert_eq!(names(&m), ["x-kept"]);
+    }
+
+    #[test]
+    fn an_upgrade_is_reported_only_when_connection_lists_it() {
+        let mut m = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        assert_eq!(strip_hop_by_hop(&mut m), Some(HeaderValue::from_static("websocket")));
+        assert_eq!(names(&m), ["sec-websocket-key"]);
+
+        let mut m = map(&[("connection", "keep-alive"), ("upgrade", "websocket")]);
+        assert_eq!(strip_hop_by_hop(&mut m), None);
+        assert!(m.is_empty());
     }
 }
