@@ -4,9 +4,11 @@
 # http_proxy to tests/support/backend.py. Per request: (Ir(N) - Ir(1)) / (N - 1).
 # MODE=close: each request on a new TLS connection instead (curl resumes the TLS 1.3
 # session, so this is a resumed handshake + one proxied request per connection).
+# MODE=full: the same without resumption (a full handshake per connection).
 #   cargo build --release --bin portcullis
 #   loadtest/callgrind.sh 1; loadtest/callgrind.sh 5001
 #   MODE=close loadtest/callgrind.sh 1; MODE=close loadtest/callgrind.sh 1001
+#   MODE=full loadtest/callgrind.sh 1; MODE=full loadtest/callgrind.sh 501
 # Prints the total and the work directory (cg.out for callgrind_annotate).
 # Needs valgrind, curl, python3; ports 18601-18603 on loopback.
 set -euo pipefail
@@ -30,6 +32,8 @@ valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" $BIN --config "$W/p.t
 for i in $(seq 1 300); do curl -sk -o /dev/null https://127.0.0.1:18603/ && break; sleep 0.2; done
 if [[ ${MODE:-keepalive} == close ]]; then
     curl --http1.1 -sk -o /dev/null -H "Connection: close" "https://127.0.0.1:18603/x?[1-$N]"
+elif [[ $MODE == full ]]; then
+    curl --http1.1 -sk -o /dev/null --no-sessionid -H "Connection: close" "https://127.0.0.1:18603/x?[1-$N]"
 else
     curl --http1.1 -sk -o /dev/null "https://127.0.0.1:18603/x?[1-$N]"
 fi

@@ -237,7 +237,7 @@ pub fn build_cached(
         }
     }
 
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(provider());
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
         let mut builder = CertMapBuilder::new(l.no_sni, l.unknown_sni);
@@ -291,7 +291,7 @@ pub fn build_cached(
         if has_http {
             tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
-        // Our suite order (AEAD, strongest first) rather than the client's.
+        // Our suite order (see `provider`) rather than the client's.
         tls.ignore_client_order = true;
         tls.ticketer = Arc::clone(&shared.ticketer);
         tls.session_storage = Arc::clone(&shared.sessions);
@@ -335,4 +335,28 @@ pub fn build_cached(
     certificates.sort_by(|a, b| a.id.cmp(&b.id));
     let acme_policy = crate::acme::Policy::of(config.acme.as_ref());
     Ok(Snapshot { listeners, certificates, problems, acme_policy })
+}
+
+/// aws-lc-rs with the cipher suites in Mozilla's recommended server order ("intermediate",
+/// v5.7): AES-128-GCM first in TLS 1.3 (TLS_AES_128_GCM_SHA256, TLS_AES_256_GCM_SHA384,
+/// TLS_CHACHA20_POLY1305_SHA256) and in TLS 1.2 (ECDSA before RSA, then AES-256-GCM, then
+/// ChaCha20). rustls's default puts AES-256-GCM-SHA384 first; with SHA-384 the TLS 1.3
+/// key schedule alone costs about as much as the X25519 exchange (docs/PERFORMANCE.md),
+/// for no security a 128-bit suite lacks here.
+pub fn provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::aws_lc_rs::cipher_suite::*;
+    rustls::crypto::CryptoProvider {
+        cipher_suites: vec![
+            TLS13_AES_128_GCM_SHA256,
+            TLS13_AES_256_GCM_SHA384,
+            TLS13_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    }
 }

@@ -124,6 +124,17 @@ handler = {{ type = "static", body = "public" }}
         let (_, out, _) = openssl(&["s_client", "-connect", &connect, v, "-servername", "www.example.test"], Some(""));
         assert!(out.contains("Cipher is") && !out.contains("Cipher is (NONE)"), "{v}: {out}");
     }
+    // The server's suite order (Mozilla's: AES-128-GCM first) wins over OpenSSL's, which
+    // offers AES-256-GCM first; a client offering only AES-256-GCM still gets it.
+    let suite = |extra: &[&str]| {
+        let mut args = vec!["s_client", "-connect", &connect, "-servername", "www.example.test"];
+        args.extend_from_slice(extra);
+        let (_, out, _) = openssl(&args, Some(""));
+        out.lines().find_map(|l| l.split("Cipher is ").nth(1).map(str::to_owned)).unwrap_or(out)
+    };
+    assert_eq!(suite(&["-tls1_3"]), "TLS_AES_128_GCM_SHA256");
+    assert_eq!(suite(&["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"]), "TLS_AES_256_GCM_SHA384");
+    assert_eq!(suite(&["-tls1_2"]), "ECDHE-ECDSA-AES128-GCM-SHA256");
 
     // Metrics count what happened.
     let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
