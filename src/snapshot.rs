@@ -289,7 +289,9 @@ pub fn build_cached(
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(resolver));
         if has_http {
-            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            // http/1.0 too, as nginx does: a client that offers only it (curl --http1.0)
+            // would otherwise get a fatal no_application_protocol alert (RFC 7301 §3.2).
+            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
         }
         // Our suite order (see `provider`) rather than the client's.
         tls.ignore_client_order = true;

@@ -12,26 +12,20 @@ use tokio::sync::mpsc::UnboundedSender;
 /// Keeps the watches alive; dropping it stops them.
 pub struct Watch {
     debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
-    /// The config's `conf.d/` and the inode watched there (`None`: not watched, e.g. it
-    /// did not exist yet): [`Watch::refresh`] adds the watch when it appears.
-    fragments: Option<(PathBuf, Option<u64>)>,
+    /// The config's `conf.d/`, watched by [`Watch::refresh`] whenever it exists.
+    fragments: Option<PathBuf>,
 }
 
 impl Watch {
-    /// Watches `conf.d/` if it appeared or was replaced since the last call: the
-    /// config directory's watch reports its creation, and the daemon calls this after
-    /// each reload, so fragments written into a new `conf.d/` apply at once too.
+    /// Watches `conf.d/` if it exists: the config directory's watch reports its creation,
+    /// and the daemon calls this before each reload, so fragments written into a new (or
+    /// removed and recreated) `conf.d/` apply at once too. Watching a watched directory
+    /// again is harmless (inotify adds to the same watch), so nothing is tracked here:
+    /// a recreated directory may even get its old inode number back.
     pub fn refresh(&mut self) {
-        use std::os::unix::fs::MetadataExt;
-        let Some((dir, watched)) = &mut self.fragments else { return };
-        let now = std::fs::metadata(&*dir).ok().filter(std::fs::Metadata::is_dir).map(|m| m.ino());
-        if now.is_some() && now != *watched {
-            match self.debouncer.watch(&*dir, RecursiveMode::NonRecursive) {
-                Ok(()) => *watched = now,
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot watch"),
-            }
-        } else if now.is_none() {
-            *watched = None;
+        let Some(dir) = self.fragments.as_deref().filter(|d| d.is_dir()) else { return };
+        if let Err(e) = self.debouncer.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch");
         }
     }
 }
@@ -109,8 +103,7 @@ pub fn start(store: &Path, config: Option<&Path>, tx: UnboundedSender<()>) -> Re
     if let Some(dir) = config_abs.as_deref().and_then(Path::parent).filter(|d| d.is_dir()) {
         debouncer.watch(dir, RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let mut watch =
-        Watch { debouncer, fragments: config_abs.as_deref().map(|c| (crate::config::fragment_dir(c), None)) };
+    let mut watch = Watch { debouncer, fragments: config_abs.as_deref().map(crate::config::fragment_dir) };
     watch.refresh();
     Ok(watch)
 }

@@ -535,6 +535,22 @@ fn http_proxy_tunnels_websocket_upgrades() {
             .expect("python3-websockets (make test installs it)"),
     );
     wait_port(ws_port);
+    let (_http_backend, http_port) = env.backend();
+    // A backend that switches every request to protocol "foo", asked for or not.
+    let switching = TcpListener::bind("127.0.0.1:0").unwrap();
+    let switching_port = switching.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in switching.incoming().take(2) {
+            let mut s = stream.unwrap();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n");
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    });
     let (https, admin) = (free_port(), free_port());
     let config = format!(
         r#"
@@ -544,6 +560,14 @@ listen = "127.0.0.1:{admin}"
 [[listener]]
 name = "public"
 bind = ["127.0.0.1:{https}"]
+
+[[route]]
+hosts = ["plain.example.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{http_port}"] }}
+
+[[route]]
+hosts = ["switching.example.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{switching_port}"] }}
 
 [[route]]
 hosts = ["ws.example.test"]
@@ -556,6 +580,40 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{ws_port}"], tunnel_id
     );
     let _daemon = env.daemon(&config, &[https, admin]);
     let active = r#"portcullis_connections_active{listener="public"}"#;
+
+    // What reaches an HTTP backend (tests/support/backend.py, which ignores upgrades):
+    // a WebSocket upgrade is forwarded and its 200 answer passed on; h2c, HTTP/1.0 and a
+    // request with a body are not upgrades, so Upgrade and Connection are dropped.
+    let resolve = format!("plain.example.test:{https}:127.0.0.1");
+    let url = format!("https://plain.example.test:{https}/u");
+    let seen = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["-k", "--http1.1", "--resolve", &resolve, "-H", "Connection: Upgrade"];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let (ok, out) = curl(&args);
+        assert!(ok, "{extra:?}: {out}\n{}", env.daemon_log());
+        serde_json::from_str::<serde_json::Value>(&out).unwrap_or_else(|e| panic!("{extra:?}: {e}: {out}"))["headers"]
+            .clone()
+    };
+    let h = seen(&["-H", "Upgrade: websocket"]);
+    assert_eq!((h["upgrade"].as_str(), h["connection"].as_str()), (Some("websocket"), Some("upgrade")), "{h}");
+    for extra in [
+        &["-H", "Upgrade: h2c"][..],
+        &["-H", "Upgrade: websocket", "--http1.0"],
+        &["-H", "Upgrade: websocket", "--data", "body"],
+    ] {
+        let h = seen(extra);
+        assert!(h.get("upgrade").is_none() && h["connection"] != "upgrade", "{extra:?}: {h}");
+    }
+    // A 101 to a protocol nobody asked for is a 502, with or without an upgrade asked.
+    let resolve = format!("switching.example.test:{https}:127.0.0.1");
+    let url = format!("https://switching.example.test:{https}/s");
+    for extra in [&[][..], &["-H", "Connection: Upgrade", "-H", "Upgrade: websocket"]] {
+        let mut args = vec!["-k", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "--resolve", &resolve];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        assert_eq!(curl(&args).1, "502", "{extra:?}\n{}", env.daemon_log());
+    }
 
     let mut client = Command::new("/usr/bin/python3")
         .args([script, "client", &format!("wss://ws.example.test:{https}/chat"), &https.to_string()])
@@ -595,7 +653,7 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{ws_port}"], tunnel_id
     let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
     assert!(
         metrics.lines().any(|l| l.starts_with("portcullis_http_requests_total{")
-            && l.contains(r#"route="route[0]""#)
+            && l.contains(r#"route="route[2]""#) // ws.example.test
             && l.contains(r#"status="1xx""#)
             && l.ends_with(" 1")),
         "the 101 counted:\n{metrics}"

@@ -326,5 +326,12 @@ fn conf_d_fragments_apply_without_restart_even_when_created_later() {
     within(5, "fragment in a conf.d created again", &env, || get("b.example.test") == "b3");
     std::fs::write(dir.join("10-b.toml"), fragment("b4")).unwrap();
     within(5, "fragment changed in the new conf.d", &env, || get("b.example.test") == "b4");
+    // Removed and recreated at once (one debounced batch; the inode may be reused).
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("10-b.toml"), fragment("b5")).unwrap();
+    within(5, "fragment in a conf.d recreated at once", &env, || get("b.example.test") == "b5");
+    std::fs::write(dir.join("10-b.toml"), fragment("b6")).unwrap();
+    within(5, "fragment changed after that", &env, || get("b.example.test") == "b6");
     assert_eq!(get("a.example.test"), "a");
 }

@@ -375,11 +375,14 @@ impl HttpHandler for HttpProxy {
         // Origin form (RFC 9112 §3.2.1): the upstream learns the host from Host.
         let path = req.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(path);
-        // Only HTTP/1.1 upgrades (RFC 9110 §7.8: ignored in HTTP/1.0; HTTP/2 has none).
-        let can_upgrade = req.version() == Version::HTTP_11;
+        // Only HTTP/1.1 upgrades (RFC 9110 §7.8: ignored in HTTP/1.0; HTTP/2 has none),
+        // only without a request body (the sockets change hands once it has been read),
+        // and never to h2c (a cleartext HTTP/2 tunnel past this proxy's request handling).
+        let can_upgrade = req.version() == Version::HTTP_11 && req.body().is_end_stream();
         *req.version_mut() = Version::HTTP_11;
         let headers = req.headers_mut();
-        let upgrade = strip_hop_by_hop(headers).filter(|_| can_upgrade);
+        let upgrade =
+            strip_hop_by_hop(headers).filter(|p| can_upgrade && !protocols(p).any(|t| t.eq_ignore_ascii_case("h2c")));
         let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", conn.peer.ip())).ok(),
             None => Some(conn.peer_ip),
@@ -399,8 +402,13 @@ impl HttpHandler for HttpProxy {
         }
         // The client's side of an upgrade, taken before the request goes upstream.
         let client_side = upgrade.map(|protocol| {
-            set_upgrade(req.headers_mut(), protocol);
-            (hyper::upgrade::on(&mut req), conn.guard, self.tunnel_idle_timeout)
+            set_upgrade(req.headers_mut(), protocol.clone());
+            Upgrade {
+                client: hyper::upgrade::on(&mut req),
+                asked: protocol,
+                guard: conn.guard,
+                idle_timeout: self.tunnel_idle_timeout,
+            }
         });
         let (connect_timeout, idle_timeout) = (self.connect_timeout, self.idle_timeout);
         let timeout = self.response_timeout;
@@ -409,16 +417,28 @@ impl HttpHandler for HttpProxy {
             let sent = Arc::clone(&upstream).send(req, connect_timeout, idle_timeout);
             let authority = &upstream.authority;
             match tokio::time::timeout(timeout, sent).await {
-                Ok(Ok((resp, conn))) => match client_side {
-                    Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => tunnel(resp, client),
-                    _ if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                        // Not asked for: the connection is no longer HTTP, so not pooled.
-                        crate::admin::metrics::upstream_error();
-                        tracing::warn!(upstream = %authority, "upstream switched protocols unasked");
-                        super::text(StatusCode::BAD_GATEWAY, format!("502 Bad Gateway: upstream {authority} failed\n"))
+                Ok(Ok((resp, _))) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    // The connection is no longer HTTP: never pooled again.
+                    let switched = resp.headers().get(hyper::header::UPGRADE);
+                    match client_side {
+                        Some(up)
+                            if switched.is_some_and(|p| {
+                                protocols(p).all(|t| protocols(&up.asked).any(|a| a.eq_ignore_ascii_case(t)))
+                            }) =>
+                        {
+                            tunnel(resp, up)
+                        }
+                        _ => {
+                            crate::admin::metrics::upstream_error();
+                            tracing::warn!(upstream = %authority, switched = ?switched, "upstream switched to a protocol not asked for");
+                            super::text(
+                                StatusCode::BAD_GATEWAY,
+                                format!("502 Bad Gateway: upstream {authority} failed\n"),
+                            )
+                        }
                     }
-                    _ => Returning::wrap(resp, conn, upstream),
-                },
+                }
+                Ok(Ok((resp, conn))) => Returning::wrap(resp, conn, upstream),
                 Ok(Err(failure)) => {
                     crate::admin::metrics::upstream_error();
                     let error = match failure {
@@ -446,19 +466,32 @@ impl HttpHandler for HttpProxy {
     }
 }
 
-/// Answers an upgrade the upstream accepted (101) and starts the tunnel: once hyper has
-/// sent the 101 and handed over both sockets, bytes are copied both ways until either
-/// side closes or none pass for the idle timeout. The tunnel keeps the client
-/// connection's guard (max_connections, the active gauge, the drain).
-fn tunnel(
-    mut resp: Response<Incoming>,
-    (client, guard, idle_timeout): (hyper::upgrade::OnUpgrade, Arc<crate::proxy::ConnGuard>, Duration),
-) -> Response<Body> {
+/// An upgrade the client asked for, waiting for the upstream's answer.
+struct Upgrade {
+    client: hyper::upgrade::OnUpgrade,
+    /// The Upgrade header sent upstream.
+    asked: HeaderValue,
+    guard: Arc<crate::proxy::ConnGuard>,
+    idle_timeout: Duration,
+}
+
+/// The protocols an Upgrade header lists (`websocket`, `h2c`, `foo/2`).
+fn protocols(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value.to_str().unwrap_or_default().split(',').map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// Answers an upgrade the upstream accepted (101, to a protocol the client asked for) and
+/// starts the tunnel: once hyper has sent the 101 and handed over both sockets, bytes are
+/// copied both ways until either side closes or none pass for the idle timeout. The
+/// tunnel keeps the client connection's guard (max_connections, the active gauge, the
+/// drain).
+fn tunnel(mut resp: Response<Incoming>, up: Upgrade) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
-    if let Some(protocol) = strip_hop_by_hop(&mut parts.headers) {
-        set_upgrade(&mut parts.headers, protocol);
-    }
+    let switched = parts.headers.get(hyper::header::UPGRADE).cloned().unwrap_or(up.asked);
+    strip_hop_by_hop(&mut parts.headers);
+    set_upgrade(&mut parts.headers, switched);
+    let (client, guard, idle_timeout) = (up.client, up.guard, up.idle_timeout);
     let tunnels = guard.tunnels.clone();
     tunnels.spawn(async move {
         let _guard = guard;
@@ -474,15 +507,17 @@ fn tunnel(
         let mut upstream = Active { io: TokioIo::new(upstream), last: &last };
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         tokio::pin!(copy);
+        let timeout = idle_timeout.as_millis() as u64;
         loop {
+            // Sleeps until the idle timeout of the last bytes seen, not a whole timeout more.
+            let idle = mono_millis().saturating_sub(last.load(Ordering::Relaxed));
+            if idle >= timeout {
+                tracing::debug!("tunnel idle timeout");
+                return;
+            }
             tokio::select! {
                 _ = copy.as_mut() => return,
-                () = tokio::time::sleep(idle_timeout) => {
-                    if mono_millis().saturating_sub(last.load(Ordering::Relaxed)) >= idle_timeout.as_millis() as u64 {
-                        tracing::debug!("tunnel idle timeout");
-                        return;
-                    }
-                }
+                () = tokio::time::sleep(Duration::from_millis(timeout - idle)) => {}
             }
         }
     });
