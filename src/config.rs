@@ -63,6 +63,7 @@ mod file {
     #[serde(deny_unknown_fields)]
     pub(super) struct Http {
         pub listen: Vec<String>,
+        pub redirect_port: Option<u16>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -356,6 +357,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Plain-HTTP listeners that redirect to https.
     pub http_listen: Vec<SocketAddr>,
+    /// The port of the https URL they redirect to (443: none in the URL).
+    pub redirect_port: u16,
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
     pub acme: Option<Acme>,
@@ -381,6 +384,7 @@ impl Config {
             worker_threads: 0,
             drain_timeout: Duration::from_secs(30),
             http_listen: Vec::new(),
+            redirect_port: 443,
             listeners: vec![Listener::new("default", vec![DEFAULT_LISTEN.parse().expect("valid default")])],
             routes: vec![Route {
                 listener: "default".into(),
@@ -452,6 +456,11 @@ impl Config {
                 .iter()
                 .map(|a| a.parse().map_err(|_| invalid("http.listen".into(), format!("{a:?} is not an address:port"))))
                 .collect::<Result<_, _>>()?;
+            config.redirect_port = match http.redirect_port {
+                Some(0) => return Err(invalid("http.redirect_port".into(), "must be a port, 1 to 65535".into())),
+                Some(port) => port,
+                None => 443,
+            };
         }
         if let Some(acme) = raw.acme {
             config.acme = Some(acme_config(acme, base, &invalid)?);

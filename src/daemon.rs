@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use anyhow::{Context, Result, anyhow};
 use arc_swap::ArcSwap;
@@ -63,6 +64,8 @@ struct Binds {
     /// Plain-HTTP listeners ([http] listen and [acme] http_listen), by address.
     http: HashMap<SocketAddr, (CancellationToken, tokio::task::JoinHandle<()>)>,
     challenges: crate::acme::Challenges,
+    /// `[http] redirect_port`, read by the plain-HTTP listeners at each request.
+    redirect_port: Arc<AtomicU16>,
     limits: HashMap<String, Limit>,
 }
 
@@ -81,7 +84,6 @@ impl Limit {
     }
 
     fn resize(&mut self, wanted: usize) {
-        use std::sync::atomic::Ordering;
         // An unfinished decrease gives back what it collected so far.
         if let Some(h) = self.shrinking.take() {
             h.abort();
@@ -147,6 +149,7 @@ impl Binds {
         shutdown: &CancellationToken,
         starting: bool,
     ) -> Result<()> {
+        self.redirect_port.store(config.redirect_port, Ordering::Relaxed);
         let wanted = config.plain_http();
         for addr in stop_unwanted(&mut self.http, |a| wanted.contains(a)).await {
             tracing::info!(%addr, "stopped plain-HTTP listener (removed from the configuration)");
@@ -170,8 +173,13 @@ impl Binds {
                 eprintln!("listening: ACME HTTP-01 and redirect to https on http://{addr}");
             }
             let token = shutdown.child_token();
-            let handle =
-                tokio::spawn(crate::proxy::redirect_loop(tcp, self.challenges.clone(), tracker.clone(), token.clone()));
+            let handle = tokio::spawn(crate::proxy::redirect_loop(
+                tcp,
+                self.challenges.clone(),
+                Arc::clone(&self.redirect_port),
+                tracker.clone(),
+                token.clone(),
+            ));
             self.http.insert(addr, (token, handle));
         }
         Ok(())
@@ -334,8 +342,13 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
 
     // The ACME challenges answered on the plain-HTTP listeners.
     let challenges = crate::acme::Challenges::new(Some(crate::acme::challenge_dir(&store_dir)));
-    let mut binds =
-        Binds { active: HashMap::new(), http: HashMap::new(), challenges: challenges.clone(), limits: HashMap::new() };
+    let mut binds = Binds {
+        active: HashMap::new(),
+        http: HashMap::new(),
+        challenges: challenges.clone(),
+        redirect_port: Arc::new(AtomicU16::new(config.redirect_port)),
+        limits: HashMap::new(),
+    };
     binds.apply(&config, &cell, &tracker, &shutdown, true).await?;
     let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
     // Admin jobs by file drop: [jobs] dir as configured at start.

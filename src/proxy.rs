@@ -262,6 +262,7 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 pub async fn redirect_loop(
     listener: TcpListener,
     challenges: crate::acme::Challenges,
+    redirect_port: Arc<std::sync::atomic::AtomicU16>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -271,6 +272,7 @@ pub async fn redirect_loop(
             () = shutdown.cancelled() => return,
         };
         let challenges = challenges.clone();
+        let redirect_port = Arc::clone(&redirect_port);
         tracker.spawn(async move {
             let service = service_fn(|req: Request<Incoming>| {
                 if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/") {
@@ -282,7 +284,11 @@ pub async fn redirect_loop(
                 }
                 let host = request_host(&req).unwrap_or_default();
                 let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                let location = format!("https://{host}{path}");
+                let (open, close) = if host.contains(':') { ("[", "]") } else { ("", "") }; // IPv6
+                let location = match redirect_port.load(std::sync::atomic::Ordering::Relaxed) {
+                    443 => format!("https://{open}{host}{close}{path}"),
+                    port => format!("https://{open}{host}{close}:{port}{path}"),
+                };
                 let mut resp = handler::text(StatusCode::MOVED_PERMANENTLY, format!("moved to {location}\n"));
                 if let Ok(v) = location.parse() {
                     resp.headers_mut().insert(hyper::header::LOCATION, v);

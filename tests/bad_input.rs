@@ -128,4 +128,12 @@ fn example_config_is_valid_and_bad_handlers_are_named() {
     let run = env.run(&["--config", cfg.to_str().unwrap(), "check-config"]);
     assert_eq!(run.code, Some(1));
     assert!(run.stderr.contains("type \"teleport\" is not a handler"), "{}", run.stderr);
+    for (value, expected) in
+        [("0", "bad3.toml: http.redirect_port: must be a port, 1 to 65535"), ("70000", "bad3.toml:3:")]
+    {
+        let cfg = env.write("bad3.toml", &format!("[http]\nlisten = [\"127.0.0.1:1\"]\nredirect_port = {value}\n"));
+        let run = env.run(&["--config", cfg.to_str().unwrap(), "check-config"]);
+        assert_eq!(run.code, Some(1));
+        assert!(run.stderr.contains(expected) && !run.stderr.trim().contains('\n'), "{value}: {}", run.stderr);
+    }
 }

@@ -264,6 +264,24 @@ fn limits_and_listener_renames_apply_on_reload() {
     let redirect =
         || curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", &format!("http://127.0.0.1:{http}/x")]).1;
     within(5, "plain-HTTP listener added", &env, || redirect() == "301 https://127.0.0.1/x");
+    // [http] redirect_port: the https URL names the port, changed by a reload.
+    std::fs::write(
+        &cfg,
+        format!("[http]\nlisten = [\"127.0.0.1:{http}\"]\nredirect_port = {port}\n{}", config("edge", 10)),
+    )
+    .unwrap();
+    within(5, "redirect_port applied", &env, || redirect() == format!("301 https://127.0.0.1:{port}/x"));
+    let to_v6 = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{redirect_url}",
+        "-H",
+        "Host: [::1]:80",
+        &format!("http://127.0.0.1:{http}/y"),
+    ])
+    .1;
+    assert_eq!(to_v6, format!("https://[::1]:{port}/y"));
     std::fs::write(&cfg, config("edge", 10)).unwrap();
     within(5, "plain-HTTP listener removed", &env, || std::net::TcpStream::connect(("127.0.0.1", http)).is_err());
     // The TLS address becomes the plain-HTTP one in one edit (the listener moves away).
