@@ -557,6 +557,9 @@ fn http_proxy_tunnels_websocket_upgrades() {
 [admin]
 listen = "127.0.0.1:{admin}"
 
+[runtime]
+drain_timeout_secs = 2
+
 [[listener]]
 name = "public"
 bind = ["127.0.0.1:{https}"]
@@ -578,7 +581,7 @@ hosts = ["idle.example.test"]
 handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{ws_port}"], tunnel_idle_timeout_secs = 1 }}
 "#
     );
-    let _daemon = env.daemon(&config, &[https, admin]);
+    let mut daemon = env.daemon(&config, &[https, admin]);
     let active = r#"portcullis_connections_active{listener="public"}"#;
 
     // What reaches an HTTP backend (tests/support/backend.py, which ignores upgrades):
@@ -671,4 +674,24 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{ws_port}"], tunnel_id
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{said}{}", String::from_utf8_lossy(&out.stderr)));
     assert!((0.9..4.0).contains(&secs), "closed after {secs} s");
+
+    // SIGTERM with a tunnel open: the drain gives it drain_timeout_secs (2), then the
+    // process exits 0 and the tunnel closes with it.
+    let idle = Command::new("/usr/bin/python3")
+        .args([script, "idle", &format!("wss://ws.example.test:{https}/"), &https.to_string(), "15"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while metric(admin, active) != Some(1.0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(metric(admin, active), Some(1.0), "the tunnel is open");
+    let start = std::time::Instant::now();
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait_exit(10), Some(0), "{}", env.daemon_log());
+    let waited = start.elapsed().as_secs_f64();
+    assert!((1.5..6.0).contains(&waited), "exited {waited} s after SIGTERM with a tunnel open");
+    let said = String::from_utf8_lossy(&idle.wait_with_output().unwrap().stdout).into_owned();
+    assert!(said.starts_with("closed after"), "{said}");
 }
