@@ -441,6 +441,39 @@ fn http_proxy_reuses_upstream_connections_and_survives_closed_ones() {
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nclosing").unwrap();
         }
     });
+    // A backend that answers before reading the request body ("early"), then reads it
+    // and serves the next request on the same connection, telling which one it was.
+    let early = TcpListener::bind("127.0.0.1:0").unwrap();
+    let early_port = early.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for (n, stream) in early.incoming().take(4).enumerate() {
+            let mut s = stream.unwrap();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            for request in 0.. {
+                let mut length = 0usize;
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                if line != "\r\n" {
+                    break; // the proxy closed the connection
+                }
+                let body = format!("connection {n} request {request}");
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                s.write_all(head.as_bytes()).unwrap();
+                std::io::copy(&mut std::io::Read::take(&mut reader, length as u64), &mut std::io::sink()).unwrap();
+            }
+        }
+    });
     let (https, admin) = (free_port(), free_port());
     let config = format!(
         r#"
@@ -458,6 +491,10 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{backend_port}"] }}
 [[route]]
 hosts = ["closing.example.test"]
 handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{closing_port}"] }}
+
+[[route]]
+hosts = ["early.example.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{early_port}"] }}
 
 [[route]]
 hosts = ["idle.example.test"]
@@ -509,6 +546,19 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{idle_port}"], pool_id
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(established_to(idle_port), 0, "the idle connection was closed");
+
+    // A response that ends while its 2 MB request body is still being sent (HTTP/1.1
+    // client): the connection is pooled only once the body is through, and then serves
+    // the next request.
+    let upload = env.write("upload.bin", &"u".repeat(2 << 20));
+    let url = format!("https://early.example.test:{https}/e");
+    let data = format!("@{}", upload.display());
+    let resolve = resolve("early.example.test");
+    let (ok, out) = curl(&["-k", "--http1.1", "--resolve", &resolve, "--data-binary", &data, &url]);
+    assert!(ok && out == "connection 0 request 0", "{out}\n{}", env.daemon_log());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (ok, out) = curl(&["-k", "--resolve", &resolve, &url]);
+    assert!(ok && out == "connection 0 request 1", "{out}\n{}", env.daemon_log());
 }
 
 /// The value of the metric line starting with `prefix` (labels included) on /metrics.
