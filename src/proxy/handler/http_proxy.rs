@@ -416,52 +416,39 @@ impl HttpHandler for HttpProxy {
         Box::pin(async move {
             let sent = Arc::clone(&upstream).send(req, connect_timeout, idle_timeout);
             let authority = &upstream.authority;
-            match tokio::time::timeout(timeout, sent).await {
+            // Why the upstream failed, answered with a 502 below; responses return early.
+            let error = match tokio::time::timeout(timeout, sent).await {
                 Ok(Ok((resp, _))) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                     // The connection is no longer HTTP: never pooled again.
-                    let switched = resp.headers().get(hyper::header::UPGRADE);
-                    match client_side {
-                        Some(up)
-                            if switched.is_some_and(|p| {
-                                protocols(p).all(|t| protocols(&up.asked).any(|a| a.eq_ignore_ascii_case(t)))
-                            }) =>
+                    let switched = resp.headers().get(hyper::header::UPGRADE).cloned();
+                    match (client_side, switched) {
+                        (Some(up), Some(switched))
+                            if protocols(&switched)
+                                .all(|t| protocols(&up.asked).any(|a| a.eq_ignore_ascii_case(t))) =>
                         {
-                            tunnel(resp, up)
+                            return tunnel(resp, up, switched);
                         }
-                        _ => {
-                            crate::admin::metrics::upstream_error();
-                            tracing::warn!(upstream = %authority, switched = ?switched, "upstream switched to a protocol not asked for");
-                            super::text(
-                                StatusCode::BAD_GATEWAY,
-                                format!("502 Bad Gateway: upstream {authority} failed\n"),
-                            )
-                        }
+                        (_, switched) => format!("switched to {switched:?}, a protocol not asked for"),
                     }
                 }
-                Ok(Ok((resp, conn))) => Returning::wrap(resp, conn, upstream),
-                Ok(Err(failure)) => {
-                    crate::admin::metrics::upstream_error();
-                    let error = match failure {
-                        Failure::Connect(e) => {
-                            upstream
-                                .down_until
-                                .store(mono_millis() + fail_timeout.as_millis() as u64, Ordering::Relaxed);
-                            format!("connect: {e}")
-                        }
-                        Failure::Request(e) => e.to_string(),
-                    };
-                    tracing::warn!(upstream = %authority, %error, "upstream request failed");
-                    super::text(StatusCode::BAD_GATEWAY, format!("502 Bad Gateway: upstream {authority} failed\n"))
+                Ok(Ok((resp, conn))) => return Returning::wrap(resp, conn, upstream),
+                Ok(Err(Failure::Connect(e))) => {
+                    upstream.down_until.store(mono_millis() + fail_timeout.as_millis() as u64, Ordering::Relaxed);
+                    format!("connect: {e}")
                 }
+                Ok(Err(Failure::Request(e))) => e.to_string(),
                 Err(_) => {
                     crate::admin::metrics::upstream_error();
                     tracing::warn!(upstream = %authority, "upstream response timed out");
-                    super::text(
+                    return super::text(
                         StatusCode::GATEWAY_TIMEOUT,
                         format!("504 Gateway Timeout: upstream {authority} did not answer\n"),
-                    )
+                    );
                 }
-            }
+            };
+            crate::admin::metrics::upstream_error();
+            tracing::warn!(upstream = %authority, %error, "upstream request failed");
+            super::text(StatusCode::BAD_GATEWAY, format!("502 Bad Gateway: upstream {authority} failed\n"))
         })
     }
 }
@@ -480,15 +467,14 @@ fn protocols(value: &HeaderValue) -> impl Iterator<Item = &str> {
     value.to_str().unwrap_or_default().split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
-/// Answers an upgrade the upstream accepted (101, to a protocol the client asked for) and
+/// Answers an upgrade the upstream accepted (101, `switched` to a protocol the client asked for) and
 /// starts the tunnel: once hyper has sent the 101 and handed over both sockets, bytes are
 /// copied both ways until either side closes or none pass for the idle timeout. The
 /// tunnel keeps the client connection's guard (max_connections, the active gauge, the
 /// drain).
-fn tunnel(mut resp: Response<Incoming>, up: Upgrade) -> Response<Body> {
+fn tunnel(mut resp: Response<Incoming>, up: Upgrade, switched: HeaderValue) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
-    let switched = parts.headers.get(hyper::header::UPGRADE).cloned().unwrap_or(up.asked);
     strip_hop_by_hop(&mut parts.headers);
     set_upgrade(&mut parts.headers, switched);
     let (client, guard, idle_timeout) = (up.client, up.guard, up.idle_timeout);
