@@ -401,6 +401,25 @@ handler = {{ type = "redirect", to = "https://www.example.test", status = 308 }}
 }
 
 /// Established TCP connections to 127.0.0.1:`port`, from the kernel's socket table.
+/// Reads a request head for the raw test backends; returns its Content-Length (0 if
+/// none), or `None` if the connection ended first.
+fn read_head(reader: &mut impl BufRead) -> Option<u64> {
+    let mut length = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            return Some(length);
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+}
+
 fn established_to(port: u16) -> usize {
     let remote = format!("0100007F:{port:04X}");
     std::fs::read_to_string("/proc/net/tcp")
@@ -433,11 +452,7 @@ fn http_proxy_reuses_upstream_connections_and_survives_closed_ones() {
         for stream in closing.incoming().take(10) {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut s = stream.unwrap();
-            let mut reader = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
-                line.clear();
-            }
+            read_head(&mut BufReader::new(s.try_clone().unwrap()));
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nclosing").unwrap();
         }
     });
@@ -450,27 +465,11 @@ fn http_proxy_reuses_upstream_connections_and_survives_closed_ones() {
             let mut s = stream.unwrap();
             let mut reader = BufReader::new(s.try_clone().unwrap());
             for request in 0.. {
-                let mut length = 0usize;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        break;
-                    }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap();
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
-                if line != "\r\n" {
-                    break; // the proxy closed the connection
-                }
+                let Some(length) = read_head(&mut reader) else { break }; // the proxy closed it
                 let body = format!("connection {n} request {request}");
                 let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
                 s.write_all(head.as_bytes()).unwrap();
-                std::io::copy(&mut std::io::Read::take(&mut reader, length as u64), &mut std::io::sink()).unwrap();
+                std::io::copy(&mut std::io::Read::take(&mut reader, length), &mut std::io::sink()).unwrap();
             }
         }
     });
@@ -592,11 +591,7 @@ fn http_proxy_tunnels_websocket_upgrades() {
     std::thread::spawn(move || {
         for stream in switching.incoming().take(2) {
             let mut s = stream.unwrap();
-            let mut reader = BufReader::new(s.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
-                line.clear();
-            }
+            read_head(&mut BufReader::new(s.try_clone().unwrap()));
             let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n");
             std::thread::sleep(std::time::Duration::from_secs(1));
         }
