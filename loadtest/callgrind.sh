@@ -30,7 +30,8 @@ T
 $BIN --store "$W/s" cert list >/dev/null 2>&1
 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" $BIN --config "$W/p.toml" --store "$W/s" run >"$W/d.log" 2>&1 & VP=$!
 for i in $(seq 1 300); do curl -sk -o /dev/null https://127.0.0.1:18603/ && break; sleep 0.2; done
-if [[ ${MODE:-keepalive} == close ]]; then
+MODE=${MODE:-keepalive}
+if [[ $MODE == close ]]; then
     curl --http1.1 -sk -o /dev/null -H "Connection: close" "https://127.0.0.1:18603/x?[1-$N]"
 elif [[ $MODE == full ]]; then
     curl --http1.1 -sk -o /dev/null --no-sessionid -H "Connection: close" "https://127.0.0.1:18603/x?[1-$N]"
