@@ -1,12 +1,13 @@
 # The test command of README.md. It installs the system packages the tests use as
 # oracles and peers when missing (openssl, curl, python3 for a test backend, testssl.sh,
 # pebble as the ACME server, aiosmtpd as the SMTP server, python3-websockets as WebSocket
-# peers, chromium for the status page, systemd-analyze for the unit file), then runs
+# peers, nghttp as an HTTP/2 client, chromium for the status page, systemd-analyze for
+# the unit file), then runs
 # every test against the real binary, built with the failpoints feature so crash-safety
 # tests can stop it mid-write.
 # command:package pairs
 APT_PACKAGES := openssl:openssl curl:curl python3:python3 testssl:testssl.sh pebble:pebble pebble-challtestsrv:pebble \
-	chromium:chromium systemd-analyze:systemd
+	nghttp:nghttp2-client chromium:chromium systemd-analyze:systemd
 
 .PHONY: test lint deps
 

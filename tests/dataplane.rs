@@ -473,6 +473,23 @@ fn http_proxy_reuses_upstream_connections_and_survives_closed_ones() {
             }
         }
     });
+    // A backend that never reads a request body: it answers half a second after the
+    // request head (by then an upload fills the socket buffers to it) and holds each
+    // connection open.
+    let stalling = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalling_port = stalling.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for (n, stream) in stalling.incoming().take(2).enumerate() {
+            let mut s = stream.unwrap();
+            read_head(&mut BufReader::new(s.try_clone().unwrap()));
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nstalled {n}").as_bytes()).unwrap();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                drop(s);
+            });
+        }
+    });
     let (https, admin) = (free_port(), free_port());
     let config = format!(
         r#"
@@ -486,6 +503,10 @@ bind = ["127.0.0.1:{https}"]
 [[route]]
 hosts = ["www.example.test"]
 handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{backend_port}"] }}
+
+[[route]]
+hosts = ["stalling.example.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{stalling_port}"] }}
 
 [[route]]
 hosts = ["closing.example.test"]
@@ -558,6 +579,34 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{idle_port}"], pool_id
     std::thread::sleep(std::time::Duration::from_millis(300));
     let (ok, out) = curl(&["-k", "--resolve", &resolve, &url]);
     assert!(ok && out == "connection 0 request 1", "{out}\n{}", env.daemon_log());
+
+    // An HTTP/2 client's 32 MB upload (more than the socket buffers and windows between
+    // it and a backend that reads nothing), answered before its end. Without the proxy's help the
+    // client waits for an upload nobody reads; the proxy reads and discards the rest for a
+    // moment after the response, then resets it with NO_ERROR (RFC 9113 §8.1), and closes
+    // the upstream connection, left with part of a body: the next request gets a new one.
+    // nghttp (nghttp2) is the client; curl 7.88 waits even after the reset.
+    let upload = env.write("upload32.bin", &"u".repeat(32 << 20));
+    let url = format!("https://127.0.0.1:{https}/s");
+    let nghttp = |args: &[&str]| {
+        let out = std::process::Command::new("timeout")
+            .args(["20", "nghttp", "-H", ":authority: stalling.example.test"])
+            .args(args)
+            .arg(&url)
+            .output()
+            .expect("nghttp (make test installs nghttp2-client)");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let started = std::time::Instant::now();
+    let (ok, out) = nghttp(&["-d", upload.to_str().unwrap()]);
+    assert!(ok && out == "stalled 0", "{out:?} after {:?}\n{}", started.elapsed(), env.daemon_log());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while established_to(stalling_port) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(established_to(stalling_port), 0, "the cut upstream connection was closed");
+    let (ok, out) = nghttp(&[]);
+    assert!(ok && out == "stalled 1", "{out:?}\n{}", env.daemon_log());
 }
 
 /// The value of the metric line starting with `prefix` (labels included) on /metrics.

@@ -5,6 +5,8 @@
 //! The pool is ours rather than hyper-util's: a stack of idle connections per upstream.
 //! A connection goes back when the response body has been read to its end, so a request
 //! costs no pool-key hashing and no task spawned to return it (docs/PERFORMANCE.md).
+//! An HTTP/2 client's upload that is still open when its response has been sent is cut
+//! (`Returning`), and its upstream connection closed.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -70,7 +72,9 @@ struct Upstream {
 
 /// A connection to an upstream.
 struct Conn {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Upload>,
+    /// The task that runs the connection: aborting it closes the connection.
+    task: tokio::task::AbortHandle,
     /// When it became idle (`mono_millis`), 0 while in use. Its connection task closes
     /// it once idle for `pool_idle_timeout_secs`.
     idle_since: Arc<AtomicU64>,
@@ -255,7 +259,7 @@ impl Upstream {
             .map_err(std::io::Error::other)?;
         let idle_since = Arc::new(AtomicU64::new(0));
         let watch = Arc::clone(&idle_since);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             // Upgrades: after a 101 the socket goes to the response's `OnUpgrade`.
             let conn = conn.with_upgrades();
             tokio::pin!(conn);
@@ -271,15 +275,16 @@ impl Upstream {
                     }
                 }
             }
-        });
-        Ok(Conn { sender, idle_since })
+        })
+        .abort_handle();
+        Ok(Conn { sender, task, idle_since })
     }
 
     /// Sends `req` on an idle connection, or a new one. A request an idle connection
     /// could not take (it closed meanwhile) is sent on the next one, or a new one.
     async fn send(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<Upload>,
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Result<(Response<Incoming>, Conn), Failure> {
@@ -307,20 +312,84 @@ impl Upstream {
     }
 }
 
+/// A request body on its way upstream.
+enum Upload {
+    Whole(Incoming),
+    /// An HTTP/2 client's upload, which the response side cuts (`Returning`).
+    Cuttable(Arc<Mutex<Option<Incoming>>>),
+}
+
+impl hyper::body::Body for Upload {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Whole(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Cuttable(slot) => match slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                Some(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
+                None => std::task::Poll::Ready(Some(Err("upload reset after the response".into()))),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Whole(body) => body.is_end_stream(),
+            Self::Cuttable(slot) => {
+                slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|b| b.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Whole(body) => body.size_hint(),
+            Self::Cuttable(slot) => {
+                slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|b| b.size_hint()).unwrap_or_default()
+            }
+        }
+    }
+}
+
 /// A response body that returns its connection to the pool when it ends. Dropped before
 /// its end (the client went away), the connection is closed instead.
+///
+/// An HTTP/2 client's upload still open when the response is over (the upstream answered
+/// early: a 413, a 401) is cut when hyper drops this body, after the response's END_STREAM.
+/// The upstream connection, left with part of a body, is closed; the rest of the upload is
+/// read and discarded for `LINGER`, and then the client's stream is dropped, which makes h2
+/// reset it with NO_ERROR (RFC 9113 §8.1): the client stops sending instead of waiting for
+/// an upload that an upstream which answered early may never read. The pause lets h2 send
+/// the response's queued DATA first; dropped at once, the reset went out before it.
 struct Returning {
     body: Incoming,
     back: Option<(Conn, Arc<Upstream>)>,
+    upload: Option<Arc<Mutex<Option<Incoming>>>>,
 }
 
 impl Returning {
-    fn wrap(resp: Response<Incoming>, conn: Conn, upstream: Arc<Upstream>) -> Response<Body> {
+    fn wrap(
+        resp: Response<Incoming>,
+        conn: Conn,
+        upstream: Arc<Upstream>,
+        upload: Option<Arc<Mutex<Option<Incoming>>>>,
+    ) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let mut body = Self { body, back: Some((conn, upstream)) };
+        let mut body = Self { body, back: Some((conn, upstream)), upload };
         body.end_if_done();
         Response::from_parts(parts, body.boxed())
+    }
+
+    /// An HTTP/2 client's upload that has not ended: its connection is never pooled.
+    fn uploading(&self) -> bool {
+        self.upload.as_ref().is_some_and(|slot| {
+            slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|b| !b.is_end_stream())
+        })
     }
 
     /// hyper stops polling a body that says it has ended, so check after every frame.
@@ -331,8 +400,32 @@ impl Returning {
     }
 
     fn end(&mut self) {
+        if self.uploading() {
+            return; // cut when dropped
+        }
         if let Some((conn, upstream)) = self.back.take() {
             upstream.give_back(conn);
+        }
+    }
+}
+
+/// How long the rest of a cut upload is read before the client's stream is reset.
+const LINGER: Duration = Duration::from_secs(1);
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        let upload = self.upload.as_ref().and_then(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).take());
+        if let Some(mut upload) = upload.filter(|b| !b.is_end_stream())
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let rest = async { while let Some(Ok(_)) = upload.frame().await {} };
+                let _ = tokio::time::timeout(LINGER, rest).await;
+            });
+        }
+        // Not given back: part of a request or a response is still on the connection.
+        if let Some((conn, _)) = self.back.take() {
+            conn.task.abort();
         }
     }
 }
@@ -349,7 +442,11 @@ impl hyper::body::Body for Returning {
         match &frame {
             None => self.end(),
             Some(Ok(_)) => self.end_if_done(),
-            Some(Err(_)) => self.back = None,
+            Some(Err(_)) => {
+                if let Some((conn, _)) = self.back.take() {
+                    conn.task.abort();
+                }
+            }
         }
         std::task::Poll::Ready(frame)
     }
@@ -364,7 +461,17 @@ impl hyper::body::Body for Returning {
 }
 
 impl HttpHandler for HttpProxy {
-    fn call(&self, mut req: Request<Incoming>, conn: HttpConn) -> BoxFuture<Response<Body>> {
+    fn call(&self, req: Request<Incoming>, conn: HttpConn) -> BoxFuture<Response<Body>> {
+        let (parts, body) = req.into_parts();
+        let mut cut = None;
+        let body = if parts.version == Version::HTTP_2 && !body.is_end_stream() {
+            let slot = Arc::new(Mutex::new(Some(body)));
+            cut = Some(Arc::clone(&slot));
+            Upload::Cuttable(slot)
+        } else {
+            Upload::Whole(body)
+        };
+        let mut req = Request::from_parts(parts, body);
         let upstream = Arc::clone(self.pick());
         // The host the client asked for: Host for HTTP/1.1, :authority for HTTP/2.
         let host = req
@@ -431,7 +538,7 @@ impl HttpHandler for HttpProxy {
                         (_, switched) => format!("switched to {switched:?}, a protocol not asked for"),
                     }
                 }
-                Ok(Ok((resp, conn))) => return Returning::wrap(resp, conn, upstream),
+                Ok(Ok((resp, conn))) => return Returning::wrap(resp, conn, upstream, cut),
                 Ok(Err(Failure::Connect(e))) => {
                     upstream.down_until.store(mono_millis() + fail_timeout.as_millis() as u64, Ordering::Relaxed);
                     format!("connect: {e}")
