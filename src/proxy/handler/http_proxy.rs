@@ -312,11 +312,19 @@ impl Upstream {
     }
 }
 
+/// An HTTP/2 client's upload, shared by the request that carries it upstream and the
+/// response that may cut it (`Returning`); `None` once cut.
+type Slot = Arc<Mutex<Option<Incoming>>>;
+
+fn held(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Incoming>> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A request body on its way upstream.
 enum Upload {
     Whole(Incoming),
     /// An HTTP/2 client's upload, which the response side cuts (`Returning`).
-    Cuttable(Arc<Mutex<Option<Incoming>>>),
+    Cuttable(Slot),
 }
 
 impl hyper::body::Body for Upload {
@@ -329,7 +337,7 @@ impl hyper::body::Body for Upload {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         match self.get_mut() {
             Self::Whole(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Self::Cuttable(slot) => match slot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            Self::Cuttable(slot) => match held(slot).as_mut() {
                 Some(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
                 None => std::task::Poll::Ready(Some(Err("upload reset after the response".into()))),
             },
@@ -339,18 +347,14 @@ impl hyper::body::Body for Upload {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Whole(body) => body.is_end_stream(),
-            Self::Cuttable(slot) => {
-                slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|b| b.is_end_stream())
-            }
+            Self::Cuttable(slot) => held(slot).as_ref().is_some_and(|b| b.is_end_stream()),
         }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         match self {
             Self::Whole(body) => body.size_hint(),
-            Self::Cuttable(slot) => {
-                slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|b| b.size_hint()).unwrap_or_default()
-            }
+            Self::Cuttable(slot) => held(slot).as_ref().map(|b| b.size_hint()).unwrap_or_default(),
         }
     }
 }
@@ -368,16 +372,11 @@ impl hyper::body::Body for Upload {
 struct Returning {
     body: Incoming,
     back: Option<(Conn, Arc<Upstream>)>,
-    upload: Option<Arc<Mutex<Option<Incoming>>>>,
+    upload: Option<Slot>,
 }
 
 impl Returning {
-    fn wrap(
-        resp: Response<Incoming>,
-        conn: Conn,
-        upstream: Arc<Upstream>,
-        upload: Option<Arc<Mutex<Option<Incoming>>>>,
-    ) -> Response<Body> {
+    fn wrap(resp: Response<Incoming>, conn: Conn, upstream: Arc<Upstream>, upload: Option<Slot>) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let mut body = Self { body, back: Some((conn, upstream)), upload };
@@ -387,9 +386,7 @@ impl Returning {
 
     /// An HTTP/2 client's upload that has not ended: its connection is never pooled.
     fn uploading(&self) -> bool {
-        self.upload.as_ref().is_some_and(|slot| {
-            slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(|b| !b.is_end_stream())
-        })
+        self.upload.as_ref().is_some_and(|slot| held(slot).as_ref().is_some_and(|b| !b.is_end_stream()))
     }
 
     /// hyper stops polling a body that says it has ended, so check after every frame.
@@ -414,7 +411,7 @@ const LINGER: Duration = Duration::from_secs(1);
 
 impl Drop for Returning {
     fn drop(&mut self) {
-        let upload = self.upload.as_ref().and_then(|slot| slot.lock().unwrap_or_else(PoisonError::into_inner).take());
+        let upload = self.upload.as_ref().and_then(|slot| held(slot).take());
         if let Some(mut upload) = upload.filter(|b| !b.is_end_stream())
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
