@@ -8,6 +8,9 @@
 #   keepalive   requests/s and p99 latency, 100-byte body, 64 keep-alive connections
 #   bulk        MB/s of 1 MiB bodies over 8 keep-alive connections
 #   rss         peak RSS (VmHWM) of the proxy's process tree
+# and, after the table, Portcullis's full handshakes per core as a share of the crypto
+# ceiling that `openssl speed` gives on the proxy's core (X25519 + ECDSA P-256 sign;
+# RSA-2048 sign).
 #
 # Every load run also records how busy the proxy's core was during the measured window
 # (/proc/stat: everything but idle and iowait, so softirq work for its packets counts).
@@ -201,4 +204,20 @@ END {
       med[P[i]] = m; printf "%14.2f", m
       if (P[i] != "portcullis") { lower = (test == "p99_ms" || test == "rss_mb" || test ~ /_busy$/); if (best < 0 || (lower ? m < best : m > best)) best = m } }
     printf "%16s\n", (best > 0 ? sprintf("%.2fx", med["portcullis"] / best) : "-") } }' "$TMP/results" | tee "$OUT"
+# The crypto ceilings of the goals: a full ECDSA handshake can be no faster than one
+# X25519 exchange plus one ECDSA P-256 signature, a full RSA one than one RSA-2048
+# signature; openssl speed measures both on the proxy's core.
+if want full_ecdsa || want full_rsa; then
+    speed=$(taskset -c "$PROXY_CPU" openssl speed -seconds 3 ecdsap256 rsa2048 ecdhx25519 2>/dev/null)
+    awk -v rsa="$(awk '/^rsa 2048 bits/ { print $(NF-1) }' <<<"$speed")" \
+        -v ecdsa="$(awk '/ecdsa \(nistp256\)/ { print $(NF-1) }' <<<"$speed")" \
+        -v x25519="$(awk '/ecdh \(X25519\)/ { print $NF }' <<<"$speed")" -v cpu="$PROXY_CPU" '
+        $1 == "test" { for (i = 2; i <= NF; i++) if ($i == "portcullis") col = i }
+        col && $1 == "full_ecdsa/core" { e = $col }
+        col && $1 == "full_rsa/core" { r = $col }
+        END {
+          printf "# share of the crypto ceiling on CPU %s (openssl speed: ECDSA P-256 sign %.0f/s, X25519 %.0f/s, RSA-2048 sign %.0f/s)\n", cpu, ecdsa, x25519, rsa
+          if (e && ecdsa && x25519) { c = 1 / (1 / ecdsa + 1 / x25519); printf "%-16s%13.1f%%  of %.0f full ECDSA handshakes/s\n", "ecdsa_ceiling", 100 * e / c, c }
+          if (r && rsa) printf "%-16s%13.1f%%  of %.0f RSA-2048 signatures/s\n", "rsa_ceiling", 100 * r / rsa, rsa }' "$OUT" | tee -a "$OUT"
+fi
 log "raw results: $OUT.raw; table: $OUT"
