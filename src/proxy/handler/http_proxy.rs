@@ -404,6 +404,14 @@ impl Returning {
             upstream.give_back(conn);
         }
     }
+
+    /// Closes the connection unless it went back to the pool: part of a request or a
+    /// response is still on it.
+    fn close(&mut self) {
+        if let Some((conn, _)) = self.back.take() {
+            conn.task.abort();
+        }
+    }
 }
 
 /// How long the rest of a cut upload is read before the client's stream is reset.
@@ -420,10 +428,7 @@ impl Drop for Returning {
                 let _ = tokio::time::timeout(LINGER, rest).await;
             });
         }
-        // Not given back: part of a request or a response is still on the connection.
-        if let Some((conn, _)) = self.back.take() {
-            conn.task.abort();
-        }
+        self.close();
     }
 }
 
@@ -439,11 +444,7 @@ impl hyper::body::Body for Returning {
         match &frame {
             None => self.end(),
             Some(Ok(_)) => self.end_if_done(),
-            Some(Err(_)) => {
-                if let Some((conn, _)) = self.back.take() {
-                    conn.task.abort();
-                }
-            }
+            Some(Err(_)) => self.close(),
         }
         std::task::Poll::Ready(frame)
     }
