@@ -12,16 +12,24 @@ fn build(c: &mut Criterion) {
     // tmpfs when there is one: the setup writes 10,000 entries with fsync each.
     let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).unwrap();
     let root = dir.path().join("store");
-    let mut store = Store::open(&root).unwrap();
+    let mut store = Store::open_or_create(&root).unwrap();
     // Straight to the store: the CLI path checks every name against every entry.
     portcullis::ops::fill_self_signed(&mut store, CERTS, "Site", "example.com").unwrap();
-    // Assign them all to the listener so every entry is turned into a rustls key.
     let ids: Vec<String> = store.certs().unwrap().0.into_iter().map(|e| e.id).collect();
-    store.assign_all("default", &ids).unwrap();
     let config = Config::builtin();
     let shared = TlsShared::new().unwrap();
     let mut group = c.benchmark_group("snapshot");
     group.sample_size(10);
+    // No assignments: every certificate in the store is a candidate (auto-selection).
+    group.bench_function("build_10000_auto", |b| {
+        b.iter(|| {
+            let s = snapshot::build(&config, &store, &shared).unwrap();
+            assert_eq!(s.listeners[0].certs.entries().len(), CERTS + 1);
+        })
+    });
+    // All assigned to the listener: the per-IP model, and what build_10000 measured
+    // before auto-selection.
+    store.assign_all("default", &ids).unwrap();
     group.bench_function("build_10000", |b| {
         b.iter(|| {
             let s = snapshot::build(&config, &store, &shared).unwrap();

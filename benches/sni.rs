@@ -4,7 +4,7 @@
 
 use criterion::{BenchmarkId, Criterion, black_box, criterion_group, criterion_main};
 use portcullis::config::SniPolicy;
-use portcullis::sni::{CertMap, CertMapBuilder, DefaultKind, test_served};
+use portcullis::sni::{CertMap, CertMapBuilder, DefaultKind, Rank, test_served};
 
 fn map(n: usize) -> CertMap {
     let base = test_served("base");
@@ -16,7 +16,7 @@ fn map(n: usize) -> CertMap {
         } else {
             format!("*.tenant{i}.example.com")
         };
-        b.add(base.alias(&format!("c{i}")), &[name], 0);
+        b.add(base.alias(&format!("c{i}")), &[name], Rank::default());
     }
     b.build(base.alias("default"), DefaultKind::Factory)
 }

@@ -560,6 +560,9 @@ pub struct RequestParams {
     pub name: Option<String>,
     /// Listeners to serve it on (checked against the configuration by the caller).
     pub listeners: Vec<String>,
+    /// Reissuing an existing certificate (same friendly name) for fewer names may drop
+    /// names clients use: only with this set (`--replace`).
+    pub replace: bool,
 }
 
 /// Validates `--hostname` values: FQDNs HTTP-01 can prove, lowercase, each once.
@@ -607,6 +610,7 @@ pub async fn request(
     let policy = Policy::of(Some(acme));
     let (existing, renamed, name) = {
         let (store_dir, hostnames, listeners) = (store_dir.to_owned(), hostnames.clone(), params.listeners.clone());
+        let replace = params.replace;
         blocking(move || {
             let mut store = Store::open(&store_dir)?;
             match find_entry(&store, &hostnames)? {
@@ -624,6 +628,15 @@ pub async fn request(
                     Some((crate::store::EntryKind::Cert, id))
                         if store.read_meta(&id).is_ok_and(|m| m.acme.is_some()) =>
                     {
+                        let old = store.read_meta(&id)?.acme.map(|a| a.hostnames).unwrap_or_default();
+                        let lost: Vec<&str> =
+                            old.iter().filter(|h| !hostnames.contains(h)).map(String::as_str).collect();
+                        if !lost.is_empty() && !replace {
+                            bail!(
+                                "--hostname: {id} ({name}) also covers {}, which this request would drop from the certificate clients are served; list them too, add --replace to drop them, or give --name for a second certificate",
+                                lost.join(", ")
+                            );
+                        }
                         Ok((None, Some(id), name))
                     }
                     _ => Ok((None, None, store.check_new_name(&name)?)),
@@ -1018,9 +1031,15 @@ async fn pass(
         }
         // Checked against [[listener]] when the configuration was loaded.
         let listeners =
-            crate::ops::listeners_or_all(config, c.listeners.as_deref().unwrap_or_default()).unwrap_or_default();
-        let params =
-            RequestParams { hostnames: c.hostnames.clone(), key_type: c.key_type, name: c.name.clone(), listeners };
+            crate::ops::checked_listeners(config, c.listeners.as_deref().unwrap_or_default()).unwrap_or_default();
+        // The configuration declares the names: editing it is the operator's --replace.
+        let params = RequestParams {
+            hostnames: c.hostnames.clone(),
+            key_type: c.key_type,
+            name: c.name.clone(),
+            listeners,
+            replace: true,
+        };
         match request(acme, store_dir, &params, &responder, &log).await {
             Ok(o) => {
                 pending.remove(&key);

@@ -30,11 +30,51 @@ pub struct ReloadStatus {
     pub last_error_at: Option<String>,
 }
 
-/// A listener and its addresses.
+/// A listener, its addresses, which certificates it may serve and its fallback.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ListenerRow {
     pub name: String,
     pub bind: Vec<String>,
+    /// The assigned certificates in assignment order; empty: every certificate in the
+    /// store is a candidate (auto-selection).
+    #[serde(default)]
+    pub assigned: Vec<String>,
+    /// Served without SNI or for an unknown name (unless the policy rejects those).
+    #[serde(default)]
+    pub fallback: String,
+    /// Why: "listener default", "global default", "earliest-assigned certificate" or
+    /// "factory default".
+    #[serde(default)]
+    pub fallback_reason: String,
+}
+
+impl ListenerRow {
+    /// "all certificates (auto-selection)" or the assigned ids.
+    pub fn candidates(&self) -> String {
+        if self.assigned.is_empty() {
+            "all certificates (auto-selection)".into()
+        } else {
+            format!("assigned only: {}", self.assigned.join(", "))
+        }
+    }
+}
+
+/// The listener rows of a snapshot.
+pub fn listener_rows(snapshot: &Snapshot) -> Vec<ListenerRow> {
+    snapshot
+        .listeners
+        .iter()
+        .map(|l| {
+            let (fallback, kind) = l.certs.fallback_served();
+            ListenerRow {
+                name: l.config.name.clone(),
+                bind: l.config.bind.iter().map(ToString::to_string).collect(),
+                assigned: l.assigned.clone().unwrap_or_default(),
+                fallback: fallback.id.to_string(),
+                fallback_reason: kind.as_str().to_owned(),
+            }
+        })
+        .collect()
 }
 
 /// A row of the certificate table, as the guides show it.
@@ -177,14 +217,7 @@ fn daemon_status(snapshot: &Snapshot, reloads: &ArcSwap<ReloadStatus>, jobs: &cr
         hostname: crate::hostname().unwrap_or_default(),
         pid: std::process::id(),
         uptime_secs: STARTED.get().map_or(0, |t| t.elapsed().as_secs()),
-        listeners: snapshot
-            .listeners
-            .iter()
-            .map(|l| ListenerRow {
-                name: l.config.name.clone(),
-                bind: l.config.bind.iter().map(ToString::to_string).collect(),
-            })
-            .collect(),
+        listeners: listener_rows(snapshot),
         certificates,
         reload: (**reloads.load()).clone(),
         problems: snapshot.problems.clone(),

@@ -31,7 +31,7 @@ Exit status: 0 success, 1 an error (one line on stderr naming the flag, file or 
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version = crate::VERSION, long_version = crate::LONG_VERSION, about = "A TLS edge proxy that owns its certificates", after_help = EXAMPLES)]
 pub struct Cli {
-    /// Configuration file (default: built-in defaults, store under ./portcullis-data)
+    /// Configuration file (default: $PORTCULLIS_CONFIG, else /etc/portcullis/portcullis.toml if present, else built-in defaults with the store under ./portcullis-data)
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// Store directory; overrides the configuration
@@ -51,6 +51,11 @@ pub(crate) enum Command {
         after_help = "Examples:\n  portcullis run                                        # built-in defaults: https://127.0.0.1:8443\n  portcullis --config /etc/portcullis/portcullis.toml run\n  RUST_LOG=debug portcullis --config portcullis.toml run"
     )]
     Run,
+    /// Create the certificate store (and its factory default certificate) if it does not exist
+    #[command(
+        after_help = "Examples:\n  portcullis --config /etc/portcullis/portcullis.toml init\n  portcullis --store /var/lib/portcullis/store init\n\nEvery other command except `run` refuses to work on a store that does not exist."
+    )]
+    Init,
     /// Show the node: version, hostname, listeners, certificates in use with fingerprints
     #[command(
         after_help = "Examples:\n  portcullis --config /etc/portcullis/portcullis.toml status\n  portcullis status --json"
@@ -60,7 +65,11 @@ pub(crate) enum Command {
     #[command(
         after_help = "Example:\n  portcullis --config /etc/portcullis/portcullis.toml check-config && systemctl reload portcullis"
     )]
-    CheckConfig,
+    CheckConfig {
+        /// Also fail (exit status 1) on warnings about served certificates: expired, expiring, chain incomplete
+        #[arg(long)]
+        strict: bool,
+    },
     /// Manage certificates and certificate signing requests
     #[command(subcommand)]
     Cert(Box<CertCommand>),
@@ -113,9 +122,12 @@ pub(crate) enum AcmeCommand {
         /// Friendly name (default: the first hostname)
         #[arg(long)]
         name: Option<String>,
-        /// Serve it on this listener (repeat for more; default: every listener)
+        /// Assign it to this listener (repeat for more; default: none, so every listener without assignments serves it)
         #[arg(long = "listener", value_name = "NAME")]
         listeners: Vec<String>,
+        /// Reissue an existing ACME certificate of this name even if the new hostnames drop some of its names
+        #[arg(long)]
+        replace: bool,
     },
     /// Renew ACME certificates that are due (or ID now, with --force)
     #[command(after_help = "Examples:\n  portcullis acme renew\n  portcullis acme renew support.example.com --force")]
@@ -229,22 +241,33 @@ pub(crate) enum CertCommand {
         after_help = "Examples:\n  portcullis cert set-default support-site\n  portcullis cert set-default support-site --listener public"
     )]
     SetDefault {
+        /// Id or friendly name of the certificate
         id: String,
         /// Set the default of this listener instead of the global one
         #[arg(long, value_name = "NAME")]
         listener: Option<String>,
+        /// Make it the default even if clients would reject it (expired, not yet valid, intermediate missing)
+        #[arg(long)]
+        force: bool,
     },
     /// Serve a certificate on listeners (a listener with assignments serves only those)
     #[command(after_help = "Example:\n  portcullis cert assign support-site --listener public --listener internal")]
     Assign {
+        /// Id or friendly name of the certificate
         id: String,
+        /// Listener to serve it on (repeat for more); a listener with assignments serves only those
         #[arg(long = "listener", value_name = "NAME", required = true)]
         listeners: Vec<String>,
+        /// Assign it even if clients would reject it (expired, not yet valid, intermediate missing)
+        #[arg(long)]
+        force: bool,
     },
     /// Stop serving a certificate on listeners
     #[command(after_help = "Example:\n  portcullis cert unassign support-2026 --listener public")]
     Unassign {
+        /// Id or friendly name of the certificate
         id: String,
+        /// Listener to stop serving it on (repeat for more); with none left assigned, the listener serves every certificate
         #[arg(long = "listener", value_name = "NAME", required = true)]
         listeners: Vec<String>,
     },
@@ -261,7 +284,13 @@ pub(crate) enum CertCommand {
     #[command(
         after_help = "Examples:\n  portcullis cert delete support-2026\n  portcullis cert delete support-2027   # a pending request: its key goes too"
     )]
-    Delete { id: String },
+    Delete {
+        /// Id or friendly name of the certificate or request
+        id: String,
+        /// Delete a certificate that is served (a default, assigned, or the only one for a name)
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -352,7 +381,29 @@ impl Ctx {
         }
         Ok(store)
     }
+
+    /// For commands that only look: nothing is written, not even a clean-up.
+    fn read_store(&self) -> Result<Store> {
+        Ok(Store::open_read_only(&self.store_dir)?)
+    }
+
+    /// After a command changed the store: say which one, so a forgotten `--config` shows.
+    fn changed(&self) {
+        eprintln!("{}: store {}", paint("note", "36"), self.store_dir.display());
+    }
 }
+
+/// Where the configuration comes from: `--config`, else `$PORTCULLIS_CONFIG`, else
+/// `/etc/portcullis/portcullis.toml` when it exists, else the built-in defaults (`None`).
+fn discover_config(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("PORTCULLIS_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from)).or_else(|| {
+        let system = PathBuf::from(SYSTEM_CONFIG);
+        system.is_file().then_some(system)
+    })
+}
+
+/// The configuration a packaged install reads when no other is named.
+const SYSTEM_CONFIG: &str = "/etc/portcullis/portcullis.toml";
 
 /// Commands other than the daemon end quietly when their reader goes away
 /// (`portcullis cert list | head`), as command-line tools do, instead of failing on
@@ -376,17 +427,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
         clap_complete::generate(shell, &mut Cli::command(), "portcullis", &mut io::stdout());
         return Ok(ExitCode::SUCCESS);
     }
-    let config = Config::load(cli.config.as_deref())?;
+    let config_path = discover_config(cli.config.clone());
+    let config = Config::load(config_path.as_deref())?;
     let store_dir = cli.store.clone().unwrap_or_else(|| config.store_dir.clone());
     let ctx = Ctx { config, store_dir, json: cli.json };
     match cli.command {
         None | Some(Command::Run) => {
             init_tracing();
-            crate::daemon::run(crate::daemon::Inputs { config_path: cli.config, store_override: cli.store })?;
+            crate::daemon::run(crate::daemon::Inputs { config_path, store_override: cli.store })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Init) => {
+            let existed = ctx.store_dir.join("state.toml").is_file();
+            let mut store = Store::open_or_create(&ctx.store_dir)?;
+            for note in store.take_notes() {
+                eprintln!("{}: {note}", paint("note", "36"));
+            }
+            if existed {
+                println!("store {} exists already; nothing changed", store.root().display());
+            } else {
+                println!("initialised store {}", store.root().display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Status) => status(&ctx),
-        Some(Command::CheckConfig) => check_config(&ctx),
+        Some(Command::CheckConfig { strict }) => check_config(&ctx, strict),
         Some(Command::Cert(cmd)) => cert(&ctx, *cmd),
         Some(Command::Acme(cmd)) => acme(&ctx, cmd),
         Some(Command::Completions { .. }) => unreachable!("handled before loading the configuration"),
@@ -426,7 +491,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
     let policy = crate::acme::Policy::of(ctx.config.acme.as_ref());
     if let AcmeCommand::Status = cmd {
-        let store = ctx.open_store()?;
+        let store = ctx.read_store()?;
         let mut views = crate::acme::status(&store, &policy, OffsetDateTime::now_utc())?;
         // Configured certificates never issued yet (an order failing, or not tried yet).
         for c in ctx.config.acme.iter().flat_map(|a| &a.certificates) {
@@ -477,14 +542,16 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
     })?;
     // Validate before touching the network.
     let (params, renew_target) = match &cmd {
-        AcmeCommand::Request { hostnames, key, name, listeners } => {
+        AcmeCommand::Request { hostnames, key, name, listeners, replace } => {
             let key_type = key
                 .as_deref()
                 .map(|k| k.parse::<KeyType>().map_err(|reason| anyhow::anyhow!("--key {k:?}: {reason}")))
                 .transpose()?;
             let hostnames = crate::acme::check_hostnames(hostnames)?;
-            let listeners = ops::listeners_or_all(&ctx.config, listeners)?;
-            (Some(crate::acme::RequestParams { hostnames, key_type, name: name.clone(), listeners }), None)
+            let listeners = ops::checked_listeners(&ctx.config, listeners)?;
+            let params =
+                crate::acme::RequestParams { hostnames, key_type, name: name.clone(), listeners, replace: *replace };
+            (Some(params), None)
         }
         AcmeCommand::Renew { id, force } => (None, Some((id.clone(), *force))),
         AcmeCommand::Status => unreachable!("handled above"),
@@ -592,7 +659,12 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
             let store = ctx.open_store()?;
             let (certs, problems) = ops::list_certs(&store, now, &crate::acme::Policy::of(ctx.config.acme.as_ref()))?;
             warn_all("skipped unreadable entry", &problems);
-            if ctx.json { print_json(&certs)? } else { print_cert_table(&certs) }
+            if ctx.json {
+                print_json(&certs)?
+            } else {
+                print_cert_table(&certs);
+                print_listener_lines(ctx, &store);
+            }
         }
         CertCommand::List { requests: true } => {
             let store = ctx.open_store()?;
@@ -616,6 +688,7 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
             let mut store = ctx.open_store()?;
             let report = ops::create_self_signed(&mut store, &params)?;
             tell(&report);
+            ctx.changed();
             if ctx.json {
                 print_json(&report.value)?;
             } else {
@@ -629,6 +702,7 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
             let mut store = ctx.open_store()?;
             let report = ops::create_request(&mut store, &params)?;
             tell(&report);
+            ctx.changed();
             eprintln!(
                 "created request {} ({}): give the CSR below to your certificate authority",
                 report.value.request.id, report.value.request.friendly_name
@@ -644,6 +718,7 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
             let mut store = ctx.open_store()?;
             let report = ops::import(&mut store, &ops::ImportParams { files, name, password })?;
             tell(&report);
+            ctx.changed();
             if ctx.json {
                 print_json(&report.value)?;
             } else {
@@ -682,6 +757,7 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
             let mut store = ctx.open_store()?;
             let report = ops::replace(&mut store, &old, &new, force)?;
             tell(&report);
+            ctx.changed();
             if ctx.json {
                 print_json(&report.value)?;
             } else if report.value.moved.is_empty() {
@@ -690,11 +766,11 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
                 println!("{} replaces {}: moved {}", report.value.new, report.value.old, report.value.moved.join(", "));
             }
         }
-        CertCommand::Assign { id, listeners } => assign(ctx, &id, &listeners, true)?,
-        CertCommand::Unassign { id, listeners } => assign(ctx, &id, &listeners, false)?,
+        CertCommand::Assign { id, listeners, force } => assign(ctx, &id, &listeners, true, force)?,
+        CertCommand::Unassign { id, listeners } => assign(ctx, &id, &listeners, false, false)?,
         CertCommand::Which { hostname, listener } => {
             let store = ctx.open_store()?;
-            let w = ops::which(&store, &ctx.config, &hostname.to_ascii_lowercase(), listener.as_deref())?;
+            let w = ops::which(&store, &ctx.config, &hostname, listener.as_deref())?;
             if ctx.json {
                 print_json(&w)?;
             } else {
@@ -705,6 +781,17 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
                     }
                     _ => println!("{shown} on listener {}: no certificate: {}", w.listener, w.reason),
                 }
+                println!(
+                    "  candidates: {}",
+                    if w.candidates == "assigned" {
+                        "the assigned certificates only"
+                    } else {
+                        "every certificate in the store (auto-selection)"
+                    }
+                );
+                for o in &w.outranked {
+                    println!("  {} also covers {shown}; the served one wins on: {}", o.id, o.lost_on);
+                }
                 for id in &w.not_assigned {
                     println!(
                         "  {id} covers {shown} but is not served on listener {l}: portcullis cert assign {id} --listener {l}",
@@ -713,10 +800,11 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
                 }
             }
         }
-        CertCommand::SetDefault { id, listener: Some(listener) } => {
+        CertCommand::SetDefault { id, listener: Some(listener), force } => {
             let mut store = ctx.open_store()?;
-            let report = ops::set_listener_default(&mut store, &ctx.config, &id, &listener)?;
+            let report = ops::set_listener_default(&mut store, &ctx.config, &id, &listener, force)?;
             tell(&report);
+            ctx.changed();
             if ctx.json {
                 print_json(&report.value)?;
             } else {
@@ -726,20 +814,22 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
                 );
             }
         }
-        CertCommand::SetDefault { id, listener: None } => {
+        CertCommand::SetDefault { id, listener: None, force } => {
             let mut store = ctx.open_store()?;
-            let report = ops::set_default(&mut store, &id)?;
+            let report = ops::set_default(&mut store, &id, force)?;
             tell(&report);
+            ctx.changed();
             if ctx.json {
                 print_json(&report.value)?;
             } else {
                 println!("default certificate: {} (was {})", report.value.id, report.value.previous);
             }
         }
-        CertCommand::Delete { id } => {
+        CertCommand::Delete { id, force } => {
             let mut store = ctx.open_store()?;
-            let report = ops::delete(&mut store, &id)?;
+            let report = ops::delete(&mut store, &ctx.config, &id, force)?;
             tell(&report);
+            ctx.changed();
             if ctx.json {
                 print_json(&report.value)?;
             } else {
@@ -750,10 +840,11 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn assign(ctx: &Ctx, id: &str, listeners: &[String], on: bool) -> Result<()> {
+fn assign(ctx: &Ctx, id: &str, listeners: &[String], on: bool, force: bool) -> Result<()> {
     let mut store = ctx.open_store()?;
-    let report = ops::assign(&mut store, &ctx.config, id, listeners, on)?;
+    let report = ops::assign(&mut store, &ctx.config, id, listeners, on, force)?;
     tell(&report);
+    ctx.changed();
     if ctx.json {
         print_json(&report.value)?;
     } else if !report.value.changed.is_empty() {
@@ -764,7 +855,7 @@ fn assign(ctx: &Ctx, id: &str, listeners: &[String], on: bool) -> Result<()> {
 }
 
 fn status(ctx: &Ctx) -> Result<ExitCode> {
-    let store = ctx.open_store()?;
+    let store = ctx.read_store()?;
     let s = ops::status(&store, &ctx.config)?;
     if ctx.json {
         print_json(&s)?;
@@ -777,6 +868,7 @@ fn status(ctx: &Ctx) -> Result<ExitCode> {
         }
         for l in &s.listeners {
             println!("listener:     {} on {}", l.name, l.bind.join(", "));
+            println!("              {}; fallback {} ({})", l.candidates(), l.fallback, l.fallback_reason);
         }
         println!("certificates: {} ({} pending request(s))", s.certificates, s.pending_requests);
         println!("in use:");
@@ -806,8 +898,8 @@ fn status(ctx: &Ctx) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_config(ctx: &Ctx) -> Result<ExitCode> {
-    let store = ctx.open_store()?;
+fn check_config(ctx: &Ctx, strict: bool) -> Result<ExitCode> {
+    let store = ctx.read_store()?;
     let policy = crate::acme::Policy::of(ctx.config.acme.as_ref());
     let (certs, mut problems) = ops::list_certs(&store, OffsetDateTime::now_utc(), &policy)?;
     let (_, bad_requests) = ops::list_requests(&store)?;
@@ -815,9 +907,28 @@ fn check_config(ctx: &Ctx) -> Result<ExitCode> {
     let status = ops::status(&store, &ctx.config)?;
     problems.extend(status.problems.iter().filter(|p| p.starts_with("state.toml")).cloned());
     // Build the snapshot the daemon would serve: handler options, keys, listeners.
+    let mut warnings = Vec::new();
     match crate::snapshot::TlsShared::new().and_then(|shared| crate::snapshot::build(&ctx.config, &store, &shared)) {
-        Ok(snapshot) => problems.extend(snapshot.problems),
+        Ok(snapshot) => {
+            let served = snapshot.served_ids();
+            let mut served_warnings: Vec<String> = snapshot
+                .certificates
+                .iter()
+                .filter(|c| served.contains(&*c.id))
+                .flat_map(|c| c.warnings.iter().map(move |w| format!("{} (served): {w}", c.id)))
+                .collect();
+            problems.extend(snapshot.problems);
+            warnings = snapshot.warnings;
+            if strict {
+                problems.append(&mut served_warnings);
+            } else {
+                warnings.append(&mut served_warnings);
+            }
+        }
         Err(e) => problems.push(e),
+    }
+    for w in &warnings {
+        eprintln!("{}: {w}", paint("warning", "33"));
     }
     problems.sort();
     problems.dedup();
@@ -981,6 +1092,16 @@ fn print_cert_table(certs: &[CertView]) {
         })
         .collect();
     print_table(&header, &rows);
+}
+
+/// Per listener: its candidates and its fallback, as the daemon would serve them.
+fn print_listener_lines(ctx: &Ctx, store: &Store) {
+    let built = crate::snapshot::TlsShared::new().and_then(|t| crate::snapshot::build(&ctx.config, store, &t));
+    let Ok(snapshot) = built else { return };
+    println!();
+    for l in crate::admin::listener_rows(&snapshot) {
+        println!("listener {}: {}; fallback {} ({})", l.name, l.candidates(), l.fallback, l.fallback_reason);
+    }
 }
 
 fn print_request_table(requests: &[RequestView]) {

@@ -295,7 +295,7 @@ pub struct AcmeCertificate {
     pub hostnames: Vec<String>,
     pub name: Option<String>,
     pub key_type: Option<crate::pki::KeyType>,
-    /// Listeners it is assigned to when issued; `None`: every listener.
+    /// Listeners it is assigned to when issued; `None`: none (served by auto-selection).
     pub listeners: Option<Vec<String>>,
 }
 

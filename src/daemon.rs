@@ -45,7 +45,7 @@ fn build(
 ) -> Result<Snapshot> {
     // The lock is held only while reading, so CLI writers are never blocked for long.
     // Only the first build may create the store; later ones need it to exist.
-    let store = if generation == 1 { Store::open(store_dir)? } else { Store::open_existing(store_dir)? };
+    let store = if generation == 1 { Store::open_or_create(store_dir)? } else { Store::open_existing(store_dir)? };
     let mut cache = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let snapshot = snapshot::build_cached(config, &store, shared, &mut cache).map_err(|e| anyhow!(e))?;
     for p in &snapshot.problems {

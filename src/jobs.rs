@@ -233,11 +233,11 @@ pub struct Context {
 /// Runs `parsed`. `rerun`: the job was cut off by a crash and may have had its effect.
 async fn execute(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, String> {
     match parsed.command {
-        Command::Acme(AcmeCommand::Request { hostnames, key, name, listeners }) => {
+        Command::Acme(AcmeCommand::Request { hostnames, key, name, listeners, replace }) => {
             let acme = ctx.config.acme.as_ref().ok_or("no [acme] section in the daemon's configuration")?;
             let key_type = key.map(|k| k.parse().map_err(|r: String| format!("key {k:?}: {r}"))).transpose()?;
-            let listeners = ops::listeners_or_all(&ctx.config, &listeners).map_err(|e| e.to_string())?;
-            let params = crate::acme::RequestParams { hostnames, key_type, name, listeners };
+            let listeners = ops::checked_listeners(&ctx.config, &listeners).map_err(|e| e.to_string())?;
+            let params = crate::acme::RequestParams { hostnames, key_type, name, listeners, replace };
             let responder =
                 crate::acme::Responder { challenges: ctx.challenges.clone(), on_disk: false, check: Vec::new() };
             let lines = Mutex::new(Vec::new());
@@ -303,29 +303,30 @@ fn cert(cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, String>
                 ops::ExportParams { id, format, out, include_key, include_chain, password, no_password, force };
             Ok(Outcome::from_report(ops::export(&store, &params).map_err(e)?))
         }
-        CertCommand::SetDefault { id, listener: Some(listener) } => {
+        CertCommand::SetDefault { id, listener: Some(listener), force } => {
             let mut store = open()?;
-            Ok(Outcome::from_report(ops::set_listener_default(&mut store, &ctx.config, &id, &listener).map_err(e)?))
+            let r = ops::set_listener_default(&mut store, &ctx.config, &id, &listener, force);
+            Ok(Outcome::from_report(r.map_err(e)?))
         }
-        CertCommand::SetDefault { id, listener: None } => {
+        CertCommand::SetDefault { id, listener: None, force } => {
             let mut store = open()?;
-            Ok(Outcome::from_report(ops::set_default(&mut store, &id).map_err(e)?))
+            Ok(Outcome::from_report(ops::set_default(&mut store, &id, force).map_err(e)?))
         }
-        CertCommand::Assign { id, listeners } => {
+        CertCommand::Assign { id, listeners, force } => {
             let mut store = open()?;
-            Ok(Outcome::from_report(ops::assign(&mut store, &ctx.config, &id, &listeners, true).map_err(e)?))
+            Ok(Outcome::from_report(ops::assign(&mut store, &ctx.config, &id, &listeners, true, force).map_err(e)?))
         }
         CertCommand::Unassign { id, listeners } => {
             let mut store = open()?;
-            Ok(Outcome::from_report(ops::assign(&mut store, &ctx.config, &id, &listeners, false).map_err(e)?))
+            Ok(Outcome::from_report(ops::assign(&mut store, &ctx.config, &id, &listeners, false, false).map_err(e)?))
         }
         CertCommand::Replace { old, new, force } => {
             let mut store = open()?;
             Ok(Outcome::from_report(ops::replace(&mut store, &old, &new, force).map_err(e)?))
         }
-        CertCommand::Delete { id } => {
+        CertCommand::Delete { id, force } => {
             let mut store = open()?;
-            match ops::delete(&mut store, &id) {
+            match ops::delete(&mut store, &ctx.config, &id, force) {
                 Err(ops::Error::Store(crate::store::Error::NotFound(_))) if rerun => Ok(Outcome {
                     messages: vec![format!("{id}: not in the store; the interrupted run had already deleted it")],
                     warnings: Vec::new(),

@@ -34,6 +34,9 @@ pub enum Error {
     /// `cert replace`: the new certificate does not qualify.
     #[error("{0}")]
     Replace(String),
+    /// A change that would break what clients are served; `--force` overrides it.
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn flag(flag: &'static str, reason: impl Into<String>) -> Error {
@@ -259,15 +262,13 @@ pub struct DefaultChanged {
     pub previous: String,
 }
 
-/// `--listener` values for a new ACME certificate: each must be configured; none given
-/// means every listener (a listener with assignments serves only those).
-pub fn listeners_or_all(config: &Config, listeners: &[String]) -> Result<Vec<String>, Error> {
+/// `--listener` values for a new ACME certificate, each checked against the
+/// configuration. None given means no assignment: every listener without assignments
+/// serves it by SNI (auto-selection), and assigning it everywhere would stop those
+/// listeners serving every other certificate.
+pub fn checked_listeners(config: &Config, listeners: &[String]) -> Result<Vec<String>, Error> {
     check_listeners(config, listeners)?;
-    Ok(if listeners.is_empty() {
-        config.listeners.iter().map(|l| l.name.clone()).collect()
-    } else {
-        listeners.to_vec()
-    })
+    Ok(listeners.to_vec())
 }
 
 fn check_listeners(config: &Config, listeners: &[String]) -> Result<(), Error> {
@@ -289,18 +290,20 @@ pub fn set_listener_default(
     config: &Config,
     key: &str,
     listener: &str,
+    force: bool,
 ) -> Result<Report<DefaultChanged>, Error> {
     check_listeners(config, &[listener.to_owned()])?;
-    let (id, warnings) = servable(store, key)?;
+    let (id, warnings) = servable(store, key, force)?;
     let previous = store.set_listener_default(listener, Some(&id))?;
     let mut report = Report::new(DefaultChanged { id, previous: previous.unwrap_or_else(|| "-".into()) });
     report.warnings = warnings;
-    report.notes.push(format!("listener {listener} now serves only its assigned certificates and this default"));
+    report.notes.push(format!("listener {listener} serves {} when SNI picks no certificate", report.value.id));
     Ok(report)
 }
 
-/// A certificate that can be served: exists, is not a request, has its key.
-fn servable(store: &Store, key: &str) -> Result<(String, Vec<String>), Error> {
+/// A certificate that can be served: exists, is not a request, has its key. One that
+/// clients would refuse (expired, not yet valid, its intermediate missing) needs `force`.
+fn servable(store: &Store, key: &str, force: bool) -> Result<(String, Vec<String>), Error> {
     let (kind, id) = store.resolve(key)?;
     if kind == EntryKind::Request {
         return Err(Error::WrongKind {
@@ -312,7 +315,26 @@ fn servable(store: &Store, key: &str) -> Result<(String, Vec<String>), Error> {
     if !entry.key.has_key() {
         return Err(Error::WrongKind { id, reason: "has no usable private key, so it cannot be served" });
     }
-    let warnings = CertView::new(&entry, store.state(), OffsetDateTime::now_utc()).warnings;
+    let now = OffsetDateTime::now_utc();
+    let mut refusals = Vec::new();
+    if now > entry.info.not_after {
+        refusals.push(format!("expired on {}", rfc3339(entry.info.not_after)));
+    } else if now < entry.info.not_before {
+        refusals.push(format!("not valid before {}", rfc3339(entry.info.not_before)));
+    }
+    if entry.chain.missing_intermediate {
+        refusals.push(format!(
+            "its chain misses the intermediate \"{}\" (import it first: portcullis cert import INTERMEDIATE.pem)",
+            entry.info.issued_by
+        ));
+    }
+    if !refusals.is_empty() && !force {
+        return Err(Error::Refused(format!(
+            "{id}: clients would reject it: {} (use --force to serve it anyway)",
+            refusals.join("; ")
+        )));
+    }
+    let warnings = CertView::new(&entry, store.state(), now).warnings;
     Ok((id, warnings))
 }
 
@@ -330,10 +352,11 @@ pub fn assign(
     key: &str,
     listeners: &[String],
     assign: bool,
+    force: bool,
 ) -> Result<Report<Assigned>, Error> {
     check_listeners(config, listeners)?;
     let (id, warnings) = if assign {
-        servable(store, key)?
+        servable(store, key, force)?
     } else {
         let (_, id) = store.resolve(key)?;
         (id, Vec::new())
@@ -356,10 +379,24 @@ pub struct Which {
     pub id: Option<String>,
     pub friendly_name: Option<String>,
     pub reason: String,
-    /// Stored certificates that cover the name but are not served on this listener
+    /// "auto-selection" (every certificate in the store) or "assigned".
+    pub candidates: &'static str,
+    /// Other candidates that cover the name, each with why the served one won.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outranked: Vec<Outranked>,
+    /// Stored certificates that cover the name but are not candidates on this listener
     /// (a listener with assignments serves only those).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_assigned: Vec<String>,
+}
+
+/// A candidate that lost to the served certificate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Outranked {
+    pub id: String,
+    /// What the served certificate has that this one lacks: "exact name beats a wildcard",
+    /// "valid now", "complete chain", "expires later", "newer entry" or "listed first".
+    pub lost_on: &'static str,
 }
 
 pub fn which(store: &Store, config: &Config, hostname: &str, listener: Option<&str>) -> Result<Which, Error> {
@@ -370,35 +407,61 @@ pub fn which(store: &Store, config: &Config, hostname: &str, listener: Option<&s
         }
         None => config.listeners.first().map(|l| l.name.clone()).unwrap_or_default(),
     };
+    let hostname = hostname.strip_suffix('.').unwrap_or(hostname).to_ascii_lowercase();
     let shared = crate::snapshot::TlsShared::new().map_err(Error::Replace)?;
     let snapshot = crate::snapshot::build(config, store, &shared).map_err(Error::Replace)?;
     let l = snapshot.listener(&name).ok_or_else(|| flag("--listener", format!("{name:?} is not configured")))?;
-    let sni = (!hostname.is_empty()).then_some(hostname);
+    let sni = (!hostname.is_empty()).then_some(hostname.as_str());
     let selection = l.certs.lookup(sni);
     let matched = matches!(selection, crate::sni::Selection::Exact(_) | crate::sni::Selection::Wildcard(_));
-    let not_assigned = if matched || hostname.is_empty() {
+    let summaries: std::collections::HashMap<&str, &crate::snapshot::CertSummary> =
+        snapshot.certificates.iter().map(|c| (&*c.id, c)).collect();
+    let covers = |id: &str| summaries.get(id).is_some_and(|c| pki::covers(&c.sans, &hostname));
+    let exact = |id: &str| summaries.get(id).is_some_and(|c| c.sans.iter().any(|s| s.eq_ignore_ascii_case(&hostname)));
+    let mut outranked = Vec::new();
+    if matched && let Some(winner) = selection.served() {
+        let ranks = l.certs.ranks();
+        let entries = l.certs.entries();
+        let win_rank = entries.iter().position(|e| e.id == winner.id).map(|i| ranks[i]).unwrap_or_default();
+        for (e, r) in entries.iter().zip(ranks) {
+            if e.id == winner.id || !covers(&e.id) {
+                continue;
+            }
+            // An exact name beats a wildcard whatever their ranks.
+            let lost_on = if exact(&winner.id) && !exact(&e.id) {
+                "exact name beats a wildcard"
+            } else {
+                win_rank.beats(r).unwrap_or("listed first")
+            };
+            outranked.push(Outranked { id: e.id.to_string(), lost_on });
+        }
+    }
+    let candidates: HashSet<&str> = l.certs.entries().iter().map(|e| &*e.id).collect();
+    let not_assigned = if hostname.is_empty() {
         Vec::new()
     } else {
         snapshot
             .certificates
             .iter()
-            .filter(|c| c.has_key && pki::covers(&c.sans, hostname))
+            .filter(|c| c.servable && !candidates.contains(&*c.id) && pki::covers(&c.sans, &hostname))
             .map(|c| c.id.to_string())
             .collect()
     };
     Ok(Which {
         not_assigned,
+        outranked,
+        candidates: if l.assigned.is_some() { "assigned" } else { "auto-selection" },
         listener: name,
-        hostname: hostname.to_owned(),
         id: selection.served().map(|s| s.id.to_string()),
         friendly_name: selection.served().map(|s| s.friendly_name.to_string()),
         reason: selection.reason(),
+        hostname,
     })
 }
 
 /// `cert set-default ID`.
-pub fn set_default(store: &mut Store, key: &str) -> Result<Report<DefaultChanged>, Error> {
-    let (id, warnings) = servable(store, key)?;
+pub fn set_default(store: &mut Store, key: &str, force: bool) -> Result<Report<DefaultChanged>, Error> {
+    let (id, warnings) = servable(store, key, force)?;
     let previous = store.set_default(&id)?;
     let mut report = Report::new(DefaultChanged { id, previous });
     report.warnings = warnings;
@@ -414,9 +477,21 @@ pub struct DeletedView {
     pub listeners: Vec<String>,
 }
 
-/// `cert delete ID`: a certificate (never the factory default) or a pending request.
-pub fn delete(store: &mut Store, key: &str) -> Result<Report<DeletedView>, Error> {
+/// `cert delete ID`: a certificate (never the factory default) or a pending request. A
+/// certificate that is served (a default, assigned, or the only candidate for a name on
+/// a listener) needs `force`; the refusal says what would be served instead.
+pub fn delete(store: &mut Store, config: &Config, key: &str, force: bool) -> Result<Report<DeletedView>, Error> {
     let (kind, id) = store.resolve(key)?;
+    let mut consequences = Vec::new();
+    if kind == EntryKind::Cert && id != store::FACTORY_ID {
+        consequences = served_consequences(store, config, &id)?;
+        if !consequences.is_empty() && !force {
+            return Err(Error::Refused(format!(
+                "{id} is served: {} (use --force to delete it anyway)",
+                consequences.join("; ")
+            )));
+        }
+    }
     let deleted = store.delete(kind, &id)?;
     let mut report = Report::new(DeletedView {
         id: id.clone(),
@@ -427,17 +502,60 @@ pub fn delete(store: &mut Store, key: &str) -> Result<Report<DeletedView>, Error
     if kind == EntryKind::Request {
         report.notes.push(format!("deleted pending request {id} and its private key"));
     }
-    if deleted.was_default {
-        report.notes.push(format!(
-            "{id} was the default certificate: the factory default \"{}\" ({}) is the default now",
-            store::FACTORY_NAME,
-            store::FACTORY_ID
-        ));
-    }
+    report.notes.extend(consequences.into_iter().map(|c| format!("{id} was served: {c}")));
     if !deleted.listeners.is_empty() {
         report.notes.push(format!("{id} was removed from listener(s): {}", deleted.listeners.join(", ")));
     }
     Ok(report)
+}
+
+/// What deleting certificate `id` would change for clients, one phrase per change:
+/// the snapshot as served now against the snapshot without it.
+fn served_consequences(store: &Store, config: &Config, id: &str) -> Result<Vec<String>, Error> {
+    use crate::sni::Selection;
+    let shared = crate::snapshot::TlsShared::new().map_err(Error::Replace)?;
+    let now = crate::snapshot::build(config, store, &shared).map_err(Error::Replace)?;
+    let after = crate::snapshot::build_without(config, store, &shared, id).map_err(Error::Replace)?;
+    let names: Vec<String> = now.certificates.iter().find(|c| &*c.id == id).map(|c| c.sans.clone()).unwrap_or_default();
+    let describe = |sel: &Selection<'_>| match sel.served() {
+        Some(s) => format!("{} ({})", s.id, sel.reason()),
+        None => format!("nothing ({})", sel.reason()),
+    };
+    let mut out = Vec::new();
+    if store.state().default.as_deref() == Some(id) {
+        out.push(format!("it is the global default; the factory default {} takes over", store::FACTORY_ID));
+    }
+    for (l, l_after) in now.listeners.iter().zip(&after.listeners) {
+        let name = &l.config.name;
+        let (fallback, kind) = l.certs.fallback_served();
+        if &*fallback.id == id {
+            let sel = l_after.certs.lookup(None);
+            out.push(format!("fallback ({}) of listener {name}; instead: {}", kind.as_str(), describe(&sel)));
+        }
+        if l.assigned.as_ref().is_some_and(|a| a.iter().any(|a| a == id)) {
+            out.push(format!("assigned to listener {name}"));
+        }
+        for host in &names {
+            // A wildcard name stands for its one-label hosts: ask for a sample one.
+            let probe = match host.strip_prefix("*.") {
+                Some(parent) => format!("portcullis-probe.{parent}"),
+                None => host.clone(),
+            };
+            let sel = l.certs.lookup(Some(&probe));
+            let by_name = matches!(sel, Selection::Exact(_) | Selection::Wildcard(_));
+            if !by_name || sel.served().is_none_or(|s| &*s.id != id) {
+                continue;
+            }
+            let sel_after = l_after.certs.lookup(Some(&probe));
+            if !matches!(sel_after, Selection::Exact(_) | Selection::Wildcard(_)) {
+                out.push(format!(
+                    "the only certificate for {host} on listener {name}; instead: {}",
+                    describe(&sel_after)
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `status`: the node's identity and the certificates it serves.
@@ -446,7 +564,7 @@ pub struct Status {
     pub version: &'static str,
     pub hostname: String,
     pub store: String,
-    pub listeners: Vec<ListenerStatus>,
+    pub listeners: Vec<crate::admin::ListenerRow>,
     pub default: InUse,
     pub in_use: Vec<InUse>,
     pub certificates: usize,
@@ -454,12 +572,6 @@ pub struct Status {
     pub problems: Vec<String>,
     /// The running daemon's view (from its admin listener), if one answers.
     pub daemon: Option<crate::admin::DaemonStatus>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ListenerStatus {
-    pub name: String,
-    pub bind: Vec<String>,
 }
 
 /// A certificate that is served, and why.
@@ -517,15 +629,19 @@ pub fn status(store: &Store, config: &Config) -> Result<Status, Error> {
             }
         }
     }
+    let shared = crate::snapshot::TlsShared::new().map_err(Error::Replace)?;
+    let listeners = match crate::snapshot::build(config, store, &shared) {
+        Ok(snapshot) => crate::admin::listener_rows(&snapshot),
+        Err(e) => {
+            problems.push(e);
+            Vec::new()
+        }
+    };
     Ok(Status {
         version: crate::VERSION,
         hostname: crate::hostname().unwrap_or_default(),
         store: store.root().display().to_string(),
-        listeners: config
-            .listeners
-            .iter()
-            .map(|l| ListenerStatus { name: l.name.clone(), bind: l.bind.iter().map(ToString::to_string).collect() })
-            .collect(),
+        listeners,
         default,
         in_use,
         certificates: certs.len(),
@@ -590,6 +706,8 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
     let now = OffsetDateTime::now_utc();
     let mut report = Report::new(Imported::default());
 
+    // Files that brought certificates (a key from one of them is part of a bundle).
+    let cert_files: HashSet<String> = found.certs.iter().map(|c| file_of(&c.origin).to_owned()).collect();
     // Certificates, once each, with their parsed form.
     let mut seen = HashSet::new();
     let mut certs = Vec::new();
@@ -656,7 +774,12 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
                     used_keys.insert(k);
                     attach.push((existing.id.clone(), k));
                 }
-                _ => report.value.already_present.push(existing.id.clone()),
+                Some(k) => {
+                    // Its key came along again (the same PKCS#12 imported twice).
+                    used_keys.insert(k);
+                    report.value.already_present.push(existing.id.clone());
+                }
+                None => report.value.already_present.push(existing.id.clone()),
             }
             continue;
         }
@@ -694,17 +817,29 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
         if used_keys.contains(&i) {
             continue;
         }
-        if let Some(entry) =
-            stored.iter().find(|e| !e.key.has_key() && e.info.public_key_raw.as_slice() == k.key.public_key_raw())
-        {
-            used_keys.insert(i);
-            attach.push((entry.id.clone(), i));
-        } else {
-            report.warnings.push(format!(
+        match stored.iter().find(|e| e.info.public_key_raw.as_slice() == k.key.public_key_raw()) {
+            Some(entry) if !entry.key.has_key() => {
+                used_keys.insert(i);
+                attach.push((entry.id.clone(), i));
+            }
+            Some(entry) => {
+                report.notes.push(format!("{}: the private key of {} is already in the store", k.origin, entry.id))
+            }
+            None if cert_files.contains(file_of(&k.origin)) => report.warnings.push(format!(
                 "{}: private key ({}) matches no certificate in this import or the store; not stored",
                 k.origin,
                 k.key.describe()
-            ));
+            )),
+            None => {
+                // A key file given on purpose that fits nothing is a mistake (the wrong
+                // file): the certificate would be stored without a key and never served.
+                // (A stray key inside a bundle whose certificates import is only reported.)
+                return Err(Error::Refused(format!(
+                    "{}: private key ({}) matches no certificate in this import or the store; nothing imported",
+                    k.origin,
+                    k.key.describe()
+                )));
+            }
         }
     }
     if leaves.is_empty() && trust.is_empty() && attach.is_empty() && report.value.already_present.is_empty() {
@@ -776,6 +911,11 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
         report.notes.push(format!("{id}: this certificate is already in the store"));
     }
     Ok(report)
+}
+
+/// The file part of an import origin, "FILE (FORMAT)".
+fn file_of(origin: &str) -> &str {
+    origin.rsplit_once(" (").map_or(origin, |(file, _)| file)
 }
 
 /// What `cert export` writes.

@@ -187,7 +187,7 @@ async fn serve_http<I>(
     let conn = HttpConn { peer: conn.peer, peer_ip, guard: Arc::new(guard) };
     let service = service_fn(move |req: Request<Incoming>| {
         let l = &snap.listeners[index];
-        let route = request_host(&req).and_then(|h| l.routes.iter().position(|r| r.hosts.iter().any(|p| p.matches(h))));
+        let route = request_host(&req).and_then(|h| l.route_table.lookup(h));
         let fut = route.and_then(|ri| match &l.routes[ri].handler {
             Handler::Http(h) => Some((h.call(req, conn.clone()), ri)),
             _ => None,

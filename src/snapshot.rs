@@ -2,10 +2,13 @@
 //! from the configuration and the store, validated, then published with one
 //! `ArcSwap::store`. Connections load it once at accept and keep it until they close.
 //!
-//! Which certificates a listener serves (state.toml): a listener with assignments serves
-//! only those, falling back to its own default (or its first assignment), like an
-//! appliance's IP addresses; a listener without assignments serves the global default,
-//! which is the factory default until `cert set-default` names another.
+//! Which certificates a listener serves (DESIGN.md, "Serving rule"; the guides' "SSL
+//! certificate auto-selection"): a listener without assignments in state.toml considers
+//! every servable certificate in the store; a listener with assignments only those (and
+//! its own default), like an appliance's IP addresses. Several candidates for one name
+//! rank by [`Rank`]. The fallback for no SNI or an unknown name is the listener's default,
+//! else the global default if it is a candidate, else the earliest-assigned candidate,
+//! else the factory default.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use crate::admin::metrics::{self, ListenerMetrics, RouteMetrics};
 use crate::config::{self, Config, HostPattern};
 use crate::pki::KeyLink;
 use crate::proxy::handler::{self, Handler};
-use crate::sni::{CertMap, CertMapBuilder, DefaultKind, Resolver, Served};
+use crate::sni::{CertMap, CertMapBuilder, DefaultKind, Rank, Resolver, Served};
 use crate::store::{self, CertEntry, Stamp, Store};
 
 /// A routed handler.
@@ -34,16 +37,89 @@ pub struct Route {
 pub struct ListenerSnap {
     pub config: config::Listener,
     pub certs: Arc<CertMap>,
+    /// The assigned certificates, in assignment order; `None`: every servable
+    /// certificate of the store is a candidate (auto-selection).
+    pub assigned: Option<Vec<String>>,
     pub tls: Arc<ServerConfig>,
     pub routes: Vec<Route>,
+    /// Which route serves a host: exact, then wildcard, then `*`.
+    pub route_table: RouteTable,
     pub has_passthrough: bool,
     pub metrics: ListenerMetrics,
 }
 
 impl ListenerSnap {
-    /// The first route whose host patterns match `host` (lowercase, without port).
+    /// The route that serves `host` (without port; any case, trailing dot ignored).
     pub fn route(&self, host: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| r.hosts.iter().any(|h| h.matches(host)))
+        self.route_table.lookup(host).map(|i| &self.routes[i])
+    }
+}
+
+/// Route precedence, as for certificates (DESIGN.md): an exact host, then a wildcard
+/// (one label, keyed by its parent domain), then `"*"`; among routes naming the same
+/// pattern the first in configuration order wins. Lookups allocate nothing.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<Box<str>, usize>,
+    wildcard: HashMap<Box<str>, usize>,
+    any: Option<usize>,
+}
+
+impl RouteTable {
+    /// Indexes `routes`; returns the table and, for each route that can never match
+    /// (every pattern taken by an earlier route), its index.
+    pub fn new<'a>(routes: impl IntoIterator<Item = &'a [HostPattern]>) -> (Self, Vec<usize>) {
+        let mut t = Self::default();
+        let mut shadowed = Vec::new();
+        for (i, hosts) in routes.into_iter().enumerate() {
+            let mut reachable = false;
+            for h in hosts {
+                let fresh = match h {
+                    HostPattern::Exact(n) => t.exact.try_insert_first(n, i),
+                    HostPattern::Wildcard(p) => t.wildcard.try_insert_first(p, i),
+                    HostPattern::Any => t.any.get_or_insert(i) == &i,
+                };
+                reachable |= fresh;
+            }
+            if !reachable {
+                shadowed.push(i);
+            }
+        }
+        (t, shadowed)
+    }
+
+    pub fn lookup(&self, host: &str) -> Option<usize> {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        let mut buf = [0u8; 253];
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            let lowered = buf.get_mut(..host.len())?;
+            lowered.copy_from_slice(host.as_bytes());
+            lowered.make_ascii_lowercase();
+            std::str::from_utf8(lowered).ok()?
+        } else {
+            host
+        };
+        if let Some(&i) = self.exact.get(host) {
+            return Some(i);
+        }
+        if let Some((label, parent)) = host.split_once('.')
+            && !label.is_empty()
+            && let Some(&i) = self.wildcard.get(parent)
+        {
+            return Some(i);
+        }
+        self.any
+    }
+}
+
+trait InsertFirst {
+    /// Inserts unless the key is there; true if `i` holds it now.
+    fn try_insert_first(&mut self, key: &str, i: usize) -> bool;
+}
+
+impl InsertFirst for HashMap<Box<str>, usize> {
+    fn try_insert_first(&mut self, key: &str, i: usize) -> bool {
+        *self.entry(key.into()).or_insert(i) == i
     }
 }
 
@@ -65,6 +141,10 @@ pub struct CertSummary {
     pub not_after: i64,
     /// ACME certificates: hostnames and renewal status from meta.toml.
     pub acme: Option<Arc<store::AcmeMeta>>,
+    /// How it ranks against other candidates for the same name, as of the build.
+    pub rank: Rank,
+    /// Whether it can be served (has its key, and rustls accepts it).
+    pub servable: bool,
 }
 
 /// State shared by every snapshot, so TLS sessions survive reloads.
@@ -90,6 +170,8 @@ pub struct Snapshot {
     pub certificates: Vec<CertSummary>,
     /// Store entries that were skipped, and other things worth reporting.
     pub problems: Vec<String>,
+    /// Worth knowing, but nothing is broken (a route that can never match).
+    pub warnings: Vec<String>,
     /// `[acme]` thresholds, which decide an ACME certificate's status at any moment.
     pub acme_policy: crate::acme::Policy,
 }
@@ -97,6 +179,30 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn listener(&self, name: &str) -> Option<&ListenerSnap> {
         self.listeners.iter().find(|l| l.config.name == name)
+    }
+
+    /// Certificates some client gets: a listener's fallback, or the winner of one of its
+    /// names on some listener (a wildcard name is asked for as one of its hosts).
+    pub fn served_ids(&self) -> std::collections::HashSet<&str> {
+        let by_id: HashMap<&str, &CertSummary> = self.certificates.iter().map(|c| (&*c.id, c)).collect();
+        let mut served = std::collections::HashSet::new();
+        for l in &self.listeners {
+            served.insert(&*l.certs.fallback_served().0.id);
+            for e in l.certs.entries() {
+                let Some(c) = by_id.get(&*e.id) else { continue };
+                let wins = c.sans.iter().any(|name| {
+                    let probe = match name.strip_prefix("*.") {
+                        Some(parent) => format!("portcullis-probe.{parent}"),
+                        None => name.clone(),
+                    };
+                    l.certs.lookup(Some(&probe)).served().is_some_and(|s| s.id == e.id)
+                });
+                if wins {
+                    served.insert(&*c.id);
+                }
+            }
+        }
+        served
     }
 }
 
@@ -114,6 +220,9 @@ fn certified_key(entry: &CertEntry, send_root: bool) -> Result<Arc<CertifiedKey>
 /// What a build keeps of one store entry.
 struct Cached {
     stamp: Stamp,
+    id: Arc<str>,
+    created: i64,
+    chain_complete: bool,
     friendly_name: Arc<str>,
     issued_to: Arc<str>,
     issued_by: Arc<str>,
@@ -182,10 +291,14 @@ impl EntryCache {
                     if let Err(why) = &keys[0] {
                         problems.push(format!("{}: not served: {why}", entry.dir.display()));
                     }
+                    let shared_id: Arc<str> = id.as_str().into();
                     self.entries.insert(
                         id,
                         Cached {
                             stamp,
+                            id: shared_id,
+                            created: entry.meta.created.unix_timestamp(),
+                            chain_complete: !entry.chain.missing_intermediate,
                             friendly_name: entry.meta.friendly_name.as_str().into(),
                             issued_to: entry.info.issued_to.as_str().into(),
                             issued_by: entry.info.issued_by.as_str().into(),
@@ -215,6 +328,14 @@ pub fn build(config: &Config, store: &Store, shared: &TlsShared) -> Result<Snaps
     build_cached(config, store, shared, &mut EntryCache::default())
 }
 
+/// [`build`] as if certificate `id` were not in the store: what deleting it would serve.
+pub fn build_without(config: &Config, store: &Store, shared: &TlsShared, id: &str) -> Result<Snapshot, String> {
+    let mut cache = EntryCache::default();
+    let problems = cache.refresh(store)?;
+    cache.entries.remove(id);
+    assemble(config, store, shared, &cache, problems)
+}
+
 /// [`build`] reusing (and updating) what an earlier build parsed.
 pub fn build_cached(
     config: &Config,
@@ -222,13 +343,33 @@ pub fn build_cached(
     shared: &TlsShared,
     cache: &mut EntryCache,
 ) -> Result<Snapshot, String> {
-    let mut problems = cache.refresh(store)?;
+    let problems = cache.refresh(store)?;
+    assemble(config, store, shared, cache, problems)
+}
+
+fn assemble(
+    config: &Config,
+    store: &Store,
+    shared: &TlsShared,
+    cache: &EntryCache,
+    mut problems: Vec<String>,
+) -> Result<Snapshot, String> {
     let entries = &cache.entries;
-    let served = |id: &str, send_root: bool| -> Option<(Served, Vec<String>, i64)> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let rank = |c: &Cached| Rank {
+        valid_now: c.not_before <= now && now <= c.not_after,
+        chain_complete: c.chain_complete,
+        not_after: c.not_after,
+        created: c.created,
+    };
+    // Id order, so that equal ranks resolve the same way in every build.
+    let mut ids: Vec<&String> = entries.keys().collect();
+    ids.sort_unstable();
+    let served = |id: &str, send_root: bool| -> Option<(Served, &[String], Rank)> {
         let c = entries.get(id)?;
         let key = c.keys[usize::from(send_root)].as_ref().ok()?.clone();
-        let s = Served { id: id.into(), friendly_name: Arc::clone(&c.friendly_name), key };
-        Some((s, c.sans.clone(), c.not_after))
+        let s = Served { id: Arc::clone(&c.id), friendly_name: Arc::clone(&c.friendly_name), key };
+        Some((s, &c.sans, rank(c)))
     };
     let state = store.state();
     for name in state.listeners.keys() {
@@ -238,38 +379,58 @@ pub fn build_cached(
     }
 
     let provider = Arc::new(provider());
+    let mut warnings = Vec::new();
     let mut listeners = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
-        let mut builder = CertMapBuilder::new(l.no_sni, l.unknown_sni);
-        let assigned = state.listeners.get(&l.name);
-        let mut fallback: Option<(usize, DefaultKind)> = None;
-        if let Some(a) = assigned.filter(|a| !a.assigned.is_empty() || a.default.is_some()) {
-            let ids = a.default.iter().chain(a.assigned.iter());
-            for id in ids {
-                match served(id, l.send_root) {
-                    Some((s, names, not_after)) => {
-                        let i = builder.add(s, &names, not_after);
-                        fallback.get_or_insert((i, DefaultKind::Listener));
+        let own = state.listeners.get(&l.name);
+        let own_default = own.and_then(|a| a.default.as_deref());
+        let assigned = own.map(|a| &a.assigned).filter(|a| !a.is_empty());
+        let mut builder =
+            CertMapBuilder::with_capacity(l.no_sni, l.unknown_sni, assigned.map_or(ids.len(), |a| a.len() + 1));
+        match assigned {
+            Some(assigned) => {
+                // The listener's own default is served by name too, as before assignments.
+                for id in own_default.into_iter().chain(assigned.iter().map(String::as_str)) {
+                    if builder.position(id).is_some() {
+                        continue;
                     }
-                    None => problems.push(format!("listener {}: assigned certificate {id} cannot be served", l.name)),
+                    match served(id, l.send_root) {
+                        Some((s, names, rank)) => {
+                            builder.add(s, names, rank);
+                        }
+                        None => {
+                            problems.push(format!("listener {}: assigned certificate {id} cannot be served", l.name))
+                        }
+                    }
+                }
+            }
+            None => {
+                for id in &ids {
+                    if let Some((s, names, rank)) = served(id, l.send_root) {
+                        builder.add(s, names, rank);
+                    }
                 }
             }
         }
+        if let Some(id) = own_default
+            && builder.position(id).is_none()
+        {
+            problems.push(format!("listener {}: its default certificate {id} cannot be served", l.name));
+        }
+        let global = state.default.as_deref();
+        let fallback = own_default
+            .and_then(|id| builder.position(id))
+            .map(|i| (i, DefaultKind::Listener))
+            .or_else(|| global.and_then(|id| builder.position(id)).map(|i| (i, DefaultKind::Global)))
+            .or_else(|| {
+                assigned.and_then(|a| a.iter().find_map(|id| builder.position(id))).map(|i| (i, DefaultKind::Assigned))
+            });
         let map = match fallback {
             Some((i, kind)) => builder.build_with(i, kind),
             None => {
-                let global = state.default.as_deref().and_then(|id| served(id, l.send_root));
-                let (s, names, not_after, kind) = match global {
-                    Some((s, n, t)) => (s, n, t, DefaultKind::Global),
-                    None => {
-                        let (s, n, t) = served(store::FACTORY_ID, l.send_root).ok_or_else(|| {
-                            format!("the factory default certificate {} cannot be served", store::FACTORY_ID)
-                        })?;
-                        (s, n, t, DefaultKind::Factory)
-                    }
-                };
-                let i = builder.add(s, &names, not_after);
-                builder.build_with(i, kind)
+                let (s, _, _) = served(store::FACTORY_ID, l.send_root)
+                    .ok_or_else(|| format!("the factory default certificate {} cannot be served", store::FACTORY_ID))?;
+                builder.build(s, DefaultKind::Factory)
             }
         };
         let certs = Arc::new(map);
@@ -278,6 +439,14 @@ pub fn build_cached(
         for r in config.routes.iter().filter(|r| r.listener == l.name) {
             let handler = handler::build(&r.handler).map_err(|e| format!("{}.handler: {e}", r.origin))?;
             routes.push(Route { hosts: r.hosts.clone(), handler, metrics: RouteMetrics::new(&r.label) });
+        }
+        let (route_table, shadowed) = RouteTable::new(routes.iter().map(|r| r.hosts.as_slice()));
+        for i in shadowed {
+            let origin = &config.routes.iter().filter(|r| r.listener == l.name).nth(i).expect("same routes").origin;
+            warnings.push(format!(
+                "{origin}: never matches: every host of it is taken by an earlier route of listener {}",
+                l.name
+            ));
         }
         let has_passthrough = routes.iter().any(|r| matches!(r.handler, Handler::Passthrough(_)));
         let has_http = routes.iter().any(|r| matches!(r.handler, Handler::Http(_)));
@@ -300,8 +469,10 @@ pub fn build_cached(
         listeners.push(ListenerSnap {
             config: l.clone(),
             certs,
+            assigned: assigned.cloned(),
             tls: Arc::new(tls),
             routes,
+            route_table,
             has_passthrough,
             metrics: ListenerMetrics::new(&l.name),
         });
@@ -332,11 +503,13 @@ pub fn build_cached(
             not_before: c.not_before,
             not_after: c.not_after,
             acme: c.acme.clone(),
+            rank: rank(c),
+            servable: c.keys[0].is_ok(),
         })
         .collect();
     certificates.sort_by(|a, b| a.id.cmp(&b.id));
     let acme_policy = crate::acme::Policy::of(config.acme.as_ref());
-    Ok(Snapshot { listeners, certificates, problems, acme_policy })
+    Ok(Snapshot { listeners, certificates, problems, warnings, acme_policy })
 }
 
 /// aws-lc-rs with the cipher suites in Mozilla's recommended server order ("intermediate",

@@ -31,14 +31,59 @@ impl fmt::Debug for Served {
     }
 }
 
-/// Why the fallback certificate was chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why the fallback certificate was chosen (DESIGN.md, "Serving rule").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DefaultKind {
-    /// `cert set-default ID --listener NAME`, or the first certificate assigned to it.
+    /// `cert set-default ID --listener NAME`.
     Listener,
-    /// `cert set-default ID`.
+    /// `cert set-default ID`, when it is a candidate of the listener.
     Global,
+    /// The earliest-assigned certificate of a listener with assignments.
+    Assigned,
     Factory,
+}
+
+impl DefaultKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Listener => "listener default",
+            Self::Global => "global default",
+            Self::Assigned => "earliest-assigned certificate",
+            Self::Factory => "factory default",
+        }
+    }
+}
+
+/// How a certificate ranks against other candidates for the same name: valid now, then a
+/// complete chain, then the latest notAfter, then the newest entry. The derived order
+/// compares the fields in that order, so the greatest rank wins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rank {
+    pub valid_now: bool,
+    pub chain_complete: bool,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// When the store entry was created, Unix seconds.
+    pub created: i64,
+}
+
+impl Rank {
+    /// Why `self` beats `other`, in words, or `None` if it does not.
+    pub fn beats(&self, other: &Self) -> Option<&'static str> {
+        if self <= other {
+            return None;
+        }
+        Some(if self.valid_now != other.valid_now {
+            "valid now"
+        } else if self.chain_complete != other.chain_complete {
+            "complete chain"
+        } else if self.not_after != other.not_after {
+            "expires later"
+        } else {
+            "newer entry"
+        })
+    }
 }
 
 /// Why SNI did not pick a certificate.
@@ -85,19 +130,12 @@ impl Selection<'_> {
     pub fn reason(&self) -> String {
         let miss = |m: &Miss| match m {
             Miss::NoSni => "no SNI",
-            Miss::Unknown => "no certificate on this listener covers the name",
+            Miss::Unknown => "no candidate certificate of this listener covers the name",
         };
         match self {
             Self::Exact(_) => "exact name match".into(),
             Self::Wildcard(_) => "wildcard match".into(),
-            Self::Default { kind, miss: m, .. } => {
-                let kind = match kind {
-                    DefaultKind::Listener => "listener default",
-                    DefaultKind::Global => "global default",
-                    DefaultKind::Factory => "factory default",
-                };
-                format!("{kind} ({})", miss(m))
-            }
+            Self::Default { kind, miss: m, .. } => format!("{} ({})", kind.as_str(), miss(m)),
             Self::Rejected(m) => format!("rejected by the listener's {} policy ({})", m.as_str(), miss(m)),
         }
     }
@@ -107,6 +145,7 @@ impl Selection<'_> {
 #[derive(Debug)]
 pub struct CertMap {
     entries: Vec<Served>,
+    ranks: Vec<Rank>,
     exact: HashMap<Box<str>, usize>,
     /// Keyed by the parent domain: `*.example.com` is stored under `example.com`.
     wildcard: HashMap<Box<str>, usize>,
@@ -116,55 +155,63 @@ pub struct CertMap {
     unknown_sni: SniPolicy,
 }
 
-/// Builds a [`CertMap`]: add certificates, then choose the fallback.
+/// Builds a [`CertMap`]: add the candidates, then choose the fallback.
 pub struct CertMapBuilder {
     map: CertMap,
-    /// not_after (Unix seconds) of the entry that owns each name, so renewals win.
-    expiry: Vec<i64>,
 }
 
 impl CertMapBuilder {
     pub fn new(no_sni: SniPolicy, unknown_sni: SniPolicy) -> Self {
+        Self::with_capacity(no_sni, unknown_sni, 0)
+    }
+
+    /// For `n` certificates.
+    pub fn with_capacity(no_sni: SniPolicy, unknown_sni: SniPolicy, n: usize) -> Self {
         Self {
             map: CertMap {
-                entries: Vec::new(),
-                exact: HashMap::new(),
-                wildcard: HashMap::new(),
+                entries: Vec::with_capacity(n),
+                ranks: Vec::with_capacity(n),
+                exact: HashMap::with_capacity(n),
+                wildcard: HashMap::with_capacity(n),
                 default: 0,
                 default_kind: DefaultKind::Factory,
                 no_sni,
                 unknown_sni,
             },
-            expiry: Vec::new(),
         }
     }
 
-    /// Adds a certificate for its DNS `names`. When two certificates claim a name, the
-    /// one that expires later wins (a renewal before the old one is deleted).
-    pub fn add(&mut self, served: Served, names: &[String], not_after: i64) -> usize {
+    /// Adds a candidate for its DNS `names`. When two candidates claim a name, the higher
+    /// [`Rank`] wins; on a tie the one added first keeps it.
+    pub fn add(&mut self, served: Served, names: &[String], rank: Rank) -> usize {
         let index = self.map.entries.len();
         self.map.entries.push(served);
-        self.expiry.push(not_after);
+        self.map.ranks.push(rank);
         for name in names {
-            let name = name.to_ascii_lowercase();
             let (table, key) = match name.strip_prefix("*.") {
-                Some(parent) => (&mut self.map.wildcard, parent.to_owned()),
-                None => (&mut self.map.exact, name),
+                Some(parent) => (&mut self.map.wildcard, parent),
+                None => (&mut self.map.exact, name.as_str()),
             };
-            match table.get(key.as_str()) {
-                Some(&other) if self.expiry[other] >= not_after => {}
+            // Names come lowercase from the store; lower them anyway, without a copy
+            // when they already are.
+            let key: std::borrow::Cow<'_, str> =
+                if key.bytes().any(|b| b.is_ascii_uppercase()) { key.to_ascii_lowercase().into() } else { key.into() };
+            match table.get(key.as_ref()) {
+                Some(&other) if self.map.ranks[other] >= rank => {}
                 _ => {
-                    table.insert(key.into_boxed_str(), index);
+                    table.insert(key.into_owned().into_boxed_str(), index);
                 }
             }
         }
         index
     }
 
-    /// Finishes with `served` as the fallback certificate.
+    /// Finishes with `served` as the fallback certificate; it serves no name unless it
+    /// was added as a candidate too.
     pub fn build(mut self, served: Served, kind: DefaultKind) -> CertMap {
         let index = self.map.entries.iter().position(|e| e.id == served.id).unwrap_or_else(|| {
             self.map.entries.push(served);
+            self.map.ranks.push(Rank::default());
             self.map.entries.len() - 1
         });
         self.map.default = index;
@@ -178,6 +225,11 @@ impl CertMapBuilder {
         self.map.default_kind = kind;
         self.map
     }
+
+    /// The index of an added candidate.
+    pub fn position(&self, id: &str) -> Option<usize> {
+        self.map.entries.iter().position(|e| &*e.id == id)
+    }
 }
 
 /// Longest DNS name; longer SNI cannot match anything.
@@ -188,7 +240,9 @@ impl CertMap {
     /// letters is lowered into a stack buffer.
     pub fn lookup(&self, sni: Option<&str>) -> Selection<'_> {
         let Some(name) = sni.filter(|n| !n.is_empty()) else { return self.fallback(Miss::NoSni) };
-        if name.len() > MAX_NAME {
+        // "example.com." is the same name as "example.com".
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.is_empty() || name.len() > MAX_NAME {
             return self.fallback(Miss::Unknown);
         }
         let mut buf = [0u8; MAX_NAME];
@@ -231,6 +285,16 @@ impl CertMap {
     /// Every certificate this listener may serve.
     pub fn entries(&self) -> &[Served] {
         &self.entries
+    }
+
+    /// The rank of each entry, by index of [`Self::entries`].
+    pub fn ranks(&self) -> &[Rank] {
+        &self.ranks
+    }
+
+    /// The certificate served when SNI picks none (if the policy allows), and why.
+    pub fn fallback_served(&self) -> (&Served, DefaultKind) {
+        (&self.entries[self.default], self.default_kind)
     }
 }
 
@@ -308,12 +372,25 @@ mod tests {
         test_served(id)
     }
 
+    fn rank(valid_now: bool, chain_complete: bool, not_after: i64, created: i64) -> Rank {
+        Rank { valid_now, chain_complete, not_after, created }
+    }
+
     fn map(no_sni: SniPolicy, unknown: SniPolicy) -> CertMap {
         let mut b = CertMapBuilder::new(no_sni, unknown);
-        b.add(served("exact"), &["www.example.com".into(), "EXAMPLE.com".into()], 100);
-        b.add(served("wild"), &["*.example.com".into()], 100);
-        b.add(served("newer"), &["api.example.com".into()], 200);
-        b.add(served("older"), &["api.example.com".into()], 50);
+        b.add(served("exact"), &["www.example.com".into(), "EXAMPLE.com".into()], rank(true, true, 100, 1));
+        b.add(served("wild"), &["*.example.com".into()], rank(true, true, 100, 1));
+        b.add(served("newer"), &["api.example.com".into()], rank(true, true, 200, 1));
+        b.add(served("older"), &["api.example.com".into()], rank(true, true, 50, 1));
+        // Expired beats nothing that is valid, however late its notAfter.
+        b.add(served("expired"), &["old.example.com".into()], rank(false, true, 900, 9));
+        b.add(served("valid"), &["old.example.com".into()], rank(true, false, 100, 1));
+        // A complete chain beats a later notAfter.
+        b.add(served("later-incomplete"), &["chain.example.com".into()], rank(true, false, 900, 1));
+        b.add(served("complete"), &["chain.example.com".into()], rank(true, true, 100, 1));
+        // Same validity and expiry: the newer entry.
+        b.add(served("first"), &["twin.example.com".into()], rank(true, true, 100, 1));
+        b.add(served("second"), &["twin.example.com".into()], rank(true, true, 100, 2));
         b.build(served("fallback"), DefaultKind::Global)
     }
 
@@ -338,6 +415,12 @@ mod tests {
         check(&m, Some("foo.example.com"), "wild", "wildcard");
         check(&m, Some("a.b.example.com"), "fallback", "default");
         check(&m, Some("api.example.com"), "newer", "exact");
+        check(&m, Some("old.example.com"), "valid", "exact");
+        check(&m, Some("chain.example.com"), "complete", "exact");
+        check(&m, Some("twin.example.com"), "second", "exact");
+        check(&m, Some("www.example.com."), "exact", "exact");
+        check(&m, Some("Foo.Example.Com."), "wild", "wildcard");
+        check(&m, Some("."), "fallback", "default");
         check(&m, Some("other.test"), "fallback", "default");
         check(&m, None, "fallback", "default");
         check(&m, Some(""), "fallback", "default");
@@ -346,5 +429,16 @@ mod tests {
         check(&strict, None, "-", "rejected");
         check(&strict, Some("other.test"), "-", "rejected");
         check(&strict, Some("foo.example.com"), "wild", "wildcard");
+    }
+
+    #[test]
+    fn rank_reasons() {
+        let base = rank(true, true, 100, 1);
+        assert_eq!(base.beats(&rank(false, true, 900, 9)), Some("valid now"));
+        assert_eq!(base.beats(&rank(true, false, 900, 9)), Some("complete chain"));
+        assert_eq!(base.beats(&rank(true, true, 50, 9)), Some("expires later"));
+        assert_eq!(base.beats(&rank(true, true, 100, 0)), Some("newer entry"));
+        assert_eq!(base.beats(&base), None);
+        assert_eq!(rank(false, true, 900, 9).beats(&base), None);
     }
 }

@@ -60,6 +60,11 @@ pub enum Error {
     /// `--name` failed validation or is taken.
     #[error("--name {value:?}: {reason}")]
     Name { value: String, reason: String },
+    /// No store at this path, and this command does not create one.
+    #[error(
+        "{0}: no certificate store here (did you forget --config? `portcullis init` creates a store, and so does `portcullis run`)"
+    )]
+    NoStore(PathBuf),
     /// The factory default certificate is permanent.
     #[error("{0}: the factory default certificate cannot be deleted")]
     FactoryPermanent(String),
@@ -285,13 +290,40 @@ pub struct Store {
     root: PathBuf,
     state: State,
     notes: Vec<String>,
-    _lock: File,
+    /// The writers' lock; `None` for a read-only view.
+    _lock: Option<File>,
 }
 
 impl Store {
+    /// Opens the existing store at `root` for writing; blocks while another writer holds
+    /// the lock. A missing store is an error ([`Error::NoStore`]), never a reason to
+    /// create one: only `portcullis init` and `portcullis run` do ([`Self::open_or_create`]).
+    pub fn open(root: &Path) -> Result<Self, Error> {
+        if !root.join("state.toml").is_file() {
+            if root.is_dir() && has_entries(root) {
+                // A store that lost its state.toml: `open_or_create` explains the damage.
+                return Self::open_or_create(root);
+            }
+            return Err(Error::NoStore(root.to_owned()));
+        }
+        Self::open_or_create(root)
+    }
+
+    /// A read-only view of the existing store at `root` (`check-config`, `status`): no
+    /// lock, no clean-up of interrupted writes, no factory default created; nothing is
+    /// written.
+    pub fn open_read_only(root: &Path) -> Result<Self, Error> {
+        let state_path = root.join("state.toml");
+        if !state_path.is_file() {
+            return Err(Error::NoStore(root.to_owned()));
+        }
+        let state = read_versioned(&state_path)?;
+        Ok(Self { root: root.to_owned(), state, notes: Vec::new(), _lock: None })
+    }
+
     /// Opens the store at `root` for writing, creating and initialising it if it does not
     /// exist. Blocks while another writer holds the lock.
-    pub fn open(root: &Path) -> Result<Self, Error> {
+    pub fn open_or_create(root: &Path) -> Result<Self, Error> {
         match fs::metadata(root) {
             Ok(m) if !m.is_dir() => {
                 return Err(Error::Damaged { path: root.to_owned(), reason: "not a directory".into() });
@@ -303,7 +335,7 @@ impl Store {
         let lock_path = root.join(".lock");
         let lock = atomic::open_lock(&lock_path).map_err(io_err(&lock_path))?;
         lock.lock().map_err(io_err(&lock_path))?;
-        let mut store = Self { root: root.to_owned(), state: State::default(), notes: Vec::new(), _lock: lock };
+        let mut store = Self { root: root.to_owned(), state: State::default(), notes: Vec::new(), _lock: Some(lock) };
 
         let removed = atomic::clean_staging(root).map_err(io_err(&root.join(atomic::STAGING)))?;
         let (finished, removed): (Vec<String>, Vec<String>) =
@@ -362,7 +394,7 @@ impl Store {
                 reason: "missing: the store was removed or is not initialised".into(),
             });
         }
-        Self::open(root)
+        Self::open_or_create(root)
     }
 
     /// A fresh store has no state.toml. One that has certificates but lost its state.toml
@@ -982,6 +1014,12 @@ fn valid_id(id: &str) -> bool {
 
 /// Entry directories under `dir`, sorted; a missing `dir` is empty. Names that are not
 /// valid ids (editor backups, dot-files) are not entries.
+/// Whether a store directory holds certificates or requests (so it is a damaged store,
+/// not a missing one).
+fn has_entries(root: &Path) -> bool {
+    ["certs", "requests"].iter().any(|d| fs::read_dir(root.join(d)).is_ok_and(|mut r| r.next().is_some()))
+}
+
 fn list_ids(dir: &Path) -> Result<Vec<String>, Error> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,

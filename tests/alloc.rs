@@ -7,7 +7,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use portcullis::config::SniPolicy;
-use portcullis::sni::{CertMapBuilder, DefaultKind, test_served};
+use portcullis::sni::{CertMapBuilder, DefaultKind, Rank, test_served};
 
 struct Counting;
 
@@ -31,7 +31,11 @@ fn lookup_does_not_allocate() {
     let base = test_served("base");
     let mut b = CertMapBuilder::new(SniPolicy::Default, SniPolicy::Reject);
     for i in 0..1000 {
-        b.add(base.alias(&format!("c{i}")), &[format!("host{i}.example.com"), format!("*.zone{i}.example.com")], 0);
+        b.add(
+            base.alias(&format!("c{i}")),
+            &[format!("host{i}.example.com"), format!("*.zone{i}.example.com")],
+            Rank::default(),
+        );
     }
     let map = b.build(base.alias("default"), DefaultKind::Factory);
     let names =

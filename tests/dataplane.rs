@@ -87,7 +87,7 @@ handler = {{ type = "static", body = "public" }}
             p1,
             Some("a.b.example.test"),
             Some("Fallback A"),
-            "listener default (no certificate on this listener covers the name)",
+            "listener default (no candidate certificate of this listener covers the name)",
         ),
         ("public", p1, Some("example.test"), Some("Fallback A"), "listener default"),
         ("public", p1, Some("unknown.test"), Some("Fallback A"), "listener default"),
@@ -95,7 +95,10 @@ handler = {{ type = "static", body = "public" }}
         ("strict", p2, Some("www.example.test"), Some("www.example.test"), "exact name match"),
         ("strict", p2, Some("foo.example.test"), None, "rejected by the listener's unknown_sni policy"),
         ("strict", p2, None, None, "rejected by the listener's no_sni policy"),
-        ("plain", p3, Some("www.example.test"), Some("Portcullis Default"), "factory default"),
+        // No assignments: every stored certificate is a candidate (auto-selection).
+        ("plain", p3, Some("www.example.test"), Some("www.example.test"), "exact name match"),
+        ("plain", p3, Some("foo.example.test"), Some("Wild"), "wildcard match"),
+        ("plain", p3, Some("unknown.test"), Some("Portcullis Default"), "factory default"),
         ("plain", p3, None, Some("Portcullis Default"), "factory default (no SNI)"),
     ];
     for (listener, port, sni, want, reason) in &cases {

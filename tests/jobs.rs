@@ -237,10 +237,10 @@ fn every_action_has_the_cli_effect() {
     assert_eq!(out.code, Some(1));
     assert!(out.stderr.contains("already ran"), "{}", out.stderr);
     // submit validates locally: nothing is dropped for a bad file.
-    let file = jobs_env.write("typo.toml", "action = \"delete\"\nid = \"lab\"\nforce = true\n");
+    let file = jobs_env.write("typo.toml", "action = \"delete\"\nid = \"lab\"\nforse = true\n");
     let out = jobs_env.run(&["--config", cfg.to_str().unwrap(), "job", "submit", file.to_str().unwrap()]);
     assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("line 3: unknown field `force`"), "{}", out.stderr);
+    assert!(out.stderr.contains("line 3: unknown field `forse`"), "{}", out.stderr);
     assert!(!jobs_env.path("jobs/incoming/typo.toml").exists());
 }
 

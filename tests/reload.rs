@@ -106,7 +106,7 @@ fn store_and_config_changes_are_served_without_restart() {
     within(5, "repaired entry served again", &env, || served_cn(port, None).as_deref() == Some("Fresh"));
 
     // Deleting the default certificate falls back to the factory default.
-    env.run(&["cert", "delete", "fresh"]).ok();
+    env.run(&["cert", "delete", "fresh", "--force"]).ok();
     within(5, "fallback to the factory default", &env, || {
         served_cn(port, None).as_deref() == Some("Portcullis Default")
     });
@@ -197,7 +197,7 @@ fn replacements_under_load_drop_nothing() {
         let took =
             within(5, &format!("generation {i}"), &env, || served_cn(port, None).as_deref() == Some(name.as_str()));
         slowest = slowest.max(took);
-        env.run(&["cert", "delete", &format!("gen-{}", i - 1)]).ok();
+        env.run(&["cert", "delete", &format!("gen-{}", i - 1), "--force"]).ok();
         // And a config edit: a new body, a route added or removed.
         std::fs::write(&cfg, config(&format!("b{i}"), i % 2 == 1)).unwrap();
         let url = format!("https://127.0.0.1:{port}/");
@@ -305,8 +305,9 @@ fn a_deleted_certificate_leaves_the_metrics_at_once() {
     let series = "portcullis_certificate_expiry_seconds{id=\"short-lived\",friendly_name=\"Short lived\"}";
     assert!(metrics().contains(series), "{}", metrics());
     for round in 0..3 {
-        // Unassigned and not the default: only the watcher notices the deletion.
-        env.run(&["cert", "delete", "short-lived"]).ok();
+        // Unassigned and not the default: only the watcher notices the deletion. (It is
+        // the only certificate for its name, so it takes --force.)
+        env.run(&["cert", "delete", "short-lived", "--force"]).ok();
         within(3, "deleted certificate gone from /metrics", &env, || !metrics().contains(series));
         env.run(&["cert", "create-self-signed", "--name", "Short lived", "--san", "short.example.test"]).ok();
         within(3, &format!("re-created certificate in /metrics (round {round})"), &env, || metrics().contains(series));

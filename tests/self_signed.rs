@@ -161,9 +161,13 @@ fn list_json_has_the_documented_columns() {
 
 #[test]
 fn factory_default_is_created_on_first_use_and_valid() {
-    let env = Env::new();
+    let env = Env::empty();
+    let init = env.run(&["init"]);
+    assert!(init.stderr.contains("initialised a new store"), "{}", init.stderr);
+    assert!(init.ok().contains("initialised store"), "{}", init.stdout);
+    let again = env.run(&["init"]);
+    assert!(again.ok().contains("exists already; nothing changed"), "{}", again.stdout);
     let run = env.run(&["--json", "cert", "list"]);
-    assert!(run.stderr.contains("initialised a new store"), "{}", run.stderr);
     let list = run.json();
     let factory = &list[0];
     assert_eq!(factory["id"], "portcullis-default");

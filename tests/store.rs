@@ -46,9 +46,9 @@ fn default_falls_back_to_factory_on_delete() {
     assert_eq!(list.iter().find(|c| c["default"] == true).unwrap()["id"], "web");
     assert!(fs::read_to_string(env.store().join("state.toml")).unwrap().contains("default = \"web\""));
 
-    let run = env.run(&["cert", "delete", "web"]);
+    let run = env.run(&["cert", "delete", "web", "--force"]);
     run.ok();
-    assert!(run.stderr.contains("web was the default certificate: the factory default"), "{}", run.stderr);
+    assert!(run.stderr.contains("web was served: it is the global default; the factory default"), "{}", run.stderr);
     let list = env.list();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["id"], "portcullis-default");
@@ -198,7 +198,7 @@ fn a_crash_at_any_point_leaves_old_or_new_state() {
     assert!(fs::read_to_string(&state).unwrap().contains("default = \"web\""));
 
     // Deleting: once unlinked, the entry is gone even though its files were not yet removed.
-    crash(&env, &["cert", "delete", "web"], "entry-unlinked");
+    crash(&env, &["cert", "delete", "web", "--force"], "entry-unlinked");
     assert!(!env.store().join("certs/web").exists());
     let list = env.list();
     assert_eq!(list.len(), 1);

@@ -58,9 +58,20 @@ pub fn render(s: &DaemonStatus) -> String {
         generation = s.reload.generation,
     );
 
-    h.push_str("<h2>Listeners</h2><div class=wrap><table id=listeners><tr><th>Name<th>Addresses</tr>");
+    h.push_str(
+        "<h2>Listeners</h2><div class=wrap><table id=listeners><tr><th>Name<th>Addresses<th>Certificates\
+         <th>Fallback (no SNI, unknown name)</tr>",
+    );
     for l in &s.listeners {
-        let _ = write!(h, "<tr><td>{}<td>{}</tr>", esc(&l.name), esc(&l.bind.join(", ")));
+        let _ = write!(
+            h,
+            "<tr><td>{}<td>{}<td>{}<td>{} <span class=meta>({})</span></tr>",
+            esc(&l.name),
+            esc(&l.bind.join(", ")),
+            esc(&l.candidates()),
+            esc(&l.fallback),
+            esc(&l.fallback_reason)
+        );
     }
     h.push_str("</table></div>");
 

@@ -101,6 +101,9 @@ pub struct Chain {
     pub root: Option<PoolCert>,
     /// "missing intermediate ...", "intermediate ... expired", ...
     pub warnings: Vec<String>,
+    /// The issuer of the leaf (or of its last intermediate short of a root) is not in the
+    /// pool: clients that lack it cannot build a path.
+    pub missing_intermediate: bool,
 }
 
 /// Builds the chain of `leaf` from `pool`, following issuer names and checking each
@@ -117,6 +120,7 @@ pub fn build_chain(leaf_der: &[u8], leaf: &CertInfo, pool: &[PoolCert], now: tim
         });
         let Some(issuer) = issuer else {
             let role = if chain.intermediates.is_empty() { "intermediate" } else { "root" };
+            chain.missing_intermediate = chain.intermediates.is_empty();
             chain.warnings.push(format!(
                 "chain incomplete: missing {role} \"{}\" (import the CA's {role} certificate)",
                 current.1.issued_by

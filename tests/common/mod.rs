@@ -48,15 +48,21 @@ impl Run {
 }
 
 impl Env {
+    /// A temp directory with an initialised store (`portcullis init`).
     pub fn new() -> Self {
+        let env = Self::empty();
+        env.run(&["init"]).ok();
+        env
+    }
+
+    /// A temp directory without a store.
+    pub fn empty() -> Self {
         Self { dir: tempfile::tempdir().unwrap() }
     }
 
-    /// A store that already exists (so later commands print no initialisation notes).
+    /// The same as [`Env::new`]: a store that already exists.
     pub fn initialised() -> Self {
-        let env = Self::new();
-        env.run(&["cert", "list"]).ok();
-        env
+        Self::new()
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -1,0 +1,288 @@
+//! An admin's mistakes fail loudly and change nothing: exit status 1, one line naming
+//! what is wrong, the store tree byte for byte as it was; `--force` where there is one.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+/// Runs a command that must be refused: exit 1, one line on stderr containing `want`,
+/// and the store unchanged.
+#[track_caller]
+fn refused(env: &Env, args: &[&str], want: &str) {
+    let before = env.tree();
+    let run = env.run(args);
+    assert_eq!(run.code, Some(1), "{args:?} was not refused: {}{}", run.stdout, run.stderr);
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{args:?}: not one line: {}", run.stderr);
+    assert!(run.stderr.contains(want), "{args:?}: {}", run.stderr);
+    assert_eq!(env.tree(), before, "{args:?} changed the store");
+}
+
+fn create(env: &Env, name: &str, san: &str) {
+    env.run(&["cert", "create-self-signed", "--name", name, "--san", san]).ok();
+}
+
+#[test]
+fn a_missing_store_is_never_created_by_accident() {
+    let env = Env::empty();
+    let store = env.store();
+    for args in [
+        vec!["cert", "list"],
+        vec!["cert", "create-self-signed", "--name", "X", "--san", "x.test"],
+        vec!["check-config"],
+        vec!["status"],
+        vec!["cert", "which", "x.test"],
+    ] {
+        let run = env.run(&args);
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains("no certificate store here (did you forget --config?"), "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(&store.display().to_string()), "{}", run.stderr);
+        assert!(!store.exists(), "{args:?} created {}", store.display());
+    }
+    // A typo in [store] dir is the same mistake.
+    let cfg = env.write("p.toml", "[store]\ndir = \"sotre\"\n");
+    let run = env.run(&["--config", cfg.to_str().unwrap(), "cert", "list"]);
+    assert_eq!(run.code, Some(1));
+    // (--store on the command line wins over [store] dir: name the config alone.)
+    let mut cmd = std::process::Command::new(BIN);
+    let out =
+        cmd.args(["--config", cfg.to_str().unwrap(), "check-config"]).current_dir(env.dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sotre: no certificate store here"), "{out:?}");
+    assert!(!env.path("sotre").exists(), "check-config created the store");
+    assert!(run.stderr.contains("no certificate store here"), "{}", run.stderr);
+    // `init` creates it, once; check-config then writes nothing at all.
+    env.run(&["init"]).ok();
+    let before = env.tree();
+    env.run(&["check-config"]).ok();
+    assert_eq!(env.tree(), before);
+    // PORTCULLIS_CONFIG names the configuration when --config is not given.
+    let cfg = env.write("env.toml", &format!("[store]\ndir = \"{}\"\n", env.store().display()));
+    let out = std::process::Command::new(BIN)
+        .args(["cert", "list"])
+        .env("PORTCULLIS_CONFIG", &cfg)
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // Each write command says which store it changed.
+    let run = env.run(&["cert", "create-self-signed", "--name", "Y", "--san", "y.test"]);
+    run.ok();
+    assert!(run.stderr.contains(&format!("note: store {}", env.store().display())), "{}", run.stderr);
+}
+
+#[test]
+fn deleting_a_served_certificate_needs_force() {
+    let env = Env::initialised();
+    create(&env, "Only", "only.test");
+    create(&env, "Twin A", "twin.test");
+    create(&env, "Twin B", "twin.test");
+    // The only certificate for a name: refused, naming what would be served instead.
+    refused(
+        &env,
+        &["cert", "delete", "only"],
+        "only is served: the only certificate for only.test on listener default; instead: portcullis-default (factory default",
+    );
+    // Another certificate covers the name: no harm, no --force needed.
+    let run = env.run(&["cert", "delete", "twin-a"]);
+    run.ok();
+    // The global default.
+    env.run(&["cert", "set-default", "twin-b", "--force"]).ok();
+    refused(
+        &env,
+        &["cert", "delete", "twin-b"],
+        "it is the global default; the factory default portcullis-default takes over",
+    );
+    let run = env.run(&["cert", "delete", "twin-b", "--force"]);
+    run.ok();
+    assert!(run.stderr.contains("twin-b was served: it is the global default"), "{}", run.stderr);
+    let run = env.run(&["cert", "delete", "only", "--force"]);
+    run.ok();
+    assert_eq!(env.list().len(), 1);
+}
+
+#[test]
+fn a_key_that_matches_nothing_is_an_error() {
+    let env = Env::initialised();
+    let (k1, c1, k2, c2) = (env.path("a.key"), env.path("a.pem"), env.path("b.key"), env.path("b.pem"));
+    for (k, c, cn) in [(&k1, &c1, "a.keys.test"), (&k2, &c2, "b.keys.test")] {
+        openssl_self_signed(
+            k.to_str().unwrap(),
+            c.to_str().unwrap(),
+            &format!("/CN={cn}"),
+            "30",
+            &["-addext", &format!("subjectAltName=DNS:{cn}")],
+        );
+    }
+    refused(
+        &env,
+        &["cert", "import", c1.to_str().unwrap(), k2.to_str().unwrap()],
+        "b.key (PKCS#8 key): private key (ECDSA P-256) matches no certificate in this import or the store; nothing imported",
+    );
+    // The right pair imports; the same pair again, and the same PKCS#12 twice, say so.
+    env.run(&["cert", "import", c1.to_str().unwrap(), k1.to_str().unwrap()]).ok();
+    let again = env.run(&["cert", "import", c1.to_str().unwrap(), k1.to_str().unwrap()]);
+    again.ok();
+    assert!(again.stderr.contains("already in the store") && !again.stderr.contains("matches no"), "{}", again.stderr);
+    let p12 = env.path("b.p12");
+    fs::write(env.path("pw"), "secret\n").unwrap();
+    openssl_ok(
+        &[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            k2.to_str().unwrap(),
+            "-in",
+            c2.to_str().unwrap(),
+            "-out",
+            p12.to_str().unwrap(),
+            "-passout",
+            "pass:secret",
+        ],
+        None,
+    );
+    let pw = env.path("pw");
+    env.run(&["cert", "import", p12.to_str().unwrap(), "--password-file", pw.to_str().unwrap()]).ok();
+    let before = env.tree();
+    let again = env.run(&["cert", "import", p12.to_str().unwrap(), "--password-file", pw.to_str().unwrap()]);
+    again.ok();
+    assert!(again.stderr.contains("already in the store"), "{}", again.stderr);
+    assert!(!again.stderr.contains("matches no certificate"), "{}", again.stderr);
+    assert_eq!(env.tree(), before);
+}
+
+#[test]
+fn an_expired_or_incomplete_certificate_is_not_served_silently() {
+    let env = Env::initialised();
+    // An expired certificate with its key (openssl ca -selfsign takes explicit dates).
+    let f = |n: &str| env.path(n).display().to_string();
+    openssl_ok(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &f("old.key"),
+            "-out",
+            &f("old.csr"),
+            "-subj",
+            "/CN=old.test",
+            "-addext",
+            "subjectAltName=DNS:old.test",
+        ],
+        None,
+    );
+    fs::write(f("index"), "").unwrap();
+    fs::write(f("serial"), "1000\n").unwrap();
+    fs::write(
+        f("ca.cnf"),
+        format!(
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\nnew_certs_dir = {}\nserial = {}\npolicy = any\ndefault_md = sha256\ncopy_extensions = copy\n[any]\ncommonName = supplied\n",
+            f("index"),
+            env.dir.path().display(),
+            f("serial")
+        ),
+    )
+    .unwrap();
+    openssl_ok(
+        &[
+            "ca",
+            "-batch",
+            "-selfsign",
+            "-config",
+            &f("ca.cnf"),
+            "-keyfile",
+            &f("old.key"),
+            "-in",
+            &f("old.csr"),
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20210101000000Z",
+            "-out",
+            &f("old.pem"),
+        ],
+        None,
+    );
+    env.run(&["cert", "import", &f("old.pem"), &f("old.key"), "--name", "Old"]).ok();
+    refused(
+        &env,
+        &["cert", "set-default", "old"],
+        "old: clients would reject it: expired on 2021-01-01T00:00:00Z (use --force",
+    );
+    let cfg = env.write("p.toml", "[[listener]]\nname = \"edge\"\nbind = [\"127.0.0.1:1\"]\n");
+    let c = cfg.to_str().unwrap();
+    refused(&env, &["--config", c, "cert", "assign", "old", "--listener", "edge"], "expired on 2021-01-01");
+    refused(&env, &["--config", c, "cert", "set-default", "old", "--listener", "edge"], "expired on 2021-01-01");
+
+    // A CA-signed leaf whose intermediate was never imported.
+    openssl_self_signed(&f("root.key"), &f("root.pem"), "/CN=Test Root", "365", &[]);
+    openssl_ok(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &f("int.key"),
+            "-out",
+            &f("int.csr"),
+            "-subj",
+            "/CN=Test Intermediate",
+        ],
+        None,
+    );
+    fs::write(f("int.ext"), "basicConstraints=critical,CA:TRUE\n").unwrap();
+    openssl_ca_sign(&f("int.csr"), &f("root.pem"), &f("root.key"), "365", &f("int.pem"), &["-extfile", &f("int.ext")]);
+    openssl_ok(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &f("leaf.key"),
+            "-out",
+            &f("leaf.csr"),
+            "-subj",
+            "/CN=leaf.test",
+            "-addext",
+            "subjectAltName=DNS:leaf.test",
+        ],
+        None,
+    );
+    openssl_ca_sign(
+        &f("leaf.csr"),
+        &f("int.pem"),
+        &f("int.key"),
+        "30",
+        &f("leaf.pem"),
+        &["-copy_extensions", "copyall"],
+    );
+    env.run(&["cert", "import", &f("leaf.pem"), &f("leaf.key"), "--name", "Leaf"]).ok();
+    refused(&env, &["cert", "set-default", "leaf"], "its chain misses the intermediate \"Test Intermediate\"");
+    // check-config lists problems of served certificates; --strict makes them fatal.
+    let check = env.run(&["check-config"]);
+    assert!(check.stderr.contains("leaf (served)") && check.stderr.contains("chain incomplete"), "{}", check.stderr);
+    assert!(check.stderr.contains("old (served)") && check.stderr.contains("expired"), "{}", check.stderr);
+    assert_eq!(check.code, Some(0), "{}", check.stderr);
+    assert_eq!(env.run(&["check-config", "--strict"]).code, Some(1));
+    // Importing the intermediate fixes it; --force serves the expired one anyway.
+    env.run(&["cert", "import", &f("int.pem")]).ok();
+    env.run(&["cert", "set-default", "leaf"]).ok();
+    let run = env.run(&["cert", "set-default", "old", "--force"]);
+    run.ok();
+    assert!(run.stderr.contains("expired"), "{}", run.stderr);
+}
