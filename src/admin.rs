@@ -86,6 +86,11 @@ pub struct CertRow {
     pub issued_by: String,
     pub not_after: String,
     pub days_left: i64,
+    /// "expires in 12 days", "expired 3 days ago".
+    #[serde(default)]
+    pub expiry: String,
+    #[serde(default)]
+    pub expired: bool,
     pub sans: Vec<String>,
     pub private_key: bool,
     pub default: bool,
@@ -93,6 +98,22 @@ pub struct CertRow {
     pub warnings: Vec<String>,
     /// ACME certificates: valid, renewing, retrying, error or expired.
     pub acme_status: Option<String>,
+}
+
+/// A root or intermediate of the trust pool.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TrustRow {
+    pub fingerprint_sha256: String,
+    /// "root" or "intermediate".
+    pub role: String,
+    pub subject: String,
+    pub issued_by: String,
+    pub not_after: String,
+    pub expiry: String,
+    pub expired: bool,
+    /// Always false: the trust pool holds no keys (the appliance's table says so too).
+    pub private_key: bool,
+    pub used_by: Vec<String>,
 }
 
 /// The daemon's view, served as `/status.json` and rendered as `/status`.
@@ -108,6 +129,8 @@ pub struct DaemonStatus {
     pub listeners: Vec<ListenerRow>,
     #[serde(default)]
     pub certificates: Vec<CertRow>,
+    #[serde(default)]
+    pub trust: Vec<TrustRow>,
     pub reload: ReloadStatus,
     /// Store entries skipped (or kept at their last good version) by the last build.
     pub problems: Vec<String>,
@@ -202,7 +225,9 @@ fn daemon_status(snapshot: &Snapshot, reloads: &ArcSwap<ReloadStatus>, jobs: &cr
                 issued_to: c.issued_to.to_string(),
                 issued_by: c.issued_by.to_string(),
                 not_after: crate::pki::rfc3339(not_after),
-                days_left: (not_after - now).whole_days(),
+                days_left: crate::pki::days_left(not_after, now),
+                expiry: crate::pki::expiry_phrase(not_after, now),
+                expired: now > not_after,
                 sans: c.sans.clone(),
                 private_key: c.has_key,
                 default: c.default,
@@ -219,6 +244,24 @@ fn daemon_status(snapshot: &Snapshot, reloads: &ArcSwap<ReloadStatus>, jobs: &cr
         uptime_secs: STARTED.get().map_or(0, |t| t.elapsed().as_secs()),
         listeners: listener_rows(snapshot),
         certificates,
+        trust: snapshot
+            .trust
+            .iter()
+            .map(|t| {
+                let not_after = time::OffsetDateTime::from_unix_timestamp(t.not_after).unwrap_or(now);
+                TrustRow {
+                    fingerprint_sha256: t.fingerprint_sha256.clone(),
+                    role: if t.root { "root" } else { "intermediate" }.into(),
+                    subject: t.subject.clone(),
+                    issued_by: t.issued_by.clone(),
+                    not_after: crate::pki::rfc3339(not_after),
+                    expiry: crate::pki::expiry_phrase(not_after, now),
+                    expired: now > not_after,
+                    private_key: false,
+                    used_by: t.used_by.iter().map(ToString::to_string).collect(),
+                }
+            })
+            .collect(),
         reload: (**reloads.load()).clone(),
         problems: snapshot.problems.clone(),
         acme,

@@ -147,22 +147,32 @@ pub(crate) enum AcmeCommand {
 pub(crate) enum CertCommand {
     /// List certificates (or, with --requests, pending certificate signing requests)
     #[command(
-        after_help = "Examples:\n  portcullis cert list\n  portcullis cert list --requests\n  portcullis cert list --json"
+        after_help = "Examples:\n  portcullis cert list\n  portcullis cert list --requests\n  portcullis cert list --trust\n  portcullis cert list --wide\n  portcullis cert list --json"
     )]
     List {
         /// List pending certificate signing requests instead
-        #[arg(long)]
+        #[arg(long, conflicts_with = "trust")]
         requests: bool,
+        /// List the trust pool instead: imported roots and intermediates
+        #[arg(long)]
+        trust: bool,
+        /// Every column in full (the table is cut to 120 columns otherwise)
+        #[arg(long)]
+        wide: bool,
     },
     /// Show one certificate or request by id or friendly name
     #[command(
         after_help = "Examples:\n  portcullis cert show support-site\n  portcullis cert show support-site --pem > chain.pem"
     )]
     Show {
+        /// Id or friendly name of a certificate or request
         id: String,
         /// Print PEM only: the certificate then its chain (or the CSR)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "csr")]
         pem: bool,
+        /// Print the CSR the certificate was issued for (kept when its answer was imported)
+        #[arg(long)]
+        csr: bool,
     },
     /// Create a key and a self-signed certificate
     #[command(
@@ -182,6 +192,9 @@ pub(crate) enum CertCommand {
     Request {
         #[command(flatten)]
         new: NewArgs,
+        /// Reuse this certificate's private key, subject and names (same-key renewal); other flags override them
+        #[arg(long, value_name = "ID", conflicts_with = "key")]
+        from: Option<String>,
     },
     /// Import certificates, chains and keys: PEM, DER, PKCS#7, PKCS#8, PKCS#12, legacy keys
     #[command(
@@ -298,9 +311,9 @@ pub(crate) struct NewArgs {
     /// Friendly name, unique in the store (e.g. the main DNS name, or the month and year)
     #[arg(long)]
     pub(crate) name: String,
-    /// Key type: ecdsa-p256, ecdsa-p384, ed25519, rsa-2048, rsa-3072, rsa-4096
-    #[arg(long, default_value = "ecdsa-p256")]
-    pub(crate) key: String,
+    /// Key type: ecdsa-p256 (default), ecdsa-p384, ed25519, rsa-2048, rsa-3072, rsa-4096
+    #[arg(long)]
+    pub(crate) key: Option<String>,
     /// Country: ISO 3166-1 alpha-2 code (e.g. US, DE)
     #[arg(long)]
     pub(crate) country: Option<String>,
@@ -326,8 +339,8 @@ pub(crate) struct NewArgs {
 
 impl NewArgs {
     pub(crate) fn params(&self, days: u32) -> Result<CreateParams> {
-        let key_type: KeyType =
-            self.key.parse().map_err(|reason: String| anyhow::anyhow!("--key {:?}: {reason}", self.key))?;
+        let key = self.key.as_deref().unwrap_or("ecdsa-p256");
+        let key_type: KeyType = key.parse().map_err(|reason: String| anyhow::anyhow!("--key {key:?}: {reason}"))?;
         Ok(CreateParams {
             identity: IdentityRequest {
                 friendly_name: self.name.clone(),
@@ -530,7 +543,7 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
                     ]
                 })
                 .collect();
-            print_table(&header, &rows);
+            print_table(&header, &rows, None);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -655,29 +668,41 @@ async fn cli_responder(acme: &crate::config::Acme, store_dir: &std::path::Path) 
 fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
     let now = OffsetDateTime::now_utc();
     match cmd {
-        CertCommand::List { requests: false } => {
+        CertCommand::List { trust: true, wide, .. } => {
+            let store = ctx.open_store()?;
+            let (trust, problems) = ops::list_trust(&store, now)?;
+            warn_all("skipped unreadable trust certificate", &problems);
+            if ctx.json { print_json(&trust)? } else { print_trust_table(&trust, wide) }
+        }
+        CertCommand::List { requests: false, wide, .. } => {
             let store = ctx.open_store()?;
             let (certs, problems) = ops::list_certs(&store, now, &crate::acme::Policy::of(ctx.config.acme.as_ref()))?;
             warn_all("skipped unreadable entry", &problems);
             if ctx.json {
                 print_json(&certs)?
             } else {
-                print_cert_table(&certs);
+                print_cert_table(&certs, wide);
                 print_listener_lines(ctx, &store);
             }
         }
-        CertCommand::List { requests: true } => {
+        CertCommand::List { requests: true, wide, .. } => {
             let store = ctx.open_store()?;
             let (requests, problems) = ops::list_requests(&store)?;
             warn_all("skipped unreadable entry", &problems);
-            if ctx.json { print_json(&requests)? } else { print_request_table(&requests) }
+            if ctx.json { print_json(&requests)? } else { print_request_table(&requests, wide) }
         }
-        CertCommand::Show { id, pem } => {
+        CertCommand::Show { id, csr: true, .. } => {
+            let store = ctx.open_store()?;
+            print!("{}", ops::show_csr(&store, &id)?);
+        }
+        CertCommand::Show { id, pem, csr: false } => {
             let store = ctx.open_store()?;
             match ops::show(&store, &id, now)? {
-                Shown::Cert(_, text) | Shown::Request(_, text) if pem => print!("{text}"),
+                Shown::Cert(_, text) | Shown::Request(_, text) | Shown::Trust(_, text) if pem => print!("{text}"),
                 Shown::Cert(view, _) if ctx.json => print_json(&view)?,
                 Shown::Request(view, _) if ctx.json => print_json(&view)?,
+                Shown::Trust(view, _) if ctx.json => print_json(&view)?,
+                Shown::Trust(view, _) => print_trust(&view),
                 Shown::Cert(view, _) => print_cert(&view),
                 Shown::Request(view, text) => print_request(&view, &text),
             }
@@ -696,11 +721,16 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
                 print_cert(&report.value);
             }
         }
-        CertCommand::Request { new } => {
+        CertCommand::Request { new, from } => {
             let params = new.params(0)?;
-            slow_key_notice(params.key_type);
             let mut store = ctx.open_store()?;
-            let report = ops::create_request(&mut store, &params)?;
+            let report = match from {
+                Some(from) => ops::create_request_from(&mut store, &from, &params)?,
+                None => {
+                    slow_key_notice(params.key_type);
+                    ops::create_request(&mut store, &params)?
+                }
+            };
             tell(&report);
             ctx.changed();
             eprintln!(
@@ -1020,7 +1050,7 @@ fn print_cert(c: &CertView) {
         ("subject", c.subject.clone()),
         ("alternative names", c.sans.join(", ")),
         ("valid from", c.not_before.clone()),
-        ("expires", format!("{} ({} days)", c.not_after, c.days_left)),
+        ("expires", format!("{} ({})", c.not_after, c.expiry)),
         ("key", c.key.clone()),
         ("signature", c.signature.clone()),
         ("serial", c.serial.clone()),
@@ -1059,7 +1089,7 @@ fn print_request(r: &RequestView, pem: &str) {
     print!("{pem}");
 }
 
-fn print_cert_table(certs: &[CertView]) {
+fn print_cert_table(certs: &[CertView], wide: bool) {
     let header = [
         "ID",
         "FRIENDLY NAME",
@@ -1091,7 +1121,59 @@ fn print_cert_table(certs: &[CertView]) {
             ]
         })
         .collect();
-    print_table(&header, &rows);
+    // Ids are typed into commands and dates are short: never cut those.
+    print_table(&header, &rows, if wide { None } else { Some(&[1, 2, 3, 5, 8, 10]) });
+}
+
+fn print_trust_table(trust: &[ops::TrustCert], wide: bool) {
+    let header = ["FINGERPRINT", "ROLE", "SUBJECT", "ISSUED BY", "EXPIRES", "KEY", "USED BY", "WARNINGS"];
+    let rows: Vec<Vec<String>> = trust
+        .iter()
+        .map(|t| {
+            vec![
+                if wide { t.fingerprint_sha256.clone() } else { t.fingerprint_sha256[..16].to_owned() },
+                t.role.to_owned(),
+                t.subject.clone(),
+                t.issued_by.clone(),
+                t.not_after.get(..10).unwrap_or(&t.not_after).to_owned(),
+                "no".into(),
+                if t.used_by.is_empty() { "-".into() } else { t.used_by.join(",") },
+                t.warnings.join("; "),
+            ]
+        })
+        .collect();
+    print_table(&header, &rows, if wide { None } else { Some(&[2, 3, 6, 7]) });
+}
+
+fn print_trust(t: &ops::TrustCert) {
+    let rows = [
+        ("sha256 fingerprint", t.fingerprint_sha256.clone()),
+        ("role", t.role.to_owned()),
+        ("subject", t.subject.clone()),
+        ("issued to", t.issued_to.clone()),
+        ("issued by", t.issued_by.clone()),
+        ("valid from", t.not_before.clone()),
+        (
+            "expires",
+            format!("{} ({})", t.not_after, pki::expiry_phrase(parse_time(&t.not_after), OffsetDateTime::now_utc())),
+        ),
+        ("private key", "no".into()),
+        (
+            "used by",
+            if t.used_by.is_empty() { "- (cert delete FINGERPRINT removes it)".into() } else { t.used_by.join(", ") },
+        ),
+    ];
+    for (k, v) in rows {
+        println!("{:<19} {v}", format!("{k}:"));
+    }
+    for w in &t.warnings {
+        println!("{:<19} {w}", "warning:");
+    }
+}
+
+fn parse_time(s: &str) -> OffsetDateTime {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| OffsetDateTime::now_utc())
 }
 
 /// Per listener: its candidates and its fallback, as the daemon would serve them.
@@ -1104,7 +1186,7 @@ fn print_listener_lines(ctx: &Ctx, store: &Store) {
     }
 }
 
-fn print_request_table(requests: &[RequestView]) {
+fn print_request_table(requests: &[RequestView], wide: bool) {
     let header = ["ID", "FRIENDLY NAME", "SUBJECT", "SANS", "KEY", "CREATED"];
     let rows: Vec<Vec<String>> = requests
         .iter()
@@ -1119,23 +1201,51 @@ fn print_request_table(requests: &[RequestView]) {
             ]
         })
         .collect();
-    print_table(&header, &rows);
+    print_table(&header, &rows, if wide { None } else { Some(&[1, 2, 3]) });
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+/// The width `print_table` fits a table into unless `--wide` is given.
+const TABLE_WIDTH: usize = 120;
+
+/// Prints a table with columns two spaces apart. With `shrinkable` (column indexes), the
+/// widest of those columns are cut, with "…", until a line fits [`TABLE_WIDTH`].
+fn print_table(header: &[&str], rows: &[Vec<String>], shrinkable: Option<&[usize]>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
+    if let Some(shrinkable) = shrinkable {
+        let gaps = 2 * widths.len().saturating_sub(1);
+        // A column is never cut below its header or 8 characters.
+        let floor = |i: usize| header[i].len().max(8);
+        while widths.iter().sum::<usize>() + gaps > TABLE_WIDTH {
+            let Some(&widest) = shrinkable.iter().filter(|&&i| widths[i] > floor(i)).max_by_key(|&&i| widths[i]) else {
+                break;
+            };
+            widths[widest] -= 1;
+        }
+    }
+    let cut = |cell: &str, w: usize| -> String {
+        if cell.chars().count() <= w {
+            cell.to_owned()
+        } else {
+            let mut s: String = cell.chars().take(w.saturating_sub(1)).collect();
+            s.push('…');
+            s
+        }
+    };
     let line = |cells: Vec<&str>| {
         let mut s = String::new();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            let cell = cut(cell, *w);
             if i + 1 == cells.len() {
-                s.push_str(cell);
+                s.push_str(&cell);
             } else {
-                s.push_str(&format!("{cell:<w$}  "));
+                // Pad by characters, not bytes ("…" is three bytes).
+                s.push_str(&cell);
+                s.extend(std::iter::repeat_n(' ', w - cell.chars().count() + 2));
             }
         }
         println!("{}", s.trim_end());

@@ -275,9 +275,12 @@ fn cert(cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, String>
             }
             Ok(Outcome::from_report(ops::create_self_signed(&mut store, &params).map_err(e)?))
         }
-        CertCommand::Request { new } => {
+        CertCommand::Request { new, from } => {
             let params = new.params(0).map_err(|e| format!("{e:#}"))?;
             let mut store = open()?;
+            if let Some(from) = from {
+                return Ok(Outcome::from_report(ops::create_request_from(&mut store, &from, &params).map_err(e)?));
+            }
             if let Some(mut done) = already(&store, &params, EntryKind::Request)? {
                 if let Some(id) = done.outputs["id"].as_str()
                     && let Ok(r) = store.read_request(id)

@@ -69,6 +69,8 @@ pub struct CertView {
     pub not_before: String,
     pub not_after: String,
     pub days_left: i64,
+    /// "expires in 12 days", "expired 3 days ago" (the same count as `days_left`).
+    pub expiry: String,
     pub sans: Vec<String>,
     pub fingerprint_sha256: String,
     pub serial: String,
@@ -105,6 +107,7 @@ impl CertView {
             not_before: rfc3339(info.not_before),
             not_after: rfc3339(info.not_after),
             days_left: info.days_left(now),
+            expiry: pki::expiry_phrase(info.not_after, now),
             sans: info.sans.clone(),
             fingerprint_sha256: info.fingerprint_sha256.clone(),
             serial: info.serial.clone(),
@@ -217,6 +220,78 @@ pub fn create_request(store: &mut Store, params: &CreateParams) -> Result<Report
     Ok(report)
 }
 
+/// `cert request --from ID`: a new CSR with certificate ID's private key, subject and
+/// names (a same-key renewal); subject fields and SANs given in `params` override.
+pub fn create_request_from(
+    store: &mut Store,
+    from: &str,
+    params: &CreateParams,
+) -> Result<Report<RequestCreated>, Error> {
+    let id = match store.resolve(from)? {
+        (EntryKind::Cert, id) => id,
+        (EntryKind::Request, id) => {
+            return Err(Error::WrongKind { id, reason: "is a pending request; its CSR is `cert show ID --pem`" });
+        }
+    };
+    let entry = store.read_cert(&id)?;
+    let key = entry
+        .private_key()
+        .ok_or(Error::WrongKind { id: id.clone(), reason: "has no private key to make a request with" })?;
+    let key_type = key.key_type().ok_or_else(|| {
+        flag("--from", format!("{id}: its {} key cannot sign a request here; make a new key instead", key.describe()))
+    })?;
+    let old = pki::subject_fields(&entry.leaf_der())
+        .map_err(|reason| Error::Replace(format!("{}: {reason}", entry.dir.display())))?;
+    let given = &params.identity.subject;
+    let pick = |new: &Option<String>, old: Option<String>| new.clone().or(old);
+    let mut identity = params.identity.clone();
+    identity.subject = pki::Subject {
+        country: pick(&given.country, old.country),
+        state: pick(&given.state, old.state),
+        locality: pick(&given.locality, old.locality),
+        org: pick(&given.org, old.org),
+        org_unit: pick(&given.org_unit, old.org_unit),
+        common_name: pick(&given.common_name, old.common_name),
+    };
+    if identity.sans.is_empty() {
+        identity.sans.clone_from(&entry.info.sans);
+    }
+    let name = store.check_new_name(&identity.friendly_name)?;
+    identity.friendly_name.clone_from(&name);
+    let identity = identity.validate()?;
+    let csr_pem = pki::certificate_request(&identity, key_type, key)?;
+    let sans: Vec<String> = identity.sans.iter().map(ToString::to_string).collect();
+    let new_id = store.add_request(&NewRequest {
+        friendly_name: &name,
+        key_type,
+        subject: &identity.subject,
+        sans: &sans,
+        request_pem: &csr_pem,
+        key_pem: &key.to_pem(),
+    })?;
+    let request = store.read_request(&new_id)?;
+    let mut report = Report::new(RequestCreated { request: RequestView::from(&request), csr_pem });
+    report.notes = identity.notes;
+    report
+        .notes
+        .push(format!("the request uses the private key of {id}; the CA's answer is linked to {new_id} when imported"));
+    report.warnings = identity.warnings;
+    Ok(report)
+}
+
+/// `cert show ID --csr`: the CSR a certificate was issued for, when it answered a
+/// request made here.
+pub fn show_csr(store: &Store, key: &str) -> Result<String, Error> {
+    let (kind, id) = store.resolve(key)?;
+    if kind == EntryKind::Request {
+        return Ok(store.read_request(&id)?.request_pem);
+    }
+    store.cert_request_pem(&id).ok_or(Error::WrongKind {
+        id,
+        reason: "has no kept CSR: it was not issued for a request made here (`cert request --from ID` makes a new one with its key)",
+    })
+}
+
 /// `cert list`: every readable certificate, plus one line per entry that is not.
 pub fn list_certs(
     store: &Store,
@@ -238,10 +313,76 @@ pub fn list_requests(store: &Store) -> Result<(Vec<RequestView>, Vec<String>), E
 pub enum Shown {
     Cert(Box<CertView>, String),
     Request(RequestView, String),
+    Trust(Box<TrustCert>, String),
+}
+
+/// A root or intermediate of the trust pool, as the appliance's certificate table shows
+/// it (with "private key: no").
+#[derive(Clone, Debug, Serialize)]
+pub struct TrustCert {
+    pub fingerprint_sha256: String,
+    /// "root" (self-issued) or "intermediate".
+    pub role: &'static str,
+    pub subject: String,
+    pub issued_to: String,
+    pub issued_by: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub days_left: i64,
+    pub private_key: bool,
+    /// Certificate entries whose chain goes through it.
+    pub used_by: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// `cert list --trust`: the trust pool, and the files in it that cannot be read.
+pub fn list_trust(store: &Store, now: OffsetDateTime) -> Result<(Vec<TrustCert>, Vec<String>), Error> {
+    let (pool, bad) = store.trust_pool()?;
+    let (entries, _) = store.certs()?;
+    let mut used: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for e in &entries {
+        for c in e.chain.intermediates.iter().chain(&e.chain.root) {
+            used.entry(pki::fingerprint_sha256(&c.der)).or_default().push(e.id.clone());
+        }
+    }
+    let list = pool
+        .iter()
+        .map(|c| {
+            let fingerprint = pki::fingerprint_sha256(&c.der);
+            let mut warnings = Vec::new();
+            if now > c.info.not_after {
+                warnings.push(format!("expired on {}", rfc3339(c.info.not_after)));
+            }
+            TrustCert {
+                used_by: used.remove(&fingerprint).unwrap_or_default(),
+                fingerprint_sha256: fingerprint,
+                role: if c.info.self_issued { "root" } else { "intermediate" },
+                subject: c.info.subject.clone(),
+                issued_to: c.info.issued_to.clone(),
+                issued_by: c.info.issued_by.clone(),
+                not_before: rfc3339(c.info.not_before),
+                not_after: rfc3339(c.info.not_after),
+                days_left: pki::days_left(c.info.not_after, now),
+                private_key: false,
+                warnings,
+            }
+        })
+        .collect();
+    Ok((list, bad.iter().map(ToString::to_string).collect()))
 }
 
 pub fn show(store: &Store, key: &str, now: OffsetDateTime) -> Result<Shown, Error> {
-    Ok(match store.resolve(key)? {
+    let resolved = match store.resolve(key) {
+        Err(store::Error::NotFound(_)) if let Some(fp) = store.resolve_trust(key)? => {
+            let (list, _) = list_trust(store, now)?;
+            let t = list.into_iter().find(|t| t.fingerprint_sha256 == fp).ok_or(store::Error::NotFound(fp.clone()))?;
+            let pem = std::fs::read_to_string(store.root().join("trust").join(format!("{fp}.pem")))
+                .map_err(|source| Error::File { path: store.root().join("trust").join(format!("{fp}.pem")), source })?;
+            return Ok(Shown::Trust(Box::new(t), pem));
+        }
+        r => r?,
+    };
+    Ok(match resolved {
         (EntryKind::Cert, id) => {
             let entry = store.read_cert(&id)?;
             // What is served: the leaf, then the intermediates.
@@ -481,7 +622,12 @@ pub struct DeletedView {
 /// certificate that is served (a default, assigned, or the only candidate for a name on
 /// a listener) needs `force`; the refusal says what would be served instead.
 pub fn delete(store: &mut Store, config: &Config, key: &str, force: bool) -> Result<Report<DeletedView>, Error> {
-    let (kind, id) = store.resolve(key)?;
+    let (kind, id) = match store.resolve(key) {
+        Err(store::Error::NotFound(_)) if let Some(fp) = store.resolve_trust(key)? => {
+            return delete_trust(store, &fp, force);
+        }
+        r => r?,
+    };
     let mut consequences = Vec::new();
     if kind == EntryKind::Cert && id != store::FACTORY_ID {
         consequences = served_consequences(store, config, &id)?;
@@ -505,6 +651,30 @@ pub fn delete(store: &mut Store, config: &Config, key: &str, force: bool) -> Res
     report.notes.extend(consequences.into_iter().map(|c| format!("{id} was served: {c}")));
     if !deleted.listeners.is_empty() {
         report.notes.push(format!("{id} was removed from listener(s): {}", deleted.listeners.join(", ")));
+    }
+    Ok(report)
+}
+
+/// `cert delete FINGERPRINT`: a root or intermediate of the trust pool. One that a
+/// certificate's chain goes through needs `force` (that chain becomes incomplete).
+fn delete_trust(store: &mut Store, fingerprint: &str, force: bool) -> Result<Report<DeletedView>, Error> {
+    let (list, _) = list_trust(store, OffsetDateTime::now_utc())?;
+    let used_by = list.into_iter().find(|t| t.fingerprint_sha256 == fingerprint).map(|t| t.used_by).unwrap_or_default();
+    if !used_by.is_empty() && !force {
+        return Err(Error::Refused(format!(
+            "{fingerprint}: the chain of {} goes through it and would be incomplete (use --force to delete it anyway)",
+            used_by.join(", ")
+        )));
+    }
+    store.remove_trust(fingerprint)?;
+    let mut report = Report::new(DeletedView {
+        id: fingerprint.to_owned(),
+        kind: "trust certificate",
+        was_default: false,
+        listeners: Vec::new(),
+    });
+    if !used_by.is_empty() {
+        report.warnings.push(format!("the chain of {} is incomplete now", used_by.join(", ")));
     }
     Ok(report)
 }

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 pub use chain::{Chain, PoolCert, Role, build_chain, classify, covers, verify_signed_by};
 pub use export::{ExportFormat, Exported, export};
 pub use formats::{FormatError, Found, FoundCert, FoundKey, MAX_FILE, read_file};
-pub use info::{CertInfo, KeyLink, fingerprint_sha256};
+pub use info::{CertInfo, KeyLink, days_left, expiry_phrase, fingerprint_sha256, subject_fields};
 pub use key::{KeyType, PrivateKey};
 pub use names::{SubjectAltName, common_name_is_dns, normalize_country, validate_dns_name, validate_dns_pattern};
 

@@ -147,6 +147,17 @@ pub struct CertSummary {
     pub servable: bool,
 }
 
+/// A root or intermediate of the trust pool, for the status page.
+pub struct TrustSummary {
+    pub fingerprint_sha256: String,
+    pub subject: String,
+    pub issued_by: String,
+    pub root: bool,
+    pub not_after: i64,
+    /// Certificate entries whose chain goes through it.
+    pub used_by: Vec<Arc<str>>,
+}
+
 /// State shared by every snapshot, so TLS sessions survive reloads.
 #[derive(Clone)]
 pub struct TlsShared {
@@ -172,6 +183,8 @@ pub struct Snapshot {
     pub problems: Vec<String>,
     /// Worth knowing, but nothing is broken (a route that can never match).
     pub warnings: Vec<String>,
+    /// The trust pool: imported roots and intermediates.
+    pub trust: Vec<TrustSummary>,
     /// `[acme]` thresholds, which decide an ACME certificate's status at any moment.
     pub acme_policy: crate::acme::Policy,
 }
@@ -223,6 +236,8 @@ struct Cached {
     id: Arc<str>,
     created: i64,
     chain_complete: bool,
+    /// SHA-256 fingerprints of the trust certificates its chain goes through.
+    chain: Vec<String>,
     friendly_name: Arc<str>,
     issued_to: Arc<str>,
     issued_by: Arc<str>,
@@ -299,6 +314,13 @@ impl EntryCache {
                             id: shared_id,
                             created: entry.meta.created.unix_timestamp(),
                             chain_complete: !entry.chain.missing_intermediate,
+                            chain: entry
+                                .chain
+                                .intermediates
+                                .iter()
+                                .chain(&entry.chain.root)
+                                .map(|c| crate::pki::fingerprint_sha256(&c.der))
+                                .collect(),
                             friendly_name: entry.meta.friendly_name.as_str().into(),
                             issued_to: entry.info.issued_to.as_str().into(),
                             issued_by: entry.info.issued_by.as_str().into(),
@@ -509,7 +531,34 @@ fn assemble(
         .collect();
     certificates.sort_by(|a, b| a.id.cmp(&b.id));
     let acme_policy = crate::acme::Policy::of(config.acme.as_ref());
-    Ok(Snapshot { listeners, certificates, problems, warnings, acme_policy })
+    let trust = trust_summaries(store, entries);
+    Ok(Snapshot { listeners, certificates, problems, warnings, trust, acme_policy })
+}
+
+fn trust_summaries(store: &Store, entries: &HashMap<String, Cached>) -> Vec<TrustSummary> {
+    // Unreadable trust files are reported by the entry refresh; here they are left out.
+    let Ok((pool, _)) = store.trust_pool() else { return Vec::new() };
+    let mut used: HashMap<&str, Vec<Arc<str>>> = HashMap::new();
+    for c in entries.values() {
+        for fp in &c.chain {
+            used.entry(fp.as_str()).or_default().push(Arc::clone(&c.id));
+        }
+    }
+    pool.iter()
+        .map(|c| {
+            let fingerprint_sha256 = crate::pki::fingerprint_sha256(&c.der);
+            let mut used_by = used.remove(fingerprint_sha256.as_str()).unwrap_or_default();
+            used_by.sort();
+            TrustSummary {
+                used_by,
+                fingerprint_sha256,
+                subject: c.info.subject.clone(),
+                issued_by: c.info.issued_by.clone(),
+                root: c.info.self_issued,
+                not_after: c.info.not_after.unix_timestamp(),
+            }
+        })
+        .collect()
 }
 
 /// aws-lc-rs with the cipher suites in Mozilla's recommended server order ("intermediate",

@@ -548,6 +548,28 @@ impl Store {
         Ok(true)
     }
 
+    /// The trust-pool certificate whose SHA-256 fingerprint is `key` or starts with it (at
+    /// least 8 hex digits, and unique); `None` when `key` does not look like one.
+    pub fn resolve_trust(&self, key: &str) -> Result<Option<String>, Error> {
+        let key = key.to_ascii_lowercase().replace(':', "");
+        if key.len() < 8 || key.len() > 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let (pool, _) = self.trust_pool()?;
+        let mut found = pool.iter().map(|c| pki::fingerprint_sha256(&c.der)).filter(|f| f.starts_with(&key));
+        match (found.next(), found.next()) {
+            (Some(f), None) => Ok(Some(f)),
+            (Some(_), Some(_)) => Err(Error::NotFound(format!("{key} (several trust certificates start with it)"))),
+            (None, _) => Ok(None),
+        }
+    }
+
+    /// Removes a root or intermediate from the trust pool.
+    pub fn remove_trust(&mut self, fingerprint: &str) -> Result<(), Error> {
+        let path = self.root.join("trust").join(format!("{fingerprint}.pem"));
+        atomic::remove_file(&path).map_err(io_err(&path))
+    }
+
     /// A stored private key (of a pending request, or of a certificate) whose public key
     /// is `public_raw`.
     pub fn find_key(&self, public_raw: &[u8]) -> Result<Option<(EntryKind, String, PrivateKey)>, Error> {
@@ -743,9 +765,18 @@ impl Store {
     /// Stores the certificate that answers pending request `id` under the same id, with
     /// the request's key, then removes the request (see `finish_consumed_requests`).
     pub fn answer_request(&mut self, id: &str, new: &NewCert<'_>) -> Result<(), Error> {
-        self.write_cert_entry(id, new)?;
+        // The CSR stays with the certificate: a CA may ask for it again at renewal.
+        let csr_path = self.request_dir(id).join("request.pem");
+        let csr = fs::read_to_string(&csr_path).map_err(io_err(&csr_path))?;
+        let extra = [StagedFile { name: "request.pem", bytes: csr.as_bytes(), mode: FILE_MODE }];
+        self.write_entry_with(id, new, false, &extra)?;
         let dir = self.request_dir(id);
         atomic::remove_entry(&self.root, &dir).map_err(io_err(&dir))
+    }
+
+    /// The CSR certificate `id` was issued for, when it answered a request made here.
+    pub fn cert_request_pem(&self, id: &str) -> Option<String> {
+        fs::read_to_string(self.cert_dir(id).join("request.pem")).ok()
     }
 
     /// Gives an existing certificate entry its private key.
@@ -788,6 +819,17 @@ impl Store {
     }
 
     fn write_entry(&self, id: &str, new: &NewCert<'_>, replace: bool) -> Result<(), Error> {
+        self.write_entry_with(id, new, replace, &[])
+    }
+
+    /// [`Self::write_entry`] with more files in the entry (the answered CSR).
+    fn write_entry_with(
+        &self,
+        id: &str,
+        new: &NewCert<'_>,
+        replace: bool,
+        extra: &[StagedFile<'_>],
+    ) -> Result<(), Error> {
         let meta = CertMeta {
             store_format: FORMAT,
             friendly_name: new.friendly_name.to_owned(),
@@ -807,6 +849,7 @@ impl Store {
         if let Some(key) = new.key_pem {
             files.push(StagedFile { name: "key.pem", bytes: key.as_bytes(), mode: KEY_MODE });
         }
+        files.extend(extra.iter().map(|f| StagedFile { name: f.name, bytes: f.bytes, mode: f.mode }));
         let dir = self.cert_dir(id);
         if replace {
             atomic::replace_entry(&self.root, &dir, &files).map_err(io_err(&dir))

@@ -101,3 +101,64 @@ fn request_table_lists_pending_requests() {
     env.run(&["cert", "delete", "support-2027"]).ok();
     assert!(!env.store().join("requests/support-2027").exists());
 }
+
+/// The guides' renewal: "the CA may require the original request". The CSR stays with
+/// the certificate it answered, and a new CSR can reuse an entry's key and subject.
+#[test]
+fn the_original_csr_is_kept_and_a_same_key_renewal_csr_can_be_made() {
+    let env = Env::initialised();
+    let (ca, ca_key) = make_ca(&env);
+    let csr = env
+        .run(&[
+            "cert",
+            "request",
+            "--name",
+            "Support 2027",
+            "--key",
+            "rsa-2048",
+            "--country",
+            "DE",
+            "--org",
+            "Example GmbH",
+            "--common-name",
+            "support.example.test",
+            "--san",
+            "remote.example.test",
+        ])
+        .ok()
+        .to_owned();
+    let csr_path = env.write("support.csr", &csr).display().to_string();
+    let signed = env.path("support.crt").display().to_string();
+    common::openssl_ca_sign(&csr_path, &ca, &ca_key, "30", &signed, &["-copy_extensions", "copyall"]);
+    env.run(&["cert", "import", &signed]).ok();
+    // The kept CSR is byte for byte the one given to the CA.
+    assert_eq!(env.run(&["cert", "show", "support-2027", "--csr"]).ok(), csr);
+    assert_eq!(mode(&env.store().join("certs/support-2027/request.pem")), 0o644);
+    // A certificate that answered no request here has none.
+    let run = env.run(&["cert", "show", "portcullis-default", "--csr"]);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("portcullis-default: has no kept CSR"), "{}", run.stderr);
+
+    // Same-key renewal: a new CSR with the certificate's key, subject and names.
+    let renewal = env.run(&["cert", "request", "--name", "Support 2028", "--from", "support-2027"]);
+    let new_csr = renewal.ok().to_owned();
+    assert!(renewal.stderr.contains("uses the private key of support-2027"), "{}", renewal.stderr);
+    let new_path = env.write("support-2028.csr", &new_csr).display().to_string();
+    let (ok, text, err) = openssl(&["req", "-in", &new_path, "-verify", "-noout", "-text"], None);
+    assert!(ok, "{err}");
+    assert!(text.contains("Subject: C = DE, O = Example GmbH, CN = support.example.test"), "{text}");
+    assert!(text.contains("DNS:support.example.test, DNS:remote.example.test"), "{text}");
+    let csr_key = openssl_ok(&["req", "-in", &new_path, "-noout", "-pubkey"], None);
+    let cert_key = openssl_ok(&["x509", "-in", &signed, "-noout", "-pubkey"], None);
+    assert_eq!(csr_key, cert_key, "the renewal CSR does not use the certificate's key");
+    // The CA's answer links to the new request (not to the old certificate).
+    let signed2 = env.path("support-2028.crt").display().to_string();
+    common::openssl_ca_sign(&new_path, &ca, &ca_key, "60", &signed2, &["-copy_extensions", "copyall"]);
+    let v = env.run(&["--json", "cert", "import", &signed2]).json();
+    assert_eq!(v["certificates"][0]["id"], "support-2028");
+    assert_eq!(v["certificates"][0]["source"], "csr");
+    assert_eq!(env.run(&["cert", "show", "support-2028", "--csr"]).ok(), new_csr);
+    // --key makes no sense with --from.
+    let run = env.run(&["cert", "request", "--name", "X", "--from", "support-2027", "--key", "ed25519"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+}

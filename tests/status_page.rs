@@ -70,6 +70,19 @@ fn status_page_shows_the_certificate_table() {
     ])
     .ok();
     env.run(&["cert", "create-self-signed", "--name", "Lab <b>x</b>", "--san", "lab.example.com", "--days", "5"]).ok();
+    // Long cells: many names, and a root in the trust pool with its 64-digit fingerprint.
+    // (A friendly name of 100 characters without a space: a cell that cannot wrap at a
+    // space.)
+    let long_name = format!("Many-names-{}", "x".repeat(89));
+    let mut args = vec!["cert", "create-self-signed", "--name", &long_name];
+    let names: Vec<String> = (0..40).map(|i| format!("host-number-{i}.a-rather-long-domain.example.com")).collect();
+    for n in &names {
+        args.extend(["--san", n]);
+    }
+    env.run(&args).ok();
+    let (root_key, root) = (env.path("root.key"), env.path("root.pem"));
+    common::openssl_self_signed(root_key.to_str().unwrap(), root.to_str().unwrap(), "/CN=Layout Test Root", "30", &[]);
+    env.run(&["cert", "import", root.to_str().unwrap()]).ok();
     env.run(&["cert", "set-default", "support-site"]).ok();
     let (admin, tls) = (free_port(), free_port());
     let config = format!(
@@ -100,7 +113,10 @@ fn status_page_shows_the_certificate_table() {
     assert_eq!(support[0], "Support site");
     assert_eq!(support[1], "support.example.com");
     assert_eq!(support[2], "support.example.com");
-    assert!(support[3].contains("(364 days)") || support[3].contains("(365 days)"), "{support:?}");
+    assert!(
+        support[3].contains("(expires in 364 days)") || support[3].contains("(expires in 365 days)"),
+        "{support:?}"
+    );
     assert_eq!(support[4], "support.example.com, *.example.com");
     assert_eq!((support[5].as_str(), support[6].as_str(), support[7].as_str()), ("yes", "yes", ""));
     let lab = row(&dom, "lab-b-x-b");
@@ -113,9 +129,43 @@ fn status_page_shows_the_certificate_table() {
     assert_eq!(factory[0], "Portcullis Default");
     assert!(dom.contains("id=\"listeners\"") && dom.contains(&format!("127.0.0.1:{tls}")));
 
+    // The listener's candidates and fallback; the trust pool with "no" private key.
+    assert!(dom.contains("assigned only: lab-b-x-b"), "{dom}");
+    let trust = dom.find("<tr data-fingerprint=").map(|i| &dom[i..i + dom[i..].find("</tr>").unwrap()]);
+    let trust = trust.unwrap_or_else(|| panic!("no trust pool row in:\n{dom}"));
+    assert!(trust.contains("CN=Layout Test Root") && trust.contains("<td>no</td>"), "{trust}");
+
     // Readable on a phone: the page declares a device-width viewport and renders at 390 px.
     assert!(dom.contains("width=device-width"));
     let shot = env.path("phone.png");
     chromium(&env, &["--window-size=390,844", &format!("--screenshot={}", shot.display()), &url]);
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+    let shot = env.path("desktop.png");
+    chromium(&env, &["--window-size=1280,900", &format!("--screenshot={}", shot.display()), &url]);
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+    // Laid out by the browser: at 1280 px neither the page nor any table scrolls
+    // sideways; at 390 px the page does not (a table may, inside its own box).
+    for width in [1280, 390] {
+        let (page, wraps) = layout(&env, &url, width);
+        assert!(page[0] <= page[1], "{width} px: the page is {} px wide", page[0]);
+        if width == 1280 {
+            assert!(wraps.iter().all(|o| *o <= 0), "{width} px: a table overflows its box: {wraps:?}");
+        }
+    }
+}
+
+/// (page scrollWidth and innerWidth, overflow of each table box) at `width` px, measured
+/// in chromium over the DevTools protocol (tests/support/layout.py).
+fn layout(env: &Env, url: &str, width: u32) -> (Vec<i64>, Vec<i64>) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/layout.py");
+    let profile = env.path(&format!("layout-{width}"));
+    // Debian's python3, which has python3-websockets (make test installs it).
+    let out = Command::new("/usr/bin/python3")
+        .args([script, url, &width.to_string(), profile.to_str().unwrap()])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "layout.py: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ints = |a: &serde_json::Value| a.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect::<Vec<_>>();
+    (ints(&v["page"]), ints(&v["wraps"]))
 }

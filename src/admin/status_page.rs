@@ -28,6 +28,7 @@ h1{font-size:1.4rem;margin:.2rem 0}h2{font-size:1.1rem;margin:1.6rem 0 .4rem}\
 .meta{color:#57606a}.wrap{overflow-x:auto}\
 table{border-collapse:collapse;width:100%;font-size:.9rem}\
 th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #d0d7de;vertical-align:top}\
+td{overflow-wrap:anywhere}.fp code{word-break:break-all}\
 th{background:#f6f8fa;white-space:nowrap}\
 .ok{color:#1a7f37}.warn{color:#9a6700}.bad{color:#cf222e;font-weight:600}\
 code{font-size:.85rem}#reload th{width:9rem}\
@@ -82,7 +83,7 @@ pub fn render(s: &DaemonStatus) -> String {
          <th>Private key<th>Default<th>Listeners<th>ACME<th>Warnings</tr>"
     );
     for c in &s.certificates {
-        let expiry_class = if c.days_left < 0 {
+        let expiry_class = if c.expired {
             "bad"
         } else if c.days_left < 14 {
             "warn"
@@ -95,14 +96,14 @@ pub fn render(s: &DaemonStatus) -> String {
             .map_or_else(|| "–".to_owned(), |st| format!("<span class={}>{}</span>", class_of_status(st), esc(st)));
         let _ = write!(
             h,
-            "<tr data-id='{id}'><td>{name}<td>{to}<td>{by}<td class='{expiry_class}'>{exp} ({days} days)<td>{sans}\
+            "<tr data-id='{id}'><td>{name}<td>{to}<td>{by}<td class='{expiry_class}'>{exp} ({days})<td>{sans}\
              <td>{key}<td>{default}<td>{listeners}<td>{acme}<td class=warn>{warnings}</tr>",
             id = esc(&c.id),
             name = esc(&c.friendly_name),
             to = esc(&c.issued_to),
             by = esc(&c.issued_by),
             exp = esc(c.not_after.get(..10).unwrap_or(&c.not_after)),
-            days = c.days_left,
+            days = esc(&c.expiry),
             sans = esc(&c.sans.join(", ")),
             key = if c.private_key { "yes" } else { "<span class=bad>no</span>" },
             default = if c.default { "yes" } else { "" },
@@ -111,6 +112,29 @@ pub fn render(s: &DaemonStatus) -> String {
         );
     }
     h.push_str("</table></div>");
+
+    if !s.trust.is_empty() {
+        h.push_str(
+            "<h2>Trust pool</h2><div class=wrap><table id=trust><tr><th>Subject<th>Role<th>Issued by\
+             <th>Expiration<th>Private key<th>Used by<th>SHA-256 fingerprint</tr>",
+        );
+        for t in &s.trust {
+            let _ = write!(
+                h,
+                "<tr data-fingerprint='{fp}'><td>{subject}<td>{role}<td>{by}<td class='{class}'>{exp} ({expiry})\
+                 <td>no<td>{used}<td class=fp><code>{fp}</code></tr>",
+                fp = esc(&t.fingerprint_sha256),
+                subject = esc(&t.subject),
+                role = esc(&t.role),
+                by = esc(&t.issued_by),
+                class = if t.expired { "bad" } else { "" },
+                exp = esc(t.not_after.get(..10).unwrap_or(&t.not_after)),
+                expiry = esc(&t.expiry),
+                used = if t.used_by.is_empty() { "–".to_owned() } else { esc(&t.used_by.join(", ")) },
+            );
+        }
+        h.push_str("</table></div>");
+    }
 
     if !s.acme.is_empty() {
         h.push_str(

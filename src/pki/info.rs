@@ -39,9 +39,51 @@ pub struct CertInfo {
     pub issuer_raw: Vec<u8>,
 }
 
+/// Whole days from `now` to `not_after`, rounded to the nearest day (a 90-day certificate
+/// issued a second ago has 90). The one count of days everywhere: `cert show`, the
+/// table, `/status.json`, the status page and the warnings.
+pub fn days_left(not_after: OffsetDateTime, now: OffsetDateTime) -> i64 {
+    let secs = (not_after - now).whole_seconds();
+    (secs + 43_200).div_euclid(86_400)
+}
+
+/// "expires in 12 days", "expires today", "expired today", "expired 3 days ago".
+pub fn expiry_phrase(not_after: OffsetDateTime, now: OffsetDateTime) -> String {
+    let plural = |n: i64| if n == 1 { "" } else { "s" };
+    if now > not_after {
+        match -days_left(not_after, now) {
+            0 => "expired today".into(),
+            n => format!("expired {n} day{} ago", plural(n)),
+        }
+    } else {
+        match days_left(not_after, now) {
+            0 => "expires today".into(),
+            n => format!("expires in {n} day{}", plural(n)),
+        }
+    }
+}
+
 /// Lowercase hex SHA-256 of DER bytes.
 pub fn fingerprint_sha256(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
+}
+
+/// The subject fields of a certificate that a CSR can carry (C, ST, L, O, OU, CN; the
+/// first of each), for a new request with the same subject.
+pub fn subject_fields(der: &[u8]) -> Result<super::Subject, String> {
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| format!("not an X.509 certificate ({e})"))?;
+    let name = cert.subject();
+    let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
+        it.next().and_then(|a| a.as_str().ok()).map(str::to_owned)
+    };
+    Ok(super::Subject {
+        country: first(&mut name.iter_country()),
+        state: first(&mut name.iter_state_or_province()),
+        locality: first(&mut name.iter_locality()),
+        org: first(&mut name.iter_organization()),
+        org_unit: first(&mut name.iter_organizational_unit()),
+        common_name: first(&mut name.iter_common_name()),
+    })
 }
 
 fn first_cn(name: &x509_parser::x509::X509Name<'_>) -> Option<String> {
@@ -125,8 +167,7 @@ impl CertInfo {
     /// Days from `now` until expiry, to the nearest day (negative once expired), so a
     /// certificate made for 365 days shows 365, not 364.
     pub fn days_left(&self, now: OffsetDateTime) -> i64 {
-        let secs = (self.not_after - now).whole_seconds();
-        (secs + 43_200).div_euclid(86_400)
+        days_left(self.not_after, now)
     }
 
     /// The certificate's own problems, as one short sentence each.
@@ -137,7 +178,7 @@ impl CertInfo {
         } else if now < self.not_before {
             w.push(format!("not valid before {}", rfc3339(self.not_before)));
         } else if self.days_left(now) < EXPIRY_WARNING_DAYS {
-            w.push(format!("expires in {} days", self.days_left(now)));
+            w.push(expiry_phrase(self.not_after, now));
         }
         match key {
             KeyLink::Missing => w.push("no private key".into()),

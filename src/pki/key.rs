@@ -149,6 +149,23 @@ impl PrivateKey {
         }
     }
 
+    /// The nearest KEY value (for a CSR made with this key: RSA or not is what counts);
+    /// `None` for ECDSA P-521, which Portcullis does not offer.
+    pub fn key_type(&self) -> Option<KeyType> {
+        let described = self.describe();
+        Some(match described.as_str() {
+            "ECDSA P-256" => KeyType::EcdsaP256,
+            "ECDSA P-384" => KeyType::EcdsaP384,
+            "Ed25519" => KeyType::Ed25519,
+            "ECDSA P-521" => return None,
+            rsa => match rsa.strip_prefix("RSA ").and_then(|b| b.parse::<u32>().ok()) {
+                Some(bits) if bits >= 4096 => KeyType::Rsa4096,
+                Some(bits) if bits >= 3072 => KeyType::Rsa3072,
+                _ => KeyType::Rsa2048,
+            },
+        })
+    }
+
     /// PKCS#8 PEM ("PRIVATE KEY").
     pub fn to_pem(&self) -> String {
         self.pair.serialize_pem()

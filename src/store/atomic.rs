@@ -138,6 +138,12 @@ pub(crate) fn remove_entry(root: &Path, target: &Path) -> io::Result<()> {
     fs::remove_dir_all(&grave)
 }
 
+/// Removes one file atomically: unlinked, then the directory is synced.
+pub(crate) fn remove_file(target: &Path) -> io::Result<()> {
+    fs::remove_file(target)?;
+    fsync_dir(parent(target))
+}
+
 /// Removes what interrupted writes left in `.staging/`; returns the names removed.
 /// Only a writer holding the store lock may call this.
 pub(crate) fn clean_staging(root: &Path) -> io::Result<Vec<String>> {
