@@ -1218,14 +1218,20 @@ fn print_table(header: &[&str], rows: &[Vec<String>], shrinkable: Option<&[usize
     }
     if let Some(shrinkable) = shrinkable {
         let gaps = 2 * widths.len().saturating_sub(1);
-        // A column is never cut below its header or 8 characters.
-        let floor = |i: usize| header[i].len().max(8);
-        while widths.iter().sum::<usize>() + gaps > TABLE_WIDTH {
-            let Some(&widest) = shrinkable.iter().filter(|&&i| widths[i] > floor(i)).max_by_key(|&&i| widths[i]) else {
-                break;
-            };
-            widths[widest] -= 1;
-        }
+        let mut shrink = |columns: &[usize], floor: &dyn Fn(usize) -> usize| {
+            while widths.iter().sum::<usize>() + gaps > TABLE_WIDTH {
+                let Some(&widest) = columns.iter().filter(|&&i| widths[i] > floor(i)).max_by_key(|&&i| widths[i])
+                else {
+                    break;
+                };
+                widths[widest] -= 1;
+            }
+        };
+        // First down to each header (at least 8 characters); then, if that is not enough,
+        // headers too; the first column (the id, typed into commands) only as a last resort.
+        shrink(shrinkable, &|i| header[i].len().max(8));
+        shrink(shrinkable, &|_| 6);
+        shrink(&[0], &|_| 24);
     }
     let cut = |cell: &str, w: usize| -> String {
         if cell.chars().count() <= w {

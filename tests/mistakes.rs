@@ -222,6 +222,27 @@ fn an_expired_or_incomplete_certificate_is_not_served_silently() {
     refused(&env, &["--config", c, "cert", "set-default", "old", "--listener", "edge"], "expired on 2021-01-01");
 
     // A CA-signed leaf whose intermediate was never imported.
+    make_chain(&env);
+    env.run(&["cert", "import", &f("leaf.pem"), &f("leaf.key"), "--name", "Leaf"]).ok();
+    refused(&env, &["cert", "set-default", "leaf"], "its chain misses the intermediate \"Test Intermediate\"");
+    // check-config lists problems of served certificates; --strict makes them fatal.
+    let check = env.run(&["check-config"]);
+    assert!(check.stderr.contains("leaf (served)") && check.stderr.contains("chain incomplete"), "{}", check.stderr);
+    assert!(check.stderr.contains("old (served)") && check.stderr.contains("expired"), "{}", check.stderr);
+    assert_eq!(check.code, Some(0), "{}", check.stderr);
+    assert_eq!(env.run(&["check-config", "--strict"]).code, Some(1));
+    // Importing the intermediate fixes it; --force serves the expired one anyway.
+    env.run(&["cert", "import", &f("int.pem")]).ok();
+    env.run(&["cert", "set-default", "leaf"]).ok();
+    let run = env.run(&["cert", "set-default", "old", "--force"]);
+    run.ok();
+    assert!(run.stderr.contains("expired"), "{}", run.stderr);
+}
+
+/// root.pem/key, int.pem/key (signed by the root) and leaf.pem/key for leaf.test
+/// (signed by the intermediate), made with openssl in the test directory.
+fn make_chain(env: &Env) {
+    let f = |n: &str| env.path(n).display().to_string();
     openssl_self_signed(&f("root.key"), &f("root.pem"), "/CN=Test Root", "365", &[]);
     openssl_ok(
         &[
@@ -271,18 +292,77 @@ fn an_expired_or_incomplete_certificate_is_not_served_silently() {
         &f("leaf.pem"),
         &["-copy_extensions", "copyall"],
     );
-    env.run(&["cert", "import", &f("leaf.pem"), &f("leaf.key"), "--name", "Leaf"]).ok();
-    refused(&env, &["cert", "set-default", "leaf"], "its chain misses the intermediate \"Test Intermediate\"");
-    // check-config lists problems of served certificates; --strict makes them fatal.
-    let check = env.run(&["check-config"]);
-    assert!(check.stderr.contains("leaf (served)") && check.stderr.contains("chain incomplete"), "{}", check.stderr);
-    assert!(check.stderr.contains("old (served)") && check.stderr.contains("expired"), "{}", check.stderr);
-    assert_eq!(check.code, Some(0), "{}", check.stderr);
-    assert_eq!(env.run(&["check-config", "--strict"]).code, Some(1));
-    // Importing the intermediate fixes it; --force serves the expired one anyway.
-    env.run(&["cert", "import", &f("int.pem")]).ok();
-    env.run(&["cert", "set-default", "leaf"]).ok();
-    let run = env.run(&["cert", "set-default", "old", "--force"]);
+}
+
+#[test]
+fn the_trust_pool_is_listed_shown_and_deleted_with_care() {
+    let env = Env::initialised();
+    make_chain(&env);
+    let f = |n: &str| env.path(n).display().to_string();
+    env.run(&["cert", "import", &f("leaf.pem"), &f("leaf.key"), &f("int.pem"), &f("root.pem"), "--name", "Leaf"]).ok();
+    // The fingerprints as openssl computes them.
+    let fp = |file: &str| {
+        let out = openssl_ok(&["x509", "-in", &f(file), "-noout", "-fingerprint", "-sha256"], None);
+        out.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase()
+    };
+    let (root_fp, int_fp) = (fp("root.pem"), fp("int.pem"));
+    let trust = env.run(&["--json", "cert", "list", "--trust"]).json();
+    let trust = trust.as_array().unwrap();
+    assert_eq!(trust.len(), 2, "{trust:?}");
+    let int = trust.iter().find(|t| t["fingerprint_sha256"] == int_fp.as_str()).expect("intermediate listed");
+    assert_eq!(int["role"], "intermediate");
+    assert_eq!(int["issued_by"], "Test Root");
+    assert_eq!(int["private_key"], false);
+    assert_eq!(int["used_by"], serde_json::json!(["leaf"]));
+    let table = env.run(&["cert", "list", "--trust"]).ok().to_owned();
+    assert!(table.contains(&root_fp[..16]) && table.contains("root") && table.contains("leaf"), "{table}");
+    // Shown by a fingerprint prefix; --pem gives back the very certificate.
+    let shown = env.run(&["cert", "show", &int_fp[..12]]).ok().to_owned();
+    assert!(shown.contains("CN=Test Intermediate"), "{shown}");
+    assert!(shown.lines().any(|l| l.starts_with("private key:") && l.ends_with(" no")), "{shown}");
+    let pem = env.run(&["cert", "show", &int_fp[..12], "--pem"]).ok().to_owned();
+    assert_eq!(
+        openssl_ok(&["x509", "-noout", "-fingerprint", "-sha256"], Some(&pem)),
+        openssl_ok(&["x509", "-in", &f("int.pem"), "-noout", "-fingerprint", "-sha256"], None)
+    );
+    // The intermediate carries leaf's chain: refused without --force.
+    refused(&env, &["cert", "delete", &int_fp[..12]], "the chain of leaf goes through it and would be incomplete");
+    // An unused one goes at once: import an unrelated root first.
+    openssl_self_signed(&f("other.key"), &f("other.pem"), "/CN=Unused Root", "30", &[]);
+    env.run(&["cert", "import", &f("other.pem")]).ok();
+    let other_fp = fp("other.pem");
+    let run = env.run(&["cert", "delete", &other_fp]);
+    assert!(run.ok().contains(&format!("deleted trust certificate {other_fp}")), "{}", run.stdout);
+    assert!(!env.store().join("trust").join(format!("{other_fp}.pem")).exists());
+    let run = env.run(&["cert", "delete", &int_fp, "--force"]);
     run.ok();
-    assert!(run.stderr.contains("expired"), "{}", run.stderr);
+    assert!(run.stderr.contains("the chain of leaf is incomplete now"), "{}", run.stderr);
+    let leaf = env.list().into_iter().find(|c| c["id"] == "leaf").unwrap();
+    assert!(leaf["warnings"].to_string().contains("chain incomplete"), "{leaf}");
+}
+
+#[test]
+fn the_certificate_table_fits_120_columns() {
+    let env = Env::initialised();
+    let mut args = vec!["cert", "create-self-signed", "--name", "A rather long friendly name for the support portal"];
+    let names: Vec<String> = (0..12).map(|i| format!("host-{i}.a-long-domain-name.example.com")).collect();
+    for n in &names {
+        args.extend(["--san", n]);
+    }
+    env.run(&args).ok();
+    env.run(&["cert", "create-self-signed", "--name", "Short", "--san", "short.test", "--days", "3"]).ok();
+    let table = env.run(&["cert", "list"]).ok().to_owned();
+    for line in table.lines() {
+        assert!(line.chars().count() <= 120, "{} columns: {line}", line.chars().count());
+    }
+    assert!(table.contains("…"), "nothing was cut: {table}");
+    // An id this long (the longest a name makes) is still whole; --wide has everything.
+    let id = env.list().into_iter().find(|c| c["id"] != "portcullis-default" && c["id"] != "short").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(table.contains(&id), "{id}: {table}");
+    let wide = env.run(&["cert", "list", "--wide"]).ok().to_owned();
+    assert!(wide.contains(&names.join(",")), "{wide}");
+    assert!(wide.lines().any(|l| l.chars().count() > 120));
 }
