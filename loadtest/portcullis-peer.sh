@@ -25,6 +25,7 @@ max_connections = 100000
 hosts = ["*"]
 handler = { type = "http_proxy", upstreams = ["$backend"] }
 TOML
+"$bin" --config "$dir/portcullis.toml" init >/dev/null 2>&1
 "$bin" --config "$dir/portcullis.toml" cert import "$cert" "$key" --name bench >/dev/null 2>&1
 "$bin" --config "$dir/portcullis.toml" cert set-default bench >/dev/null 2>&1
 RUST_LOG=warn exec "$bin" --config "$dir/portcullis.toml" run 2>"$dir/portcullis.log"

@@ -96,6 +96,7 @@ pub(crate) enum JobCommand {
         after_help = "A job file holds `action` and the flags of the matching command, - as _ and repeated\nflags as arrays. Actions: create-self-signed, request, import, export, set-default,\nassign, unassign, replace, delete, acme-request. Example (lab.toml):\n\n  action = \"create-self-signed\"\n  name = \"Lab\"\n  common_name = \"lab.example.com\"\n  san = [\"lab.example.com\", \"*.lab.example.com\"]\n\n  portcullis --config /etc/portcullis/portcullis.toml job submit lab.toml --wait\n\nPasswords only through password_file; paths are relative to the jobs directory."
     )]
     Submit {
+        /// The job file (TOML): `action` and the command's flags
         file: PathBuf,
         /// Wait for the result and print it (exit status 1 if the job failed)
         #[arg(long)]
@@ -201,6 +202,7 @@ pub(crate) enum CertCommand {
         after_help = "Formats are detected by content, never by file name. Examples:\n  portcullis cert import signed.crt intermediate.crt root.crt\n  portcullis cert import server.pfx --password-file pfx.pass --name 'Support 2027'\n  portcullis cert import bundle.p7b server.key"
     )]
     Import {
+        /// Certificates, chains and keys to import, in any order and format
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
         /// Friendly name of the imported identity certificate (default: from the file or its subject)
@@ -215,6 +217,7 @@ pub(crate) enum CertCommand {
         after_help = "Examples:\n  portcullis cert export support-site --format p12 --include-chain --password-file pass --out support.p12\n  portcullis cert export support-site --format p7b --out support.p7b\n  portcullis cert export support-site --format pem --include-chain --out chain.pem"
     )]
     Export {
+        /// Id or friendly name of the certificate
         id: String,
         /// der, pem, p7b, p8 or p12
         #[arg(long)]
@@ -243,7 +246,9 @@ pub(crate) enum CertCommand {
         after_help = "Example:\n  portcullis cert replace support-2026 support-2027 && portcullis cert delete support-2026"
     )]
     Replace {
+        /// The certificate being replaced (id or friendly name)
         old: String,
+        /// The certificate that takes over its default role and assignments
         new: String,
         /// Replace even if NEW does not cover all of OLD's names
         #[arg(long)]
@@ -289,7 +294,9 @@ pub(crate) enum CertCommand {
         after_help = "Examples:\n  portcullis cert which support.example.com\n  portcullis cert which '' --listener public"
     )]
     Which {
+        /// The name a client sends as SNI ("" for a client that sends none)
         hostname: String,
+        /// The listener to ask (default: the first configured)
         #[arg(long, value_name = "NAME")]
         listener: Option<String>,
     },
@@ -978,10 +985,15 @@ fn check_config(ctx: &Ctx, strict: bool) -> Result<ExitCode> {
     }
 }
 
+/// The daemon's log filter unless RUST_LOG says otherwise.
+const DEFAULT_LOG: &str = "info,notify=warn,notify_debouncer_full=warn";
+
 /// Logs for the daemon: one line per event on stderr; RUST_LOG overrides the level.
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // notify reports at INFO every watch it cannot remove, which happens whenever a
+    // watched entry is deleted: noise to an operator, so only its warnings show.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
     use std::io::IsTerminal;
     let ansi = io::stderr().is_terminal();
     let _ = tracing_subscriber::fmt()
@@ -1285,5 +1297,25 @@ mod tests {
         let mut missing = Vec::new();
         walk(&super::Cli::command(), "", &mut missing);
         assert!(missing.is_empty(), "no example in --help: {missing:?}");
+    }
+
+    /// Every argument, positional or flag, says what it is in --help.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for s in cmd.get_subcommands().filter(|c| c.get_name() != "help") {
+                walk(s, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
     }
 }

@@ -181,7 +181,12 @@ impl IdentityRequest {
             }
             sans.push(san);
         }
-        if let Some(cn) = subject.common_name.as_deref().filter(|cn| common_name_is_dns(cn)) {
+        // A common name with a dot that is a DNS name is one. A given --common-name of one
+        // label ("localhost") is a host name too when it is the only name there is;
+        // beside --san names it stays a title, as the friendly name standing in does.
+        let single_label_host = self.subject.common_name.is_some() && sans.is_empty();
+        let is_dns = |cn: &str| common_name_is_dns(cn) || (single_label_host && validate_dns_pattern(cn).is_ok());
+        if let Some(cn) = subject.common_name.as_deref().filter(|cn| is_dns(cn)) {
             let san = SubjectAltName::Dns(cn.to_ascii_lowercase());
             match sans.iter().position(|s| *s == san) {
                 Some(0) => {}
@@ -293,6 +298,17 @@ mod tests {
     }
 
     #[test]
+    fn a_single_label_common_name_given_is_a_san() {
+        let id = request(Some("localhost"), &[]).validate().unwrap();
+        assert_eq!(id.sans, vec![SubjectAltName::Dns("localhost".into())]);
+        // The friendly name standing in for the CN is not a host name without a dot.
+        let mut r = request(None, &["a.example.com"]);
+        r.friendly_name = "Lab".into();
+        let id = r.validate().unwrap();
+        assert_eq!(id.sans, vec![SubjectAltName::Dns("a.example.com".into())]);
+    }
+
+    #[test]
     fn common_name_becomes_first_san() {
         let id = request(Some("www.example.com"), &["api.example.com"]).validate().unwrap();
         assert_eq!(id.sans[0], SubjectAltName::Dns("www.example.com".into()));
@@ -309,7 +325,7 @@ mod tests {
             request(None, &["a.example.com", "A.example.com"]).validate(),
             Err(Error::InvalidFlag { flag: "--san", .. })
         ));
-        assert!(matches!(request(Some("Title"), &[]).validate(), Err(Error::MissingFlag { flag: "--san", .. })));
+        assert!(matches!(request(Some("A Title"), &[]).validate(), Err(Error::MissingFlag { flag: "--san", .. })));
     }
 
     #[test]

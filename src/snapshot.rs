@@ -355,7 +355,7 @@ pub fn build_without(config: &Config, store: &Store, shared: &TlsShared, id: &st
     let mut cache = EntryCache::default();
     let problems = cache.refresh(store)?;
     cache.entries.remove(id);
-    assemble(config, store, shared, &cache, problems)
+    assemble(config, store, &store.state().without(id), shared, &cache, problems)
 }
 
 /// [`build`] reusing (and updating) what an earlier build parsed.
@@ -366,12 +366,13 @@ pub fn build_cached(
     cache: &mut EntryCache,
 ) -> Result<Snapshot, String> {
     let problems = cache.refresh(store)?;
-    assemble(config, store, shared, cache, problems)
+    assemble(config, store, store.state(), shared, cache, problems)
 }
 
 fn assemble(
     config: &Config,
     store: &Store,
+    state: &store::State,
     shared: &TlsShared,
     cache: &EntryCache,
     mut problems: Vec<String>,
@@ -393,7 +394,6 @@ fn assemble(
         let s = Served { id: Arc::clone(&c.id), friendly_name: Arc::clone(&c.friendly_name), key };
         Some((s, &c.sans, rank(c)))
     };
-    let state = store.state();
     for name in state.listeners.keys() {
         if !config.listeners.iter().any(|l| &l.name == name) {
             problems.push(format!("state.toml: listener {name} has assignments but is not in the configuration"));
@@ -501,7 +501,7 @@ fn assemble(
     }
     // Where each certificate is used, in one pass over state.toml (not one per entry).
     let mut used_on: HashMap<&str, Vec<String>> = HashMap::new();
-    for (name, l) in &store.state().listeners {
+    for (name, l) in &state.listeners {
         for id in l.default.iter().chain(&l.assigned) {
             let on = used_on.entry(id.as_str()).or_default();
             if !on.contains(name) {
@@ -509,7 +509,7 @@ fn assemble(
             }
         }
     }
-    let default_id = store.state().default_id();
+    let default_id = state.default_id();
     let mut certificates: Vec<CertSummary> = entries
         .iter()
         .map(|(id, c)| CertSummary {

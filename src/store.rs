@@ -194,6 +194,21 @@ impl State {
         self.default.as_deref().unwrap_or(FACTORY_ID)
     }
 
+    /// The state once certificate `id` is gone: no longer a default or assigned anywhere.
+    pub fn without(&self, id: &str) -> Self {
+        let mut state = self.clone();
+        if state.default.as_deref() == Some(id) {
+            state.default = None;
+        }
+        for l in state.listeners.values_mut() {
+            if l.default.as_deref() == Some(id) {
+                l.default = None;
+            }
+            l.assigned.retain(|a| a != id);
+        }
+        state
+    }
+
     /// Listeners on which `id` is assigned or the listener default.
     pub fn listeners_of(&self, id: &str) -> Vec<String> {
         self.listeners
@@ -992,18 +1007,9 @@ impl Store {
         if id == FACTORY_ID {
             return Err(Error::FactoryPermanent(id.to_owned()));
         }
-        let mut state = self.state.clone();
-        let was_default = state.default.as_deref() == Some(id);
-        if was_default {
-            state.default = None;
-        }
-        let listeners = state.listeners_of(id);
-        for l in state.listeners.values_mut() {
-            if l.default.as_deref() == Some(id) {
-                l.default = None;
-            }
-            l.assigned.retain(|a| a != id);
-        }
+        let was_default = self.state.default.as_deref() == Some(id);
+        let listeners = self.state.listeners_of(id);
+        let state = self.state.without(id);
         if was_default || !listeners.is_empty() {
             self.commit_state(state)?;
         }

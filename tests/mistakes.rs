@@ -101,6 +101,20 @@ fn deleting_a_served_certificate_needs_force() {
     let run = env.run(&["cert", "delete", "only", "--force"]);
     run.ok();
     assert_eq!(env.list().len(), 1);
+
+    // A listener's only assignment: once it is gone the listener serves every
+    // certificate again, so the global default, not the factory one, takes over.
+    let cfg = env.write("p.toml", "[[listener]]\nname = \"edge\"\nbind = [\"127.0.0.1:1\"]\n");
+    let c = cfg.to_str().unwrap();
+    create(&env, "G", "g.test");
+    create(&env, "Pinned", "pinned.test");
+    env.run(&["--config", c, "cert", "set-default", "g"]).ok();
+    env.run(&["--config", c, "cert", "assign", "pinned", "--listener", "edge"]).ok();
+    refused(
+        &env,
+        &["--config", c, "cert", "delete", "pinned"],
+        "fallback (earliest-assigned certificate) of listener edge; instead: g (global default (no SNI))",
+    );
 }
 
 #[test]

@@ -148,8 +148,8 @@ fn list_json_has_the_documented_columns() {
     // The friendly name is the default common name, as on the appliances.
     assert_eq!(ours["issued_to"], "Support");
 
-    // The table shows the same rows.
-    let table = env.run(&["cert", "list"]).ok().to_owned();
+    // The table shows the same rows (--wide: every cell in full).
+    let table = env.run(&["cert", "list", "--wide"]).ok().to_owned();
     let header = table.lines().next().unwrap();
     for col in
         ["ID", "FRIENDLY NAME", "ISSUED TO", "ISSUED BY", "EXPIRES", "SANS", "KEY", "DEFAULT", "LISTENERS", "WARNINGS"]
