@@ -448,7 +448,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let config_path = discover_config(cli.config.clone());
-    let config = Config::load(config_path.as_deref())?;
+    let (config, mut errors) = Config::load_all(config_path.as_deref());
+    if !errors.is_empty() {
+        return match cli.command {
+            // Every problem, each with file, line and key.
+            Some(Command::CheckConfig { .. }) => {
+                for e in &errors {
+                    eprintln!("{}: {e}", paint("error", "31"));
+                }
+                Ok(ExitCode::from(1))
+            }
+            // The running daemon still serves its last good configuration: show it.
+            Some(Command::Status) => status_of_broken(&config, &errors, cli.json),
+            _ => Err(errors.swap_remove(0).into()),
+        };
+    }
     let store_dir = cli.store.clone().unwrap_or_else(|| config.store_dir.clone());
     let ctx = Ctx { config, store_dir, json: cli.json };
     match cli.command {
@@ -933,6 +947,40 @@ fn status(ctx: &Ctx) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `portcullis status` while the configuration does not load: the errors, then what the
+/// running daemon (found at the `[admin] listen` that could be read) still serves.
+fn status_of_broken(config: &Config, errors: &[crate::config::Error], json: bool) -> Result<ExitCode> {
+    let daemon = crate::admin::query(config.admin_listen);
+    if json {
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        print_json(&serde_json::json!({ "config_errors": errors, "daemon": daemon }))?;
+        return Ok(ExitCode::from(1));
+    }
+    for e in errors {
+        println!("config error: {e}");
+    }
+    match daemon {
+        Some(d) => {
+            println!(
+                "daemon:       running (pid {}), still serving snapshot generation {} (last good reload {})",
+                d.pid,
+                d.reload.generation,
+                d.reload.last_success.as_deref().unwrap_or("-")
+            );
+            for l in &d.listeners {
+                println!("listener:     {} on {}", l.name, l.bind.join(", "));
+                println!("              {}; fallback {} ({})", l.candidates(), l.fallback, l.fallback_reason);
+            }
+            println!("certificates: {}", d.certificates.len());
+            if let (Some(err), Some(at)) = (&d.reload.last_error, &d.reload.last_error_at) {
+                println!("last error:   {at}: {err}");
+            }
+        }
+        None => println!("daemon:       not answering on http://{}", config.admin_listen),
+    }
+    Ok(ExitCode::from(1))
 }
 
 fn check_config(ctx: &Ctx, strict: bool) -> Result<ExitCode> {

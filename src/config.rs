@@ -29,8 +29,8 @@ pub enum Error {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Syntax { path: PathBuf, line: usize, column: usize, message: String },
-    #[error("{path}: {key}: {message}")]
-    Invalid { path: PathBuf, key: String, message: String },
+    #[error("{path}{}: {key}: {message}", line.map_or(String::new(), |l| format!(":{l}")))]
+    Invalid { path: PathBuf, line: Option<usize>, key: String, message: String },
 }
 
 mod file {
@@ -400,18 +400,42 @@ impl Config {
         }
     }
 
-    /// Loads `path`, or the built-in defaults when `None`.
+    /// Loads `path`, or the built-in defaults when `None`; the first problem stops it.
     pub fn load(path: Option<&Path>) -> Result<Self, Error> {
-        let Some(path) = path else { return Ok(Self::builtin()) };
-        let mut raw = parse_file(path)?;
+        let (config, mut errors) = Self::load_all(path);
+        if errors.is_empty() { Ok(config) } else { Err(errors.swap_remove(0)) }
+    }
+
+    /// Loads `path` and returns every problem found (`check-config`), each naming file,
+    /// line and key. The configuration returned is only meaningful without problems;
+    /// with them it is what could be read (its `[admin] listen`, say, to find a daemon).
+    pub fn load_all(path: Option<&Path>) -> (Self, Vec<Error>) {
+        let Some(path) = path else { return (Self::builtin(), Vec::new()) };
+        let mut config = Self::builtin();
+        config.source = Some(path.to_owned());
+        let mut raw = match parse_file(path) {
+            Ok(raw) => raw,
+            Err(e) => return (config, vec![e]),
+        };
+        let mut errors = Vec::new();
         // Drop-in fragments: conf.d/*.toml beside the main file, merged in name order.
         // A section in a fragment replaces the main file's; listeners and routes add up.
-        let mut listener_files = vec![path.to_owned(); raw.listener.len()];
+        let mut listener_files: Vec<(PathBuf, usize)> = (0..raw.listener.len()).map(|i| (path.to_owned(), i)).collect();
         let mut route_files: Vec<(PathBuf, usize)> = (0..raw.route.len()).map(|i| (path.to_owned(), i)).collect();
         // Which file each replaced section came from, for error messages.
         let mut section_files: std::collections::HashMap<&'static str, PathBuf> = std::collections::HashMap::new();
-        for fragment in fragments(path)? {
-            let f = parse_file(&fragment)?;
+        let fragment_paths = fragments(path).unwrap_or_else(|e| {
+            errors.push(e);
+            Vec::new()
+        });
+        for fragment in fragment_paths {
+            let f = match parse_file(&fragment) {
+                Ok(f) => f,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
             macro_rules! replace {
                 ($($field:ident),*) => { $( if f.$field.is_some() {
                     raw.$field = f.$field;
@@ -419,7 +443,7 @@ impl Config {
                 } )* };
             }
             replace!(store, admin, runtime, http, acme, alerts, jobs);
-            listener_files.extend(std::iter::repeat_n(fragment.clone(), f.listener.len()));
+            listener_files.extend((0..f.listener.len()).map(|i| (fragment.clone(), i)));
             route_files.extend((0..f.route.len()).map(|i| (fragment.clone(), i)));
             raw.listener.extend(f.listener);
             raw.route.extend(f.route);
@@ -428,21 +452,22 @@ impl Config {
         let invalid = |key: String, message: String| {
             let section = key.split(['.', '[']).next().unwrap_or_default();
             let path = section_files.get(section).cloned().unwrap_or_else(|| path.to_owned());
-            Error::Invalid { path, key, message }
+            Error::Invalid { path, line: None, key, message }
         };
-        let mut config = Self::builtin();
-        config.source = Some(path.to_owned());
         if let Some(store) = raw.store {
             if store.dir.trim().is_empty() {
-                return Err(invalid("store.dir".into(), "must not be empty".into()));
+                errors.push(invalid("store.dir".into(), "must not be empty".into()));
+            } else {
+                config.store_dir = base.join(store.dir);
             }
-            config.store_dir = base.join(store.dir);
         }
         if let Some(admin) = raw.admin {
-            config.admin_listen = admin
-                .listen
-                .parse()
-                .map_err(|_| invalid("admin.listen".into(), format!("{:?} is not an address:port", admin.listen)))?;
+            match admin.listen.parse() {
+                Ok(a) => config.admin_listen = a,
+                Err(_) => {
+                    errors.push(invalid("admin.listen".into(), format!("{:?} is not an address:port", admin.listen)))
+                }
+            }
         }
         if let Some(rt) = raw.runtime {
             config.worker_threads = rt.worker_threads.unwrap_or(0);
@@ -451,28 +476,40 @@ impl Config {
             }
         }
         if let Some(http) = raw.http {
-            config.http_listen = http
-                .listen
-                .iter()
-                .map(|a| a.parse().map_err(|_| invalid("http.listen".into(), format!("{a:?} is not an address:port"))))
-                .collect::<Result<_, _>>()?;
+            config.http_listen.clear();
+            for a in &http.listen {
+                match a.parse() {
+                    Ok(addr) => config.http_listen.push(addr),
+                    Err(_) => errors.push(invalid("http.listen".into(), format!("{a:?} is not an address:port"))),
+                }
+            }
             config.redirect_port = match http.redirect_port {
-                Some(0) => return Err(invalid("http.redirect_port".into(), "must be a port, 1 to 65535".into())),
+                Some(0) => {
+                    errors.push(invalid("http.redirect_port".into(), "must be a port, 1 to 65535".into()));
+                    443
+                }
                 Some(port) => port,
                 None => 443,
             };
         }
         if let Some(acme) = raw.acme {
-            config.acme = Some(acme_config(acme, base, &invalid)?);
+            match acme_config(acme, base, &invalid) {
+                Ok(a) => config.acme = Some(a),
+                Err(e) => errors.push(e),
+            }
         }
         if let Some(alerts) = raw.alerts {
-            config.alerts = alerts_config(alerts, base, &invalid)?;
+            match alerts_config(alerts, base, &invalid) {
+                Ok(a) => config.alerts = a,
+                Err(e) => errors.push(e),
+            }
         }
         if let Some(jobs) = raw.jobs {
             if jobs.dir.trim().is_empty() {
-                return Err(invalid("jobs.dir".into(), "must not be empty".into()));
+                errors.push(invalid("jobs.dir".into(), "must not be empty".into()));
+            } else {
+                config.jobs_dir = Some(base.join(jobs.dir));
             }
-            config.jobs_dir = Some(base.join(jobs.dir));
         }
         if !raw.listener.is_empty() {
             config.listeners.clear();
@@ -482,84 +519,111 @@ impl Config {
             config.routes.clear();
         }
         for (i, l) in raw.listener.into_iter().enumerate() {
-            let file = &listener_files[i];
-            let invalid = |key: String, message: String| Error::Invalid { path: file.clone(), key, message };
-            let key = |k: &str| format!("listener[{i}].{k}");
+            let (file, j) = &listener_files[i];
+            let invalid =
+                |key: String, message: String| Error::Invalid { path: file.clone(), line: None, key, message };
+            let key = |k: &str| format!("listener[{j}].{k}");
+            // Every field is checked; a listener with a bad field is still kept (with the
+            // default for that field) so that its routes are not reported as well.
+            let mut err = |e: Error| errors.push(e);
             if l.name.is_empty() || !l.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(invalid(key("name"), format!("{:?}: use letters, digits, - and _", l.name)));
+                err(invalid(key("name"), format!("{:?}: use letters, digits, - and _", l.name)));
+                continue;
             }
             if config.listeners.iter().any(|o| o.name == l.name) {
-                return Err(invalid(key("name"), format!("{:?} is used by another listener", l.name)));
+                err(invalid(key("name"), format!("{:?} is used by another listener", l.name)));
+                continue;
             }
             if l.bind.is_empty() {
-                return Err(invalid(key("bind"), "needs at least one address:port".into()));
+                err(invalid(key("bind"), "needs at least one address:port".into()));
             }
-            let bind = l
-                .bind
-                .iter()
-                .map(|b| b.parse().map_err(|_| invalid(key("bind"), format!("{b:?} is not an address:port"))))
-                .collect::<Result<_, _>>()?;
-            let policy = |k: &str, v: Option<String>| match v.as_deref() {
-                None | Some("default") => Ok(SniPolicy::Default),
-                Some("reject") => Ok(SniPolicy::Reject),
-                Some(other) => Err(invalid(key(k), format!("{other:?}: expected \"default\" or \"reject\""))),
-            };
-            let mut listener = Listener::new(&l.name, bind);
-            listener.no_sni = policy("no_sni", l.no_sni)?;
-            listener.unknown_sni = policy("unknown_sni", l.unknown_sni)?;
-            if let Some(n) = l.max_connections {
-                if n == 0 {
-                    return Err(invalid(key("max_connections"), "must be at least 1".into()));
+            let mut bind = Vec::new();
+            for b in &l.bind {
+                match b.parse() {
+                    Ok(a) => bind.push(a),
+                    Err(_) => err(invalid(key("bind"), format!("{b:?} is not an address:port"))),
                 }
-                listener.max_connections = n;
             }
-            let secs = |k: &str, v: Option<u64>, d: Duration| match v {
-                Some(0) => Err(invalid(key(k), "must be at least 1 second".into())),
-                Some(s) => Ok(Duration::from_secs(s)),
-                None => Ok(d),
+            let mut listener = Listener::new(&l.name, bind);
+            let mut policy = |k: &str, v: Option<String>| match v.as_deref() {
+                None | Some("default") => SniPolicy::Default,
+                Some("reject") => SniPolicy::Reject,
+                Some(other) => {
+                    err(invalid(key(k), format!("{other:?}: expected \"default\" or \"reject\"")));
+                    SniPolicy::Default
+                }
+            };
+            listener.no_sni = policy("no_sni", l.no_sni);
+            listener.unknown_sni = policy("unknown_sni", l.unknown_sni);
+            match l.max_connections {
+                Some(0) => err(invalid(key("max_connections"), "must be at least 1".into())),
+                Some(n) => listener.max_connections = n,
+                None => {}
+            }
+            let mut secs = |k: &str, v: Option<u64>, d: Duration| match v {
+                Some(0) => {
+                    err(invalid(key(k), "must be at least 1 second".into()));
+                    d
+                }
+                Some(s) => Duration::from_secs(s),
+                None => d,
             };
             listener.handshake_timeout =
-                secs("handshake_timeout_secs", l.handshake_timeout_secs, listener.handshake_timeout)?;
-            listener.idle_timeout = secs("idle_timeout_secs", l.idle_timeout_secs, listener.idle_timeout)?;
-            if let Some(n) = l.max_header_bytes {
-                if n < 1024 {
-                    return Err(invalid(key("max_header_bytes"), "must be at least 1024".into()));
-                }
-                listener.max_header_bytes = n;
+                secs("handshake_timeout_secs", l.handshake_timeout_secs, listener.handshake_timeout);
+            listener.idle_timeout = secs("idle_timeout_secs", l.idle_timeout_secs, listener.idle_timeout);
+            match l.max_header_bytes {
+                Some(n) if n < 1024 => err(invalid(key("max_header_bytes"), "must be at least 1024".into())),
+                Some(n) => listener.max_header_bytes = n,
+                None => {}
             }
             listener.send_root = l.send_root.unwrap_or(false);
             config.listeners.push(listener);
         }
+        let mut texts = FileTexts::default();
         for (i, r) in raw.route.into_iter().enumerate() {
             let (file, j) = &route_files[i];
-            let invalid = |key: String, message: String| Error::Invalid { path: file.clone(), key, message };
+            let invalid =
+                |key: String, message: String| Error::Invalid { path: file.clone(), line: None, key, message };
             let key = |k: &str| format!("route[{j}].{k}");
+            let before = errors.len();
             let listener = match (r.listener, config.listeners.len()) {
                 (Some(name), _) => name,
                 (None, 1) => config.listeners[0].name.clone(),
-                (None, _) => return Err(invalid(key("listener"), "required when there are several listeners".into())),
+                (None, _) => {
+                    errors.push(invalid(key("listener"), "required when there are several listeners".into()));
+                    String::new()
+                }
             };
-            if !config.listeners.iter().any(|l| l.name == listener) {
-                return Err(invalid(key("listener"), format!("{listener:?} is not a [[listener]] name")));
+            if !listener.is_empty() && !config.listeners.iter().any(|l| l.name == listener) {
+                errors.push(invalid(key("listener"), format!("{listener:?} is not a [[listener]] name")));
             }
             if r.hosts.is_empty() {
-                return Err(invalid(key("hosts"), "needs at least one host pattern (\"*\" for any)".into()));
+                errors.push(invalid(key("hosts"), "needs at least one host pattern (\"*\" for any)".into()));
             }
-            let hosts = r
-                .hosts
-                .iter()
-                .map(|h| HostPattern::parse(h).map_err(|e| invalid(key("hosts"), format!("{h:?}: {e}"))))
-                .collect::<Result<_, _>>()?;
+            let mut hosts = Vec::new();
+            for h in &r.hosts {
+                match HostPattern::parse(h) {
+                    Ok(p) => hosts.push(p),
+                    Err(e) => errors.push(invalid(key("hosts"), format!("{h:?}: {e}"))),
+                }
+            }
             let handler_type = match r.handler.get("type") {
                 Some(toml::Value::String(t)) => t.clone(),
-                _ => return Err(invalid(key("handler.type"), "missing; one of the handler types is required".into())),
+                _ => {
+                    errors.push(invalid(key("handler.type"), "missing; one of the handler types is required".into()));
+                    String::new()
+                }
             };
+            if errors.len() > before {
+                continue;
+            }
+            let line = texts.line_of(file, &format!("route[{j}]")).map_or(String::new(), |l| format!(":{l}"));
             config.routes.push(Route {
                 listener,
                 hosts,
                 handler_type,
                 handler: r.handler,
-                origin: format!("{}: route[{j}]", file.display()),
+                origin: format!("{}{line}: route[{j}]", file.display()),
                 label: format!("route[{i}]"),
             });
         }
@@ -567,7 +631,7 @@ impl Config {
             for (i, c) in acme.certificates.iter().enumerate() {
                 for name in c.listeners.iter().flatten() {
                     if !config.listeners.iter().any(|l| &l.name == name) {
-                        return Err(invalid(
+                        errors.push(invalid(
                             format!("acme.certificate[{i}].listeners"),
                             format!("{name:?} is not a [[listener]] name"),
                         ));
@@ -575,7 +639,50 @@ impl Config {
                 }
             }
         }
-        Ok(config)
+        for e in &mut errors {
+            if let Error::Invalid { path, line, key, .. } = e {
+                *line = texts.line_of(path, key);
+            }
+        }
+        (config, errors)
+    }
+}
+
+/// The configuration files' texts, read again only to point an error at its line.
+#[derive(Default)]
+struct FileTexts(std::collections::HashMap<PathBuf, Option<String>>);
+
+impl FileTexts {
+    /// The line of `key` ("listener[1].bind", "acme.certificate[0].hostnames") in `path`,
+    /// or of the nearest enclosing table when the key itself is not written there.
+    fn line_of(&mut self, path: &Path, key: &str) -> Option<usize> {
+        let text = self.0.entry(path.to_owned()).or_insert_with(|| fs::read_to_string(path).ok()).as_deref()?;
+        let doc = toml::de::DeTable::parse(text).ok()?;
+        let mut table = doc.get_ref();
+        let mut offset = None;
+        for segment in key.split('.') {
+            let (name, index) = match segment.split_once('[') {
+                Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+                None => (segment, None),
+            };
+            let Some((k, v)) = table.get_key_value(name) else { break };
+            offset = Some(k.span().start);
+            let value = match (v.get_ref(), index) {
+                (toml::de::DeValue::Array(items), Some(i)) => match items.get(i) {
+                    Some(item) => {
+                        offset = Some(item.span().start);
+                        item
+                    }
+                    None => break,
+                },
+                _ => v,
+            };
+            match value.get_ref() {
+                toml::de::DeValue::Table(t) => table = t,
+                _ => break,
+            }
+        }
+        offset.map(|o| line_col(text, o).0)
     }
 }
 
@@ -820,7 +927,7 @@ mod tests {
         )
         .unwrap();
         let err = Config::load(Some(&main)).unwrap_err().to_string();
-        assert!(err.contains("30-bad.toml: route[0].listener"), "{err}");
+        assert!(err.contains("30-bad.toml:5: route[0].listener"), "{err}");
         fs::write(dir.path().join("conf.d/30-bad.toml"), "[[route]\n").unwrap();
         let err = Config::load(Some(&main)).unwrap_err().to_string();
         assert!(err.contains("30-bad.toml:1:"), "{err}");
@@ -828,7 +935,7 @@ mod tests {
         // A section from a fragment: its errors name the fragment.
         fs::write(dir.path().join("conf.d/40-acme.toml"), "[acme]\ncontact = [\"mailto:ops@example.com\"]\n").unwrap();
         let err = Config::load(Some(&main)).unwrap_err().to_string();
-        assert!(err.contains("40-acme.toml: acme.agree_tos: must be set to true"), "{err}");
+        assert!(err.contains("40-acme.toml:1: acme.agree_tos: must be set to true"), "{err}");
     }
 
     #[test]

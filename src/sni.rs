@@ -158,6 +158,8 @@ pub struct CertMap {
 /// Builds a [`CertMap`]: add the candidates, then choose the fallback.
 pub struct CertMapBuilder {
     map: CertMap,
+    /// Index of each added id (the control plane asks for thousands).
+    positions: HashMap<Arc<str>, usize>,
 }
 
 impl CertMapBuilder {
@@ -178,6 +180,7 @@ impl CertMapBuilder {
                 no_sni,
                 unknown_sni,
             },
+            positions: HashMap::with_capacity(n),
         }
     }
 
@@ -185,6 +188,7 @@ impl CertMapBuilder {
     /// [`Rank`] wins; on a tie the one added first keeps it.
     pub fn add(&mut self, served: Served, names: &[String], rank: Rank) -> usize {
         let index = self.map.entries.len();
+        self.positions.entry(Arc::clone(&served.id)).or_insert(index);
         self.map.entries.push(served);
         self.map.ranks.push(rank);
         for name in names {
@@ -209,7 +213,7 @@ impl CertMapBuilder {
     /// Finishes with `served` as the fallback certificate; it serves no name unless it
     /// was added as a candidate too.
     pub fn build(mut self, served: Served, kind: DefaultKind) -> CertMap {
-        let index = self.map.entries.iter().position(|e| e.id == served.id).unwrap_or_else(|| {
+        let index = self.position(&served.id).unwrap_or_else(|| {
             self.map.entries.push(served);
             self.map.ranks.push(Rank::default());
             self.map.entries.len() - 1
@@ -228,7 +232,7 @@ impl CertMapBuilder {
 
     /// The index of an added candidate.
     pub fn position(&self, id: &str) -> Option<usize> {
-        self.map.entries.iter().position(|e| &*e.id == id)
+        self.positions.get(id).copied()
     }
 }
 

@@ -99,11 +99,20 @@ fn bad_config_names_file_line_and_key() {
     let cfg =
         env.write("portcullis.toml", "[store]\ndir = \"store\"\n\n[admin]\nlisten = \"127.0.0.1:9900\"\nport = 1\n");
     let before = env.tree();
-    let run = env.run(&["--config", cfg.to_str().unwrap(), "status"]);
+    let run = env.run(&["--config", cfg.to_str().unwrap(), "cert", "list"]);
     assert_eq!(run.code, Some(1));
     let line = run.stderr.trim();
     assert!(!line.contains('\n'), "{line}");
     assert!(line.contains("portcullis.toml:6:1: unknown field `port`"), "{line}");
+    // `status` shows the error, and what a running daemon still serves (none here).
+    let run = env.run(&["--config", cfg.to_str().unwrap(), "status"]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stdout.contains("config error: ") && run.stdout.contains(":6:1: unknown field `port`"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("daemon:       not answering"), "{}", run.stdout);
     assert_eq!(env.tree(), before);
 }
 
@@ -120,7 +129,7 @@ fn example_config_is_valid_and_bad_handlers_are_named() {
     let run = env.run(&["--config", cfg.to_str().unwrap(), "check-config"]);
     assert_eq!(run.code, Some(1));
     assert!(
-        run.stderr.contains("bad.toml: route[0].handler: upstreams: \"nohost\" is not host:port"),
+        run.stderr.contains("bad.toml:4: route[0].handler: upstreams: \"nohost\" is not host:port"),
         "{}",
         run.stderr
     );
@@ -129,7 +138,7 @@ fn example_config_is_valid_and_bad_handlers_are_named() {
     assert_eq!(run.code, Some(1));
     assert!(run.stderr.contains("type \"teleport\" is not a handler"), "{}", run.stderr);
     for (value, expected) in
-        [("0", "bad3.toml: http.redirect_port: must be a port, 1 to 65535"), ("70000", "bad3.toml:3:")]
+        [("0", "bad3.toml:3: http.redirect_port: must be a port, 1 to 65535"), ("70000", "bad3.toml:3:")]
     {
         let cfg = env.write("bad3.toml", &format!("[http]\nlisten = [\"127.0.0.1:1\"]\nredirect_port = {value}\n"));
         let run = env.run(&["--config", cfg.to_str().unwrap(), "check-config"]);

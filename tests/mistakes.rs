@@ -380,3 +380,51 @@ fn the_certificate_table_fits_120_columns() {
     assert!(wide.contains(&names.join(",")), "{wide}");
     assert!(wide.lines().any(|l| l.chars().count() > 120));
 }
+
+#[test]
+fn check_config_reports_every_problem_and_status_shows_the_last_good_state() {
+    let env = Env::initialised();
+    let (port, admin) = (free_port(), free_port());
+    let good = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"edge\"\nbind = [\"127.0.0.1:{port}\"]\n\
+         [[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"x\" }}\n"
+    );
+    let _daemon = env.daemon(&good, &[port, admin]);
+    let cfg = env.path("portcullis.toml");
+    // Four problems in the main file, one in a fragment.
+    let bad = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"edge\"\nbind = [\"127.0.0.1:{port}\", \"bad\"]\n\
+         max_connections = 0\nno_sni = \"maybe\"\n[[route]]\nlistener = \"ghost\"\nhosts = [\"*\"]\n\
+         handler = {{ type = \"static\", body = \"x\" }}\n"
+    );
+    fs::create_dir_all(env.path("conf.d")).unwrap();
+    fs::write(env.path("conf.d/20-broken.toml"), "[[route]\n").unwrap();
+    fs::write(&cfg, &bad).unwrap();
+    let c = cfg.to_str().unwrap();
+    let before = env.tree();
+    let run = env.run(&["--config", c, "check-config"]);
+    assert_eq!(run.code, Some(1));
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    for want in [
+        "portcullis.toml:5: listener[0].bind: \"bad\" is not an address:port",
+        "portcullis.toml:6: listener[0].max_connections: must be at least 1",
+        "portcullis.toml:7: listener[0].no_sni: \"maybe\"",
+        "portcullis.toml:9: route[0].listener: \"ghost\" is not a [[listener]] name",
+        "20-broken.toml:1:",
+    ] {
+        assert!(lines.iter().any(|l| l.starts_with("error: ") && l.contains(want)), "{want}: {}", run.stderr);
+    }
+    assert_eq!(lines.len(), 5, "{}", run.stderr);
+    assert_eq!(env.tree(), before);
+    // The daemon keeps serving its last good configuration; status says so, and why.
+    let status = env.run(&["--config", c, "status"]);
+    assert_eq!(status.code, Some(1));
+    assert!(
+        status.stdout.contains("config error: ") && status.stdout.contains("20-broken.toml:1:"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("still serving snapshot generation"), "{}", status.stdout);
+    assert!(status.stdout.contains("listener:     edge on 127.0.0.1:"), "{}", status.stdout);
+    assert_eq!(served_cn(port, None).as_deref(), Some("Portcullis Default"));
+}
