@@ -593,6 +593,22 @@ fn find_entry(store: &Store, hostnames: &[String]) -> Result<Option<(String, Cer
     Ok(None)
 }
 
+/// Refuses an `acme request` that would reissue the ACME certificate named `name` for
+/// `hostnames` when that drops names it covers now (clients use them): `--replace` says
+/// the operator means it.
+pub fn refuse_dropped_names(store: &Store, name: &str, hostnames: &[String]) -> Result<()> {
+    let Some((crate::store::EntryKind::Cert, id)) = store.find_by_name(name) else { return Ok(()) };
+    let Some(acme) = store.read_meta(&id)?.acme else { return Ok(()) };
+    let lost: Vec<&str> = acme.hostnames.iter().filter(|h| !hostnames.contains(h)).map(String::as_str).collect();
+    if !lost.is_empty() {
+        bail!(
+            "--hostname: {id} ({name}) also covers {}, which this request would drop from the certificate clients are served; list them too, add --replace to drop them, or give --name for a second certificate",
+            lost.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// `acme request` (CLI, jobs and `[[acme.certificate]]`): issues a certificate for the
 /// hostnames, unless an ACME entry for the same names exists and is not due for renewal,
 /// in which case nothing is ordered ("unchanged"), so re-running it is safe. An ACME
@@ -628,14 +644,8 @@ pub async fn request(
                     Some((crate::store::EntryKind::Cert, id))
                         if store.read_meta(&id).is_ok_and(|m| m.acme.is_some()) =>
                     {
-                        let old = store.read_meta(&id)?.acme.map(|a| a.hostnames).unwrap_or_default();
-                        let lost: Vec<&str> =
-                            old.iter().filter(|h| !hostnames.contains(h)).map(String::as_str).collect();
-                        if !lost.is_empty() && !replace {
-                            bail!(
-                                "--hostname: {id} ({name}) also covers {}, which this request would drop from the certificate clients are served; list them too, add --replace to drop them, or give --name for a second certificate",
-                                lost.join(", ")
-                            );
+                        if !replace {
+                            refuse_dropped_names(&store, &name, &hostnames)?;
                         }
                         Ok((None, Some(id), name))
                     }

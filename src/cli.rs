@@ -590,7 +590,14 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
         AcmeCommand::Renew { id, force } => (None, Some((id.clone(), *force))),
         AcmeCommand::Status => unreachable!("handled above"),
     };
-    let store_dir = ctx.open_store()?.root().to_owned();
+    let store = ctx.open_store()?;
+    if let Some(p) = params.as_ref().filter(|p| !p.replace) {
+        // Before binding port 80 and talking to the CA.
+        let name = p.name.clone().unwrap_or_else(|| p.hostnames[0].clone());
+        crate::acme::refuse_dropped_names(&store, &name, &p.hostnames)?;
+    }
+    let store_dir = store.root().to_owned();
+    drop(store);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let quiet = ctx.json;
     let progress = move |line: &str| {
@@ -641,6 +648,9 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
         }
     });
     let outcomes = outcomes?;
+    if outcomes.iter().any(|o| o.action != "unchanged") {
+        ctx.changed();
+    }
     if ctx.json {
         print_json(&outcomes)?;
     } else {

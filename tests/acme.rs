@@ -285,6 +285,36 @@ fn issuance_served_without_restart_and_not_reordered_on_restart() {
     assert!(out.stderr.contains("answering HTTP-01"), "{}", out.stderr);
     let c = env.list().into_iter().find(|c| c["id"] == "c-test").unwrap();
     assert_eq!(c["key"], "RSA 2048");
+
+    // More names for the same certificate (its friendly name is its first hostname):
+    // reissued in place, nothing dropped.
+    let request = |names: &[&str], extra: &[&str]| {
+        let mut args = vec!["--config", cfg_path.to_str().unwrap(), "acme", "request"];
+        for n in names {
+            args.extend(["--hostname", n]);
+        }
+        args.extend_from_slice(extra);
+        env.run(&args)
+    };
+    request(&["c.test", "extra.c.test"], &[]).ok();
+    let c = env.list().into_iter().find(|c| c["id"] == "c-test").unwrap();
+    assert_eq!(c["acme"]["hostnames"], serde_json::json!(["c.test", "extra.c.test"]));
+    // Fewer names would drop one that clients use: refused, naming it, store unchanged.
+    let before = env.tree();
+    let out = request(&["c.test"], &[]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("c-test (c.test) also covers extra.c.test, which this request would drop")
+            && out.stderr.contains("--replace"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(env.tree(), before, "the refused request changed the store");
+    // --replace drops it on purpose.
+    request(&["c.test"], &["--replace"]).ok();
+    let c = env.list().into_iter().find(|c| c["id"] == "c-test").unwrap();
+    assert_eq!(c["acme"]["hostnames"], serde_json::json!(["c.test"]));
 }
 
 fn pebble_management_port(p: &Pebble) -> u16 {

@@ -170,61 +170,9 @@ fn a_key_that_matches_nothing_is_an_error() {
 #[test]
 fn an_expired_or_incomplete_certificate_is_not_served_silently() {
     let env = Env::initialised();
-    // An expired certificate with its key (openssl ca -selfsign takes explicit dates).
+    // An expired certificate with its key.
     let f = |n: &str| env.path(n).display().to_string();
-    openssl_ok(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &f("old.key"),
-            "-out",
-            &f("old.csr"),
-            "-subj",
-            "/CN=old.test",
-            "-addext",
-            "subjectAltName=DNS:old.test",
-        ],
-        None,
-    );
-    fs::write(f("index"), "").unwrap();
-    fs::write(f("serial"), "1000\n").unwrap();
-    fs::write(
-        f("ca.cnf"),
-        format!(
-            "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\nnew_certs_dir = {}\nserial = {}\npolicy = any\ndefault_md = sha256\ncopy_extensions = copy\n[any]\ncommonName = supplied\n",
-            f("index"),
-            env.dir.path().display(),
-            f("serial")
-        ),
-    )
-    .unwrap();
-    openssl_ok(
-        &[
-            "ca",
-            "-batch",
-            "-selfsign",
-            "-config",
-            &f("ca.cnf"),
-            "-keyfile",
-            &f("old.key"),
-            "-in",
-            &f("old.csr"),
-            "-startdate",
-            "20200101000000Z",
-            "-enddate",
-            "20210101000000Z",
-            "-out",
-            &f("old.pem"),
-        ],
-        None,
-    );
-    env.run(&["cert", "import", &f("old.pem"), &f("old.key"), "--name", "Old"]).ok();
+    import_dated(&env, "old", "old.test", "old.test", "20200101000000Z", "20210101000000Z");
     refused(
         &env,
         &["cert", "set-default", "old"],
@@ -427,4 +375,13 @@ fn check_config_reports_every_problem_and_status_shows_the_last_good_state() {
     assert!(status.stdout.contains("still serving snapshot generation"), "{}", status.stdout);
     assert!(status.stdout.contains("listener:     edge on 127.0.0.1:"), "{}", status.stdout);
     assert_eq!(served_cn(port, None).as_deref(), Some("Portcullis Default"));
+}
+
+#[test]
+fn a_one_label_common_name_is_a_name() {
+    let env = Env::initialised();
+    env.run(&["cert", "create-self-signed", "--name", "Local", "--common-name", "localhost"]).ok();
+    let pem = env.run(&["cert", "show", "local", "--pem"]).ok().to_owned();
+    let text = openssl_ok(&["x509", "-noout", "-ext", "subjectAltName"], Some(&pem));
+    assert!(text.contains("DNS:localhost"), "{text}");
 }

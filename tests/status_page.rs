@@ -83,6 +83,12 @@ fn status_page_shows_the_certificate_table() {
     let (root_key, root) = (env.path("root.key"), env.path("root.pem"));
     common::openssl_self_signed(root_key.to_str().unwrap(), root.to_str().unwrap(), "/CN=Layout Test Root", "30", &[]);
     env.run(&["cert", "import", root.to_str().unwrap()]).ok();
+    // Expired three days ago (dates by GNU date, certificate by openssl ca).
+    let date = |when: &str| {
+        let out = Command::new("date").args(["-u", "-d", when, "+%Y%m%d%H%M%SZ"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    common::import_dated(&env, "gone", "gone.test", "gone.test", &date("30 days ago"), &date("3 days ago"));
     env.run(&["cert", "set-default", "support-site"]).ok();
     let (admin, tls) = (free_port(), free_port());
     let config = format!(
@@ -125,6 +131,19 @@ fn status_page_shows_the_certificate_table() {
     assert!(!dom.contains("<b>x</b>"));
     assert_eq!((lab[6].as_str(), lab[7].as_str()), ("", "public"));
     assert!(lab[9].contains("expires in 5 days"), "{lab:?}");
+    // One count of days everywhere: the page, /status.json, `cert show`, the warnings.
+    assert!(lab[3].contains("(expires in 5 days)"), "{lab:?}");
+    let gone = row(&dom, "gone");
+    assert!(gone[3].contains("(expired 3 days ago)"), "{gone:?}");
+    let gone_cell = dom.split("<tr data-id=\"gone\">").nth(1).unwrap();
+    assert!(gone_cell.split("</tr>").next().unwrap().contains("<td class=\"bad\">"), "{gone_cell}");
+    let (_, json) = common::curl(&[&format!("{url}.json")]);
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let cert = |id: &str| status["certificates"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap().clone();
+    assert_eq!((cert("lab-b-x-b")["days_left"].as_i64(), cert("gone")["days_left"].as_i64()), (Some(5), Some(-3)));
+    assert_eq!(cert("gone")["expiry"], "expired 3 days ago");
+    assert!(env.run(&["cert", "show", "lab-b-x-b"]).ok().contains("(expires in 5 days)"));
+    assert!(env.run(&["cert", "show", "gone"]).ok().contains("(expired 3 days ago)"));
     let factory = row(&dom, "portcullis-default");
     assert_eq!(factory[0], "Portcullis Default");
     assert!(dom.contains("id=\"listeners\"") && dom.contains(&format!("127.0.0.1:{tls}")));

@@ -161,6 +161,63 @@ pub fn openssl_self_signed(key: &str, cert: &str, subject: &str, days: &str, ext
     openssl_ok(&args, None);
 }
 
+/// A self-signed certificate and key with explicit validity dates (`openssl ca
+/// -selfsign`, the one openssl 3.0 command that takes them), imported into the store.
+pub fn import_dated(env: &Env, tag: &str, cn: &str, san: &str, start: &str, end: &str) {
+    let f = |n: &str| env.path(&format!("{tag}.{n}")).display().to_string();
+    openssl_ok(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &f("key"),
+            "-out",
+            &f("csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{san}"),
+        ],
+        None,
+    );
+    fs::write(f("index"), "").unwrap();
+    fs::write(f("serial"), "1000\n").unwrap();
+    let cnf = format!(
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = {}\nnew_certs_dir = {}\nserial = {}\npolicy = any\ndefault_md = sha256\n\
+         copy_extensions = copy\nunique_subject = no\n[any]\ncommonName = supplied\n",
+        f("index"),
+        env.dir.path().display(),
+        f("serial")
+    );
+    fs::write(f("cnf"), cnf).unwrap();
+    openssl_ok(
+        &[
+            "ca",
+            "-batch",
+            "-selfsign",
+            "-config",
+            &f("cnf"),
+            "-keyfile",
+            &f("key"),
+            "-in",
+            &f("csr"),
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+            "-out",
+            &f("pem"),
+        ],
+        None,
+    );
+    env.run(&["cert", "import", &f("pem"), &f("key"), "--name", tag]).ok();
+}
+
 /// Signs `csr` with the CA `ca`/`ca_key` into `out` (`extra`: e.g. `-copy_extensions
 /// copyall` or `-extfile FILE`), as a CA would answer a request.
 pub fn openssl_ca_sign(csr: &str, ca: &str, ca_key: &str, days: &str, out: &str, extra: &[&str]) {
