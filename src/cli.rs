@@ -915,9 +915,14 @@ fn assign(ctx: &Ctx, id: &str, listeners: &[String], on: bool, force: bool) -> R
     Ok(())
 }
 
+/// The snapshot the daemon would build from `store` with this configuration.
+fn build_snapshot(ctx: &Ctx, store: &Store) -> Result<crate::snapshot::Snapshot, String> {
+    crate::snapshot::TlsShared::new().and_then(|shared| crate::snapshot::build(&ctx.config, store, &shared))
+}
+
 fn status(ctx: &Ctx) -> Result<ExitCode> {
     let store = ctx.read_store()?;
-    let s = ops::status(&store, &ctx.config)?;
+    let s = ops::status(&store, &ctx.config, &build_snapshot(ctx, &store))?;
     if ctx.json {
         print_json(&s)?;
     } else {
@@ -999,11 +1004,12 @@ fn check_config(ctx: &Ctx, strict: bool) -> Result<ExitCode> {
     let (certs, mut problems) = ops::list_certs(&store, OffsetDateTime::now_utc(), &policy)?;
     let (_, bad_requests) = ops::list_requests(&store)?;
     problems.extend(bad_requests);
-    let status = ops::status(&store, &ctx.config)?;
+    // The snapshot the daemon would serve: handler options, keys, listeners.
+    let snapshot = build_snapshot(ctx, &store);
+    let status = ops::status(&store, &ctx.config, &snapshot)?;
     problems.extend(status.problems.iter().filter(|p| p.starts_with("state.toml")).cloned());
-    // Build the snapshot the daemon would serve: handler options, keys, listeners.
     let mut warnings = Vec::new();
-    match crate::snapshot::TlsShared::new().and_then(|shared| crate::snapshot::build(&ctx.config, &store, &shared)) {
+    match snapshot {
         Ok(snapshot) => {
             let served = snapshot.served_ids();
             let mut served_warnings: Vec<String> = snapshot
@@ -1248,8 +1254,7 @@ fn parse_time(s: &str) -> OffsetDateTime {
 
 /// Per listener: its candidates and its fallback, as the daemon would serve them.
 fn print_listener_lines(ctx: &Ctx, store: &Store) {
-    let built = crate::snapshot::TlsShared::new().and_then(|t| crate::snapshot::build(&ctx.config, store, &t));
-    let Ok(snapshot) = built else { return };
+    let Ok(snapshot) = build_snapshot(ctx, store) else { return };
     println!();
     for l in crate::admin::listener_rows(&snapshot) {
         println!("listener {}: {}; fallback {} ({})", l.name, l.candidates(), l.fallback, l.fallback_reason);

@@ -219,17 +219,6 @@ impl HostPattern {
             None => Self::Exact(s),
         })
     }
-
-    /// Whether `host` (lowercase, without port) matches.
-    pub fn matches(&self, host: &str) -> bool {
-        match self {
-            Self::Any => true,
-            Self::Exact(name) => name.eq_ignore_ascii_case(host),
-            Self::Wildcard(parent) => {
-                host.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest.eq_ignore_ascii_case(parent))
-            }
-        }
-    }
 }
 
 /// A route: host patterns on one listener, and the handler's raw options (validated by

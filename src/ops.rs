@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::pki::{self, ExportFormat, FormatError, IdentityRequest, KeyType, PrivateKey, Role, rfc3339};
+use crate::snapshot::Snapshot;
 use crate::store::{self, CertEntry, EntryKind, NewCert, NewRequest, RequestEntry, Source, State, Store};
 
 /// Errors of an operation: the store's or the PKI's, each naming path, id or flag.
@@ -200,11 +201,25 @@ pub struct RequestCreated {
 pub fn create_request(store: &mut Store, params: &CreateParams) -> Result<Report<RequestCreated>, Error> {
     let (name, identity) = prepare(store, params)?;
     let key = params.key_type.generate()?;
-    let csr_pem = pki::certificate_request(&identity, params.key_type, &key)?;
+    let mut report = store_request(store, &name, identity, params.key_type, &key)?;
+    let dir = store.request_dir(&report.value.request.id);
+    report.notes.push(format!("the private key stays in {} until the signed certificate is imported", dir.display()));
+    Ok(report)
+}
+
+/// Signs a CSR for `identity` with `key` and stores it as pending request `name`.
+fn store_request(
+    store: &mut Store,
+    name: &str,
+    identity: pki::Identity,
+    key_type: KeyType,
+    key: &PrivateKey,
+) -> Result<Report<RequestCreated>, Error> {
+    let csr_pem = pki::certificate_request(&identity, key_type, key)?;
     let sans: Vec<String> = identity.sans.iter().map(ToString::to_string).collect();
     let id = store.add_request(&NewRequest {
-        friendly_name: &name,
-        key_type: params.key_type,
+        friendly_name: name,
+        key_type,
         subject: &identity.subject,
         sans: &sans,
         request_pem: &csr_pem,
@@ -213,9 +228,6 @@ pub fn create_request(store: &mut Store, params: &CreateParams) -> Result<Report
     let entry = store.read_request(&id)?;
     let mut report = Report::new(RequestCreated { request: RequestView::from(&entry), csr_pem });
     report.notes = identity.notes;
-    report
-        .notes
-        .push(format!("the private key stays in {} until the signed certificate is imported", entry.dir.display()));
     report.warnings = identity.warnings;
     Ok(report)
 }
@@ -259,23 +271,10 @@ pub fn create_request_from(
     let name = store.check_new_name(&identity.friendly_name)?;
     identity.friendly_name.clone_from(&name);
     let identity = identity.validate()?;
-    let csr_pem = pki::certificate_request(&identity, key_type, key)?;
-    let sans: Vec<String> = identity.sans.iter().map(ToString::to_string).collect();
-    let new_id = store.add_request(&NewRequest {
-        friendly_name: &name,
-        key_type,
-        subject: &identity.subject,
-        sans: &sans,
-        request_pem: &csr_pem,
-        key_pem: &key.to_pem(),
-    })?;
-    let request = store.read_request(&new_id)?;
-    let mut report = Report::new(RequestCreated { request: RequestView::from(&request), csr_pem });
-    report.notes = identity.notes;
-    report
-        .notes
-        .push(format!("the request uses the private key of {id}; the CA's answer is linked to {new_id} when imported"));
-    report.warnings = identity.warnings;
+    let mut report = store_request(store, &name, identity, key_type, key)?;
+    let new_id = &report.value.request.id;
+    let note = format!("the request uses the private key of {id}; the CA's answer is linked to {new_id} when imported");
+    report.notes.push(note);
     Ok(report)
 }
 
@@ -706,17 +705,12 @@ fn served_consequences(store: &Store, config: &Config, id: &str) -> Result<Vec<S
             out.push(format!("assigned to listener {name}"));
         }
         for host in &names {
-            // A wildcard name stands for its one-label hosts: ask for a sample one.
-            let probe = match host.strip_prefix("*.") {
-                Some(parent) => format!("portcullis-probe.{parent}"),
-                None => host.clone(),
-            };
-            let sel = l.certs.lookup(Some(&probe));
+            let sel = l.certs.lookup_name(host);
             let by_name = matches!(sel, Selection::Exact(_) | Selection::Wildcard(_));
             if !by_name || sel.served().is_none_or(|s| &*s.id != id) {
                 continue;
             }
-            let sel_after = l_after.certs.lookup(Some(&probe));
+            let sel_after = l_after.certs.lookup_name(host);
             if !matches!(sel_after, Selection::Exact(_) | Selection::Wildcard(_)) {
                 out.push(format!(
                     "the only certificate for {host} on listener {name}; instead: {}",
@@ -754,7 +748,9 @@ pub struct InUse {
     pub role: String,
 }
 
-pub fn status(store: &Store, config: &Config) -> Result<Status, Error> {
+/// `snapshot`: what the daemon would serve from this store (built by the caller, which
+/// may need it too), or why it cannot be built.
+pub fn status(store: &Store, config: &Config, snapshot: &Result<Snapshot, String>) -> Result<Status, Error> {
     let now = OffsetDateTime::now_utc();
     let (certs, mut problems) = list_certs(store, now, &crate::acme::Policy::of(config.acme.as_ref()))?;
     let (requests, bad_requests) = list_requests(store)?;
@@ -799,11 +795,10 @@ pub fn status(store: &Store, config: &Config) -> Result<Status, Error> {
             }
         }
     }
-    let shared = crate::snapshot::TlsShared::new().map_err(Error::Replace)?;
-    let listeners = match crate::snapshot::build(config, store, &shared) {
-        Ok(snapshot) => crate::admin::listener_rows(&snapshot),
+    let listeners = match snapshot {
+        Ok(snapshot) => crate::admin::listener_rows(snapshot),
         Err(e) => {
-            problems.push(e);
+            problems.push(e.clone());
             Vec::new()
         }
     };

@@ -89,23 +89,12 @@ impl RouteTable {
     }
 
     pub fn lookup(&self, host: &str) -> Option<usize> {
-        let host = host.strip_suffix('.').unwrap_or(host);
-        let mut buf = [0u8; 253];
-        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            let lowered = buf.get_mut(..host.len())?;
-            lowered.copy_from_slice(host.as_bytes());
-            lowered.make_ascii_lowercase();
-            std::str::from_utf8(lowered).ok()?
-        } else {
-            host
-        };
+        let mut buf = [0u8; crate::sni::MAX_NAME];
+        let Some(host) = crate::sni::normalise(host, &mut buf) else { return self.any };
         if let Some(&i) = self.exact.get(host) {
             return Some(i);
         }
-        if let Some((label, parent)) = host.split_once('.')
-            && !label.is_empty()
-            && let Some(&i) = self.wildcard.get(parent)
-        {
+        if let Some(&i) = crate::sni::wildcard_parent(host).and_then(|p| self.wildcard.get(p)) {
             return Some(i);
         }
         self.any
@@ -203,13 +192,7 @@ impl Snapshot {
             served.insert(&*l.certs.fallback_served().0.id);
             for e in l.certs.entries() {
                 let Some(c) = by_id.get(&*e.id) else { continue };
-                let wins = c.sans.iter().any(|name| {
-                    let probe = match name.strip_prefix("*.") {
-                        Some(parent) => format!("portcullis-probe.{parent}"),
-                        None => name.clone(),
-                    };
-                    l.certs.lookup(Some(&probe)).served().is_some_and(|s| s.id == e.id)
-                });
+                let wins = c.sans.iter().any(|name| l.certs.lookup_name(name).served().is_some_and(|s| s.id == e.id));
                 if wins {
                     served.insert(&*c.id);
                 }

@@ -237,40 +237,55 @@ impl CertMapBuilder {
 }
 
 /// Longest DNS name; longer SNI cannot match anything.
-const MAX_NAME: usize = 253;
+pub const MAX_NAME: usize = 253;
+
+/// A host name as the maps store it: lowercase, without a trailing dot ("Example.COM."
+/// is "example.com"), lowered into `buf` only when it has upper-case letters, so that
+/// nothing is allocated. `None` for a name that no map can hold (empty, too long).
+pub fn normalise<'a>(name: &'a str, buf: &'a mut [u8; MAX_NAME]) -> Option<&'a str> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() > MAX_NAME {
+        return None;
+    }
+    if !name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Some(name);
+    }
+    let lowered = &mut buf[..name.len()];
+    lowered.copy_from_slice(name.as_bytes());
+    lowered.make_ascii_lowercase();
+    std::str::from_utf8(lowered).ok()
+}
+
+/// The key a one-label wildcard covering `host` is stored under: `a.example.com` →
+/// `example.com` (for `*.example.com`).
+pub fn wildcard_parent(host: &str) -> Option<&str> {
+    host.split_once('.').filter(|(label, _)| !label.is_empty()).map(|(_, parent)| parent)
+}
 
 impl CertMap {
     /// Selects the certificate for `sni`. Allocation-free: a name with upper-case
     /// letters is lowered into a stack buffer.
     pub fn lookup(&self, sni: Option<&str>) -> Selection<'_> {
         let Some(name) = sni.filter(|n| !n.is_empty()) else { return self.fallback(Miss::NoSni) };
-        // "example.com." is the same name as "example.com".
-        let name = name.strip_suffix('.').unwrap_or(name);
-        if name.is_empty() || name.len() > MAX_NAME {
-            return self.fallback(Miss::Unknown);
-        }
         let mut buf = [0u8; MAX_NAME];
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            let lowered = &mut buf[..name.len()];
-            lowered.copy_from_slice(name.as_bytes());
-            lowered.make_ascii_lowercase();
-            match std::str::from_utf8(lowered) {
-                Ok(s) => s,
-                Err(_) => return self.fallback(Miss::Unknown),
-            }
-        } else {
-            name
-        };
+        let Some(name) = normalise(name, &mut buf) else { return self.fallback(Miss::Unknown) };
         if let Some(&i) = self.exact.get(name) {
             return Selection::Exact(&self.entries[i]);
         }
-        if let Some((label, parent)) = name.split_once('.')
-            && !label.is_empty()
-            && let Some(&i) = self.wildcard.get(parent)
-        {
+        if let Some(&i) = wildcard_parent(name).and_then(|p| self.wildcard.get(p)) {
             return Selection::Wildcard(&self.entries[i]);
         }
         self.fallback(Miss::Unknown)
+    }
+
+    /// [`Self::lookup`] for a certificate name rather than a client's SNI: a wildcard
+    /// name (`*.example.com`) is asked for as one of the hosts it stands for. Control
+    /// plane only (it allocates for a wildcard).
+    pub fn lookup_name(&self, name: &str) -> Selection<'_> {
+        match name.strip_prefix("*.") {
+            Some(parent) => self.lookup(Some(&format!("portcullis-probe.{parent}"))),
+            None => self.lookup(Some(name)),
+        }
     }
 
     fn fallback(&self, miss: Miss) -> Selection<'_> {

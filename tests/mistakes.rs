@@ -206,46 +206,10 @@ fn an_expired_or_incomplete_certificate_is_not_served_silently() {
 fn make_chain(env: &Env) {
     let f = |n: &str| env.path(n).display().to_string();
     openssl_self_signed(&f("root.key"), &f("root.pem"), "/CN=Test Root", "365", &[]);
-    openssl_ok(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &f("int.key"),
-            "-out",
-            &f("int.csr"),
-            "-subj",
-            "/CN=Test Intermediate",
-        ],
-        None,
-    );
+    openssl_p256_csr(&f("int.key"), &f("int.csr"), "/CN=Test Intermediate", &[]);
     fs::write(f("int.ext"), "basicConstraints=critical,CA:TRUE\n").unwrap();
     openssl_ca_sign(&f("int.csr"), &f("root.pem"), &f("root.key"), "365", &f("int.pem"), &["-extfile", &f("int.ext")]);
-    openssl_ok(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &f("leaf.key"),
-            "-out",
-            &f("leaf.csr"),
-            "-subj",
-            "/CN=leaf.test",
-            "-addext",
-            "subjectAltName=DNS:leaf.test",
-        ],
-        None,
-    );
+    openssl_p256_csr(&f("leaf.key"), &f("leaf.csr"), "/CN=leaf.test", &["-addext", "subjectAltName=DNS:leaf.test"]);
     openssl_ca_sign(
         &f("leaf.csr"),
         &f("int.pem"),

@@ -165,26 +165,8 @@ pub fn openssl_self_signed(key: &str, cert: &str, subject: &str, days: &str, ext
 /// -selfsign`, the one openssl 3.0 command that takes them), imported into the store.
 pub fn import_dated(env: &Env, tag: &str, cn: &str, san: &str, start: &str, end: &str) {
     let f = |n: &str| env.path(&format!("{tag}.{n}")).display().to_string();
-    openssl_ok(
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &f("key"),
-            "-out",
-            &f("csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{san}"),
-        ],
-        None,
-    );
+    let san = format!("subjectAltName=DNS:{san}");
+    openssl_p256_csr(&f("key"), &f("csr"), &format!("/CN={cn}"), &["-addext", &san]);
     fs::write(f("index"), "").unwrap();
     fs::write(f("serial"), "1000\n").unwrap();
     let cnf = format!(
@@ -216,6 +198,15 @@ pub fn import_dated(env: &Env, tag: &str, cn: &str, san: &str, start: &str, end:
         None,
     );
     env.run(&["cert", "import", &f("pem"), &f("key"), "--name", tag]).ok();
+}
+
+/// Makes a P-256 key and a CSR for it with openssl (`extra`: more flags, such as
+/// `-addext`).
+pub fn openssl_p256_csr(key: &str, csr: &str, subject: &str, extra: &[&str]) {
+    let mut args = vec!["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    args.extend(["-keyout", key, "-out", csr, "-subj", subject]);
+    args.extend_from_slice(extra);
+    openssl_ok(&args, None);
 }
 
 /// Signs `csr` with the CA `ca`/`ca_key` into `out` (`extra`: e.g. `-copy_extensions
