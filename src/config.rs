@@ -482,16 +482,12 @@ impl Config {
             };
         }
         if let Some(acme) = raw.acme {
-            match acme_config(acme, base, &invalid) {
-                Ok(a) => config.acme = Some(a),
-                Err(e) => errors.push(e),
-            }
+            config.acme = acme_config(acme, base, &invalid, &mut errors);
         }
-        if let Some(alerts) = raw.alerts {
-            match alerts_config(alerts, base, &invalid) {
-                Ok(a) => config.alerts = a,
-                Err(e) => errors.push(e),
-            }
+        if let Some(alerts) = raw.alerts
+            && let Some(a) = alerts_config(alerts, base, &invalid, &mut errors)
+        {
+            config.alerts = a;
         }
         if let Some(jobs) = raw.jobs {
             if jobs.dir.trim().is_empty() {
@@ -688,82 +684,105 @@ impl Config {
     }
 }
 
-fn acme_config(a: file::Acme, base: &Path, invalid: &dyn Fn(String, String) -> Error) -> Result<Acme, Error> {
+/// `[acme]`, checked field by field: every problem goes into `errors`, and `None` is
+/// returned if there was any.
+fn acme_config(
+    a: file::Acme,
+    base: &Path,
+    invalid: &dyn Fn(String, String) -> Error,
+    errors: &mut Vec<Error>,
+) -> Option<Acme> {
+    let before = errors.len();
     let directory = a.directory.unwrap_or_else(|| LETS_ENCRYPT.to_owned());
     if !directory.starts_with("https://") {
-        return Err(invalid("acme.directory".into(), format!("{directory:?}: must be an https:// URL")));
+        errors.push(invalid("acme.directory".into(), format!("{directory:?}: must be an https:// URL")));
     }
     if a.agree_tos != Some(true) {
-        return Err(invalid(
+        errors.push(invalid(
             "acme.agree_tos".into(),
             format!("must be set to true to accept the terms of service of {directory} (read them first)"),
         ));
     }
     for c in &a.contact {
         if !c.starts_with("mailto:") || c.len() < 10 || !c.contains('@') {
-            return Err(invalid("acme.contact".into(), format!("{c:?}: expected \"mailto:user@example.com\"")));
+            errors.push(invalid("acme.contact".into(), format!("{c:?}: expected \"mailto:user@example.com\"")));
         }
     }
-    let days = |key: &str, v: Option<f64>, d: f64| match v {
-        None => Ok(d),
-        Some(x) if x.is_finite() && x > 0.0 && x < 3650.0 => Ok(x),
-        Some(x) => Err(invalid(format!("acme.{key}"), format!("{x}: expected a number of days above 0"))),
+    let mut days = |key: &str, v: Option<f64>, d: f64| match v {
+        None => d,
+        Some(x) if x.is_finite() && x > 0.0 && x < 3650.0 => x,
+        Some(x) => {
+            errors.push(invalid(format!("acme.{key}"), format!("{x}: expected a number of days above 0")));
+            d
+        }
     };
-    let renew = days("renew_before_days", a.renew_before_days, 30.0)?;
-    let alert = days("alert_before_days", a.alert_before_days, 25.0 * renew / 30.0)?;
+    let renew = days("renew_before_days", a.renew_before_days, 30.0);
+    let alert = days("alert_before_days", a.alert_before_days, 25.0 * renew / 30.0);
     if alert > renew {
-        return Err(invalid(
+        errors.push(invalid(
             "acme.alert_before_days".into(),
             format!("{alert} is more than renew_before_days ({renew}): alerts come after renewal starts"),
         ));
     }
-    let key_type = |key: String, v: Option<String>| {
-        v.map(|k| k.parse().map_err(|reason: String| invalid(key, format!("{k:?}: {reason}")))).transpose()
+    let mut key_type = |key: String, v: Option<String>| match v.map(|k| (k.parse(), k)) {
+        None => None,
+        Some((Ok(t), _)) => Some(t),
+        Some((Err(reason), k)) => {
+            errors.push(invalid(key, format!("{k:?}: {reason}")));
+            None
+        }
     };
-    let http_listen = match a.http_listen {
-        None => vec![SocketAddr::from(([0, 0, 0, 0], 80))],
-        Some(v) => v
-            .into_vec()
-            .iter()
-            .map(|s| s.parse().map_err(|_| invalid("acme.http_listen".into(), format!("{s:?} is not an address:port"))))
-            .collect::<Result<_, _>>()?,
-    };
+    let default_key = key_type("acme.key".into(), a.key).unwrap_or(crate::pki::KeyType::EcdsaP256);
+    let mut certificates: Vec<AcmeCertificate> = Vec::new();
+    let mut certificate_errors = Vec::new();
+    for (i, c) in a.certificate.into_iter().enumerate() {
+        let key = |k: &str| format!("acme.certificate[{i}].{k}");
+        let own_key = key_type(key("key"), c.key);
+        if c.hostnames.is_empty() {
+            certificate_errors.push(invalid(key("hostnames"), "needs at least one hostname".into()));
+            continue;
+        }
+        let mut hostnames = Vec::new();
+        for h in &c.hostnames {
+            match check_acme_hostname(h) {
+                Ok(h) => hostnames.push(h),
+                Err(e) => certificate_errors.push(invalid(key("hostnames"), format!("{h:?}: {e}"))),
+            }
+        }
+        if certificates.iter().any(|o| same_names(&o.hostnames, &hostnames)) {
+            certificate_errors.push(invalid(key("hostnames"), "the same hostnames are listed twice".into()));
+        }
+        certificates.push(AcmeCertificate { hostnames, name: c.name, key_type: own_key, listeners: c.listeners });
+    }
+    errors.append(&mut certificate_errors);
+    let mut http_listen = Vec::new();
+    match a.http_listen {
+        None => http_listen.push(SocketAddr::from(([0, 0, 0, 0], 80))),
+        Some(v) => {
+            for s in v.into_vec() {
+                match s.parse() {
+                    Ok(addr) => http_listen.push(addr),
+                    Err(_) => errors.push(invalid("acme.http_listen".into(), format!("{s:?} is not an address:port"))),
+                }
+            }
+        }
+    }
     let eab = match (a.eab_kid, a.eab_hmac_key_file) {
         (Some(kid), Some(file)) => Some((kid, base.join(file))),
         (None, None) => None,
         _ => {
-            return Err(invalid("acme.eab_kid".into(), "eab_kid and eab_hmac_key_file go together".into()));
+            errors.push(invalid("acme.eab_kid".into(), "eab_kid and eab_hmac_key_file go together".into()));
+            None
         }
     };
-    let mut certificates: Vec<AcmeCertificate> = Vec::new();
-    for (i, c) in a.certificate.into_iter().enumerate() {
-        let key = |k: &str| format!("acme.certificate[{i}].{k}");
-        if c.hostnames.is_empty() {
-            return Err(invalid(key("hostnames"), "needs at least one hostname".into()));
-        }
-        let hostnames = c
-            .hostnames
-            .iter()
-            .map(|h| check_acme_hostname(h).map_err(|e| invalid(key("hostnames"), format!("{h:?}: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
-        if certificates.iter().any(|o| same_names(&o.hostnames, &hostnames)) {
-            return Err(invalid(key("hostnames"), "the same hostnames are listed twice".into()));
-        }
-        certificates.push(AcmeCertificate {
-            hostnames,
-            name: c.name,
-            key_type: key_type(key("key"), c.key)?,
-            listeners: c.listeners,
-        });
-    }
-    Ok(Acme {
+    (errors.len() == before).then(|| Acme {
         directory,
         contact: a.contact,
         ca_bundle: a.ca_bundle.map(|p| base.join(p)),
         http_listen,
         renew_before: Duration::from_secs_f64(renew * 86_400.0),
         alert_before: Duration::from_secs_f64(alert * 86_400.0),
-        key_type: key_type("acme.key".into(), a.key)?.unwrap_or(crate::pki::KeyType::EcdsaP256),
+        key_type: default_key,
         reuse_key: a.reuse_key.unwrap_or(false),
         eab,
         certificates,
@@ -781,57 +800,62 @@ pub fn same_names(a: &[String], b: &[String]) -> bool {
     a == b
 }
 
-fn alerts_config(a: file::Alerts, base: &Path, invalid: &dyn Fn(String, String) -> Error) -> Result<Alerts, Error> {
-    let smtp = match a.smtp {
-        None => None,
-        Some(s) => {
-            let security = match s.security.as_deref() {
-                None | Some("starttls") => SmtpSecurity::StartTls,
-                Some("tls") => SmtpSecurity::Tls,
-                Some("none") => SmtpSecurity::None,
-                Some(other) => {
-                    return Err(invalid(
-                        "alerts.smtp.security".into(),
-                        format!("{other:?}: expected \"starttls\", \"tls\" or \"none\""),
-                    ));
-                }
-            };
-            if s.host.trim().is_empty() {
-                return Err(invalid("alerts.smtp.host".into(), "must not be empty".into()));
+/// `[alerts]`, checked field by field like [`acme_config`].
+fn alerts_config(
+    a: file::Alerts,
+    base: &Path,
+    invalid: &dyn Fn(String, String) -> Error,
+    errors: &mut Vec<Error>,
+) -> Option<Alerts> {
+    let before = errors.len();
+    let smtp = a.smtp.map(|s| {
+        let security = match s.security.as_deref() {
+            None | Some("starttls") => SmtpSecurity::StartTls,
+            Some("tls") => SmtpSecurity::Tls,
+            Some("none") => SmtpSecurity::None,
+            Some(other) => {
+                errors.push(invalid(
+                    "alerts.smtp.security".into(),
+                    format!("{other:?}: expected \"starttls\", \"tls\" or \"none\""),
+                ));
+                SmtpSecurity::StartTls
             }
-            let mailbox = |key: &str, v: &str| {
-                v.parse::<lettre::message::Mailbox>()
-                    .map(|_| ())
-                    .map_err(|e| invalid(format!("alerts.smtp.{key}"), format!("{v:?}: {e}")))
-            };
-            mailbox("from", &s.from)?;
-            if s.to.is_empty() {
-                return Err(invalid("alerts.smtp.to".into(), "needs at least one address".into()));
-            }
-            for t in &s.to {
-                mailbox("to", t)?;
-            }
-            if s.username.is_some() != s.password_file.is_some() {
-                return Err(invalid("alerts.smtp.username".into(), "username and password_file go together".into()));
-            }
-            let port = s.port.unwrap_or(match security {
-                SmtpSecurity::StartTls => 587,
-                SmtpSecurity::Tls => 465,
-                SmtpSecurity::None => 25,
-            });
-            Some(Smtp {
-                host: s.host,
-                port,
-                security,
-                username: s.username,
-                password_file: s.password_file.map(|p| base.join(p)),
-                ca_bundle: s.ca_bundle.map(|p| base.join(p)),
-                from: s.from,
-                to: s.to,
-            })
+        };
+        if s.host.trim().is_empty() {
+            errors.push(invalid("alerts.smtp.host".into(), "must not be empty".into()));
         }
-    };
-    Ok(Alerts { command: a.alert_command.filter(|c| !c.trim().is_empty()), smtp })
+        let mut mailbox = |key: &str, v: &str| {
+            if let Err(e) = v.parse::<lettre::message::Mailbox>() {
+                errors.push(invalid(format!("alerts.smtp.{key}"), format!("{v:?}: {e}")));
+            }
+        };
+        mailbox("from", &s.from);
+        for t in &s.to {
+            mailbox("to", t);
+        }
+        if s.to.is_empty() {
+            errors.push(invalid("alerts.smtp.to".into(), "needs at least one address".into()));
+        }
+        if s.username.is_some() != s.password_file.is_some() {
+            errors.push(invalid("alerts.smtp.username".into(), "username and password_file go together".into()));
+        }
+        let port = s.port.unwrap_or(match security {
+            SmtpSecurity::StartTls => 587,
+            SmtpSecurity::Tls => 465,
+            SmtpSecurity::None => 25,
+        });
+        Smtp {
+            host: s.host,
+            port,
+            security,
+            username: s.username,
+            password_file: s.password_file.map(|p| base.join(p)),
+            ca_bundle: s.ca_bundle.map(|p| base.join(p)),
+            from: s.from,
+            to: s.to,
+        }
+    });
+    (errors.len() == before).then(|| Alerts { command: a.alert_command.filter(|c| !c.trim().is_empty()), smtp })
 }
 
 /// Parses one file, naming it, the line and the column on error.

@@ -339,6 +339,28 @@ fn check_config_reports_every_problem_and_status_shows_the_last_good_state() {
     assert!(status.stdout.contains("still serving snapshot generation"), "{}", status.stdout);
     assert!(status.stdout.contains("listener:     edge on 127.0.0.1:"), "{}", status.stdout);
     assert_eq!(served_cn(port, None).as_deref(), Some("Portcullis Default"));
+    // Inside [acme] and [alerts] too, every field is checked (no fragments this time).
+    fs::remove_dir_all(env.path("conf.d")).unwrap();
+    let sections = env.write(
+        "sections.toml",
+        "[acme]\ndirectory = \"http://ca.test/dir\"\ncontact = [\"ops\"]\nrenew_before_days = -1\n\
+         [[acme.certificate]]\nhostnames = [\"*.wild.test\"]\n[alerts.smtp]\nhost = \"\"\nfrom = \"not a mailbox\"\nto = []\n",
+    );
+    let run = env.run(&["--config", sections.to_str().unwrap(), "check-config"]);
+    assert_eq!(run.code, Some(1));
+    for want in [
+        "sections.toml:2: acme.directory",
+        "sections.toml:1: acme.agree_tos",
+        "sections.toml:3: acme.contact",
+        "sections.toml:4: acme.renew_before_days",
+        "sections.toml:6: acme.certificate[0].hostnames",
+        "sections.toml:8: alerts.smtp.host",
+        "sections.toml:9: alerts.smtp.from",
+        "sections.toml:10: alerts.smtp.to",
+    ] {
+        assert!(run.stderr.lines().any(|l| l.contains(want)), "{want}: {}", run.stderr);
+    }
+    assert_eq!(run.stderr.lines().count(), 8, "{}", run.stderr);
 }
 
 #[test]
