@@ -233,7 +233,8 @@ impl Challenges {
         if let Some(v) = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(token) {
             return Some(v.clone());
         }
-        let text = std::fs::read_to_string(self.dir.as_ref()?.join(token)).ok()?;
+        let path = self.dir.as_ref()?.join(token);
+        let text = crate::input::read_text(&path, 4096, crate::input::Links::Refuse).ok()?;
         Some(text.trim().to_owned())
     }
 
@@ -300,7 +301,8 @@ fn builder(acme: &AcmeConfig) -> Result<AccountBuilder> {
         return Account::builder().map_err(|e| anyhow!("ACME HTTP client: {e}"));
     };
     use rustls_pki_types::pem::PemObject;
-    let pem = std::fs::read(bundle).with_context(|| format!("acme.ca_bundle {}", bundle.display()))?;
+    let pem = crate::input::read(bundle, crate::input::MAX_PEM, crate::input::Links::Follow)
+        .with_context(|| format!("acme.ca_bundle {}", bundle.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| anyhow!("acme.ca_bundle {}: {e}", bundle.display()))?;
@@ -328,7 +330,7 @@ fn builder(acme: &AcmeConfig) -> Result<AccountBuilder> {
 /// The stored account for the configured directory, or a new one (saved 0600).
 async fn account(acme: &AcmeConfig, store_dir: &Path, progress: Progress<'_>) -> Result<Account> {
     let path = account_path(store_dir);
-    match std::fs::read_to_string(&path) {
+    match crate::input::read_text(&path, crate::input::MAX_TOML, crate::input::Links::Refuse) {
         Ok(text) => {
             let stored: StoredAccount =
                 serde_json::from_str(&text).with_context(|| format!("{}: not an account file", path.display()))?;
@@ -350,8 +352,8 @@ async fn account(acme: &AcmeConfig, store_dir: &Path, progress: Progress<'_>) ->
         None => None,
         Some((kid, file)) => {
             use base64::Engine;
-            let text =
-                std::fs::read_to_string(file).with_context(|| format!("acme.eab_hmac_key_file {}", file.display()))?;
+            let text = crate::input::read_text(file, crate::input::MAX_PASSWORD, crate::input::Links::Follow)
+                .with_context(|| format!("acme.eab_hmac_key_file {}", file.display()))?;
             let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(text.trim().trim_end_matches('='))
                 .map_err(|e| anyhow!("acme.eab_hmac_key_file {}: not base64url: {e}", file.display()))?;
@@ -958,10 +960,11 @@ impl AriCache {
         }
         if account.is_none() {
             // Only the stored account of this directory: asking never creates one.
-            let stored = std::fs::read_to_string(account_path(store_dir))
-                .ok()
-                .and_then(|t| serde_json::from_str::<StoredAccount>(&t).ok())
-                .is_some_and(|a| a.directory == acme.directory);
+            let stored =
+                crate::input::read_text(&account_path(store_dir), crate::input::MAX_TOML, crate::input::Links::Refuse)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<StoredAccount>(&t).ok())
+                    .is_some_and(|a| a.directory == acme.directory);
             let quiet = |_: &str| {};
             *account = Some(if stored { self::account(acme, store_dir, &quiet).await.ok() } else { None });
         }

@@ -105,7 +105,8 @@ async fn mail(smtp: &Smtp, alert: &Alert) -> Result<(), String> {
     let tls = || -> Result<TlsParameters, String> {
         let mut params = TlsParameters::builder(smtp.host.clone());
         if let Some(bundle) = &smtp.ca_bundle {
-            let pem = std::fs::read(bundle).map_err(|e| format!("alerts.smtp.ca_bundle {}: {e}", bundle.display()))?;
+            let pem = crate::input::read(bundle, crate::input::MAX_PEM, crate::input::Links::Follow)
+                .map_err(|e| format!("alerts.smtp.ca_bundle {}: {e}", bundle.display()))?;
             for block in pem::parse_many(&pem).map_err(|e| format!("alerts.smtp.ca_bundle: {e}"))? {
                 let cert = lettre::transport::smtp::client::Certificate::from_der(block.contents().to_vec())
                     .map_err(|e| format!("alerts.smtp.ca_bundle: {e}"))?;
@@ -123,7 +124,7 @@ async fn mail(smtp: &Smtp, alert: &Alert) -> Result<(), String> {
         SmtpSecurity::Tls => transport.tls(Tls::Wrapper(tls()?)),
     };
     if let (Some(user), Some(file)) = (&smtp.username, &smtp.password_file) {
-        let password = std::fs::read_to_string(file)
+        let password = crate::input::read_text(file, crate::input::MAX_PASSWORD, crate::input::Links::Follow)
             .map_err(|e| format!("alerts.smtp.password_file {}: {e}", file.display()))?
             .lines()
             .next()

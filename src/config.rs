@@ -25,8 +25,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 /// A configuration problem, naming the file and, where known, line, column and key.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Syntax { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{path}{}: {key}: {message}", line.map_or(String::new(), |l| format!(":{l}")))]
@@ -641,7 +641,7 @@ impl FileTexts {
     /// The line of `key` ("listener[1].bind", "acme.certificate[0].hostnames") in `path`,
     /// or of the nearest enclosing table when the key itself is not written there.
     fn line_of(&mut self, path: &Path, key: &str) -> Option<usize> {
-        let text = self.0.entry(path.to_owned()).or_insert_with(|| fs::read_to_string(path).ok()).as_deref()?;
+        let text = self.0.entry(path.to_owned()).or_insert_with(|| read_config(path).ok()).as_deref()?;
         let doc = toml::de::DeTable::parse(text).ok()?;
         let mut table = doc.get_ref();
         let mut offset = None;
@@ -858,9 +858,15 @@ fn alerts_config(
     (errors.len() == before).then(|| Alerts { command: a.alert_command.filter(|c| !c.trim().is_empty()), smtp })
 }
 
+/// A configuration file: an administrator's, so a link is followed (`/etc` is often
+/// managed that way), but it must end at a regular file of bounded size.
+fn read_config(path: &Path) -> std::io::Result<String> {
+    crate::input::read_text(path, crate::input::MAX_TOML, crate::input::Links::Follow)
+}
+
 /// Parses one file, naming it, the line and the column on error.
 fn parse_file(path: &Path) -> Result<file::FileConfig, Error> {
-    let text = fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+    let text = read_config(path).map_err(|error| Error::Read { path: path.to_owned(), error })?;
     toml::from_str(&text).map_err(|e| {
         let (line, column) = e.span().map_or((1, 1), |span| line_col(&text, span.start));
         Error::Syntax { path: path.to_owned(), line, column, message: e.message().trim().to_owned() }
@@ -878,7 +884,7 @@ fn fragments(main: &Path) -> Result<Vec<PathBuf>, Error> {
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(Error::Read { path: dir, source }),
+        Err(error) => return Err(Error::Read { path: dir, error }),
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 
 use crate::cli::{AcmeCommand, CertCommand, Cli, Command};
 use crate::config::Config;
+use crate::input::Links;
 use crate::ops;
 use crate::pki::rfc3339;
 use crate::store::{EntryKind, Store};
@@ -410,6 +411,27 @@ pub async fn runner(
             Some(d) => {
                 let _ = move_file(&dir.join(PROCESSING).join(&name), &dir.join(d).join(&name));
             }
+            None if attempts(&dir, &name) >= MAX_ATTEMPTS => {
+                let stem = stem.to_owned();
+                let now = rfc3339(OffsetDateTime::now_utc());
+                let path = dir.join(PROCESSING).join(&name);
+                let text = crate::input::read(&path, crate::input::MAX_TOML, Links::Refuse).unwrap_or_default();
+                let result = JobResult {
+                    job: stem,
+                    action: text_action(&String::from_utf8_lossy(&text)),
+                    status: "failed".into(),
+                    started: now.clone(),
+                    finished: now,
+                    rerun: true,
+                    messages: Vec::new(),
+                    warnings: Vec::new(),
+                    outputs: serde_json::Value::Null,
+                    error: Some(format!(
+                        "the daemon stopped while running this job ({MAX_ATTEMPTS} attempts); not run again"
+                    )),
+                };
+                finish(&dir, &path, &name, &result, &recent);
+            }
             None => run_one(&dir, &name, &ctx(), true, &recent).await,
         }
     }
@@ -506,11 +528,40 @@ fn claim(dir: &Path, name: &str, recent: &Recent) -> Option<String> {
     }
 }
 
+/// Runs of a job the daemon may start; a job it was running when it stopped (a crash,
+/// an abort, a kill) is then failed instead of run again, so one hostile job cannot
+/// crash-loop the daemon under systemd's `Restart=on-failure`.
+const MAX_ATTEMPTS: u32 = 2;
+
+/// The attempts file of a job in processing/: hidden, so never taken for a job.
+fn attempts_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(PROCESSING).join(format!(".{}.attempts", name.trim_end_matches(".toml")))
+}
+
+/// How many times the job in processing/ has been started.
+fn attempts(dir: &Path, name: &str) -> u32 {
+    crate::input::read(&attempts_path(dir, name), 64, Links::Refuse)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 async fn run_one(dir: &Path, name: &str, ctx: &Context, rerun: bool, recent: &Recent) {
     let path = dir.join(PROCESSING).join(name);
+    // Counted durably before the job runs: a crash inside it must find the count.
+    let count = attempts(dir, name) + 1;
+    if let Err(e) = crate::store::write_export(&attempts_path(dir, name), format!("{count}\n").as_bytes(), false, true)
+    {
+        tracing::warn!(job = name, error = %e, "jobs: cannot record the attempt");
+    }
+    // Test builds: a job that takes the daemon down every time it runs.
+    crate::store::atomic::failpoint("job-started");
     let started = OffsetDateTime::now_utc();
     let stem = name.trim_end_matches(".toml").to_owned();
-    let (action, outcome) = match fs::read_to_string(&path).map_err(|e| e.to_string()) {
+    let (action, outcome) = match crate::input::read_text(&path, crate::input::MAX_TOML, Links::Refuse)
+        .map_err(|e| format!("{}: {e}", path.display()))
+    {
         Err(e) => (String::new(), Err(e)),
         Ok(text) => match parse(&text, dir) {
             Err(e) => (text_action(&text), Err(e)),
@@ -563,6 +614,7 @@ fn finish(dir: &Path, job_file: &Path, name: &str, result: &JobResult, recent: &
     if let Err(e) = move_file(job_file, &target.join(name)) {
         tracing::error!(job = %result.job, error = %e, "jobs: cannot move the job file");
     }
+    let _ = fs::remove_file(attempts_path(dir, name));
     // Only known actions as label values: a job file cannot create new series.
     let action =
         if ACTIONS.iter().any(|(a, _)| *a == result.action) { result.action.clone() } else { "unknown".to_owned() };
@@ -582,7 +634,8 @@ fn finish(dir: &Path, job_file: &Path, name: &str, result: &JobResult, recent: &
 /// `job submit`: validates `file` locally and drops it into incoming/ atomically;
 /// returns the job name.
 pub fn submit(dir: &Path, file: &Path) -> Result<String, String> {
-    let text = fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let text = crate::input::read_text(file, crate::input::MAX_TOML, Links::Follow)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     parse(&text, dir).map_err(|e| format!("{}: {e}", file.display()))?;
     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("job.toml");
     let stem = name.strip_suffix(".toml").unwrap_or(name).trim_start_matches('.');
@@ -608,7 +661,7 @@ pub fn submit(dir: &Path, file: &Path) -> Result<String, String> {
     }
     // 0644: readable by the daemon's user even when root submits; no secrets in jobs.
     crate::store::write_export(&target, text.as_bytes(), false, false).map_err(|e| match e {
-        crate::store::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+        crate::store::Error::Io { error, .. } if error.kind() == std::io::ErrorKind::AlreadyExists => {
             format!("{}: a job of that name is waiting", target.display())
         }
         e => e.to_string(),
@@ -621,8 +674,11 @@ pub fn wait(dir: &Path, name: &str, timeout: Duration) -> Option<JobResult> {
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
         for d in [DONE, FAILED] {
-            if let Ok(text) = fs::read_to_string(dir.join(d).join(format!("{name}.result.json")))
-                && let Ok(r) = serde_json::from_str(&text)
+            if let Ok(text) = crate::input::read_text(
+                &dir.join(d).join(format!("{name}.result.json")),
+                crate::input::MAX_TOML,
+                Links::Refuse,
+            ) && let Ok(r) = serde_json::from_str(&text)
             {
                 return Some(r);
             }

@@ -33,6 +33,7 @@ pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod input;
 pub mod jobs;
 pub mod notify;
 pub mod ops;

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
+use crate::input::{self, Links};
 use crate::pki::{self, ExportFormat, FormatError, IdentityRequest, KeyType, PrivateKey, Role, rfc3339};
 use crate::snapshot::Snapshot;
 use crate::store::{self, CertEntry, EntryKind, NewCert, NewRequest, RequestEntry, Source, State, Store};
@@ -27,8 +28,8 @@ pub enum Error {
     #[error(transparent)]
     Format(#[from] FormatError),
     /// An input file could not be read.
-    #[error("{path}: {source}")]
-    File { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    File { path: PathBuf, error: std::io::Error },
     /// A flag does not fit the rest of the command.
     #[error("{flag}: {reason}")]
     Flag { flag: &'static str, reason: String },
@@ -375,8 +376,9 @@ pub fn show(store: &Store, key: &str, now: OffsetDateTime) -> Result<Shown, Erro
         Err(store::Error::NotFound(_)) if let Some(fp) = store.resolve_trust(key)? => {
             let (list, _) = list_trust(store, now)?;
             let t = list.into_iter().find(|t| t.fingerprint_sha256 == fp).ok_or(store::Error::NotFound(fp.clone()))?;
-            let pem = std::fs::read_to_string(store.root().join("trust").join(format!("{fp}.pem")))
-                .map_err(|source| Error::File { path: store.root().join("trust").join(format!("{fp}.pem")), source })?;
+            let path = store.root().join("trust").join(format!("{fp}.pem"));
+            let pem = input::read_text(&path, input::MAX_PEM, Links::Refuse)
+                .map_err(|error| Error::File { path: path.clone(), error })?;
             return Ok(Shown::Trust(Box::new(t), pem));
         }
         r => r?,
@@ -861,11 +863,8 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
     let mut found = pki::Found::default();
     for path in &params.files {
         let file = path.display().to_string();
-        let size = std::fs::metadata(path).map_err(|source| Error::File { path: path.clone(), source })?.len();
-        if size > pki::MAX_FILE as u64 {
-            return Err(FormatError::TooLarge { file, size: usize::try_from(size).unwrap_or(usize::MAX) }.into());
-        }
-        let bytes = std::fs::read(path).map_err(|source| Error::File { path: path.clone(), source })?;
+        let bytes = input::read(path, input::MAX_PEM, Links::Follow)
+            .map_err(|error| Error::File { path: path.clone(), error })?;
         pki::read_file(&file, &bytes, params.password.as_deref(), &mut found)?;
     }
     let now = OffsetDateTime::now_utc();
@@ -1030,10 +1029,13 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
         let key_pem = match &leaf.key {
             KeySource::Import(k) => Some(keys[*k].key.to_pem()),
             KeySource::Stored(_, key) => Some(key.to_pem()),
-            KeySource::Request(id) => Some(
-                std::fs::read_to_string(store.request_dir(id).join("key.pem"))
-                    .map_err(|source| Error::File { path: store.request_dir(id).join("key.pem"), source })?,
-            ),
+            KeySource::Request(id) => {
+                let path = store.request_dir(id).join("key.pem");
+                Some(
+                    input::read_text(&path, input::MAX_PEM, Links::Refuse)
+                        .map_err(|error| Error::File { path, error })?,
+                )
+            }
             KeySource::None => None,
         };
         let new = NewCert {
@@ -1242,7 +1244,8 @@ pub fn replace(store: &mut Store, old: &str, new: &str, force: bool) -> Result<R
 
 /// Reads a `--password-file`: its first line, without the line ending.
 pub fn read_password_file(path: &Path) -> Result<Vec<u8>, Error> {
-    let bytes = std::fs::read(path).map_err(|source| Error::File { path: path.to_owned(), source })?;
+    let bytes = input::read(path, input::MAX_PASSWORD, Links::Follow)
+        .map_err(|error| Error::File { path: path.to_owned(), error })?;
     let line = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
     Ok(line.strip_suffix(b"\r").unwrap_or(line).to_vec())
 }

@@ -9,6 +9,7 @@ mod chain;
 mod export;
 mod formats;
 mod info;
+mod kdf;
 mod key;
 mod legacy;
 mod names;

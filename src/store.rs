@@ -25,6 +25,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+
+use crate::input::{self, Links};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -44,8 +46,8 @@ const MAX_NAME: usize = 128;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The file system refused an operation.
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     /// A file exists but is not what the store expects (damaged by hand, truncated, ...).
     #[error("{path}: {reason}")]
     Damaged { path: PathBuf, reason: String },
@@ -80,7 +82,7 @@ pub fn write_export(path: &Path, bytes: &[u8], private: bool, overwrite: bool) -
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_owned(), source }
+    move |error| Error::Io { path: path.to_owned(), error }
 }
 
 /// Where a certificate came from (DESIGN.md `source`).
@@ -345,7 +347,7 @@ impl Store {
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => atomic::create_dir(root).map_err(io_err(root))?,
-            Err(e) => return Err(Error::Io { path: root.to_owned(), source: e }),
+            Err(e) => return Err(Error::Io { path: root.to_owned(), error: e }),
         }
         let lock_path = root.join(".lock");
         let lock = atomic::open_lock(&lock_path).map_err(io_err(&lock_path))?;
@@ -389,7 +391,9 @@ impl Store {
         for id in list_ids(&self.root.join("requests"))? {
             let cert_key = self.cert_dir(&id).join("key.pem");
             let request_key = self.request_dir(&id).join("key.pem");
-            if cert_key.exists() && fs::read(&cert_key).ok() == fs::read(&request_key).ok() {
+            if cert_key.exists()
+                && read_optional(&cert_key).ok().flatten() == read_optional(&request_key).ok().flatten()
+            {
                 let dir = self.request_dir(&id);
                 atomic::remove_entry(&self.root, &dir).map_err(io_err(&dir))?;
                 self.notes
@@ -528,7 +532,7 @@ impl Store {
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), Vec::new())),
-            Err(e) => return Err(Error::Io { path: dir, source: e }),
+            Err(e) => return Err(Error::Io { path: dir, error: e }),
         };
         let mut paths: Vec<PathBuf> = entries
             .filter_map(Result::ok)
@@ -590,7 +594,7 @@ impl Store {
     pub fn find_key(&self, public_raw: &[u8]) -> Result<Option<(EntryKind, String, PrivateKey)>, Error> {
         for (kind, sub) in [(EntryKind::Request, "requests"), (EntryKind::Cert, "certs")] {
             for id in list_ids(&self.root.join(sub))? {
-                let Ok(pem) = fs::read_to_string(self.root.join(sub).join(&id).join("key.pem")) else { continue };
+                let Ok(Some(pem)) = read_optional(&self.root.join(sub).join(&id).join("key.pem")) else { continue };
                 if let Ok(key) = PrivateKey::from_pem(&pem)
                     && key.public_key_raw() == public_raw
                 {
@@ -648,11 +652,7 @@ impl Store {
         let leaf = single_cert(&cert_path, &cert_pem)?;
         let info = CertInfo::from_der(&leaf).map_err(|reason| Error::Damaged { path: cert_path.clone(), reason })?;
         let chain_path = dir.join("chain.pem");
-        let chain_pem = match fs::read_to_string(&chain_path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(Error::Io { path: chain_path, source: e }),
-        };
+        let chain_pem = read_optional(&chain_path)?.unwrap_or_default();
         // The entry's own chain.pem comes first, then the shared trust pool.
         let mut candidates = Vec::new();
         for der in all_certs(&chain_path, &chain_pem)? {
@@ -667,10 +667,10 @@ impl Store {
         let mut file_warnings = Vec::new();
         let key_path = dir.join("key.pem");
         let mut private = None;
-        let key = match fs::read_to_string(&key_path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => KeyLink::Missing,
-            Err(e) => KeyLink::Unreadable(format!("{}: {e}", key_path.display())),
-            Ok(pem) => {
+        let key = match read_optional(&key_path) {
+            Ok(None) => KeyLink::Missing,
+            Err(e) => KeyLink::Unreadable(e.to_string()),
+            Ok(Some(pem)) => {
                 if let Ok(m) = fs::metadata(&key_path) {
                     let mode = m.permissions().mode() & 0o777;
                     if mode & 0o077 != 0 {
@@ -782,7 +782,7 @@ impl Store {
     pub fn answer_request(&mut self, id: &str, new: &NewCert<'_>) -> Result<(), Error> {
         // The CSR stays with the certificate: a CA may ask for it again at renewal.
         let csr_path = self.request_dir(id).join("request.pem");
-        let csr = fs::read_to_string(&csr_path).map_err(io_err(&csr_path))?;
+        let csr = read_text(&csr_path)?;
         let extra = [StagedFile { name: "request.pem", bytes: csr.as_bytes(), mode: FILE_MODE }];
         self.write_entry_with(id, new, false, &extra)?;
         let dir = self.request_dir(id);
@@ -791,7 +791,7 @@ impl Store {
 
     /// The CSR certificate `id` was issued for, when it answered a request made here.
     pub fn cert_request_pem(&self, id: &str) -> Option<String> {
-        fs::read_to_string(self.cert_dir(id).join("request.pem")).ok()
+        read_optional(&self.cert_dir(id).join("request.pem")).ok().flatten()
     }
 
     /// Gives an existing certificate entry its private key.
@@ -1073,7 +1073,7 @@ fn list_ids(dir: &Path) -> Result<Vec<String>, Error> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::Io { path: dir.to_owned(), source: e }),
+        Err(e) => return Err(Error::Io { path: dir.to_owned(), error: e }),
     };
     let mut ids = Vec::new();
     for entry in entries {
@@ -1087,12 +1087,28 @@ fn list_ids(dir: &Path) -> Result<Vec<String>, Error> {
     Ok(ids)
 }
 
+/// Reads a store file: a regular file (never a link, FIFO or device: only Portcullis
+/// writes here, so anything else was planted or broken) of bounded size.
 fn read_text(path: &Path) -> Result<String, Error> {
-    fs::read_to_string(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::Damaged { path: path.to_owned(), reason: "missing".into() },
-        io::ErrorKind::InvalidData => Error::Damaged { path: path.to_owned(), reason: "not UTF-8 text".into() },
-        _ => Error::Io { path: path.to_owned(), source: e },
-    })
+    read_optional(path)?.ok_or_else(|| Error::Damaged { path: path.to_owned(), reason: "missing".into() })
+}
+
+/// [`read_text`] for a file that may be absent.
+fn read_optional(path: &Path) -> Result<Option<String>, Error> {
+    let max = if path.ends_with("state.toml") { input::MAX_STATE } else { input::MAX_PEM };
+    match input::read_text(path, max, Links::Refuse) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::FileTooLarge
+            ) =>
+        {
+            Err(Error::Damaged { path: path.to_owned(), reason: e.to_string() })
+        }
+        Err(e) => Err(Error::Io { path: path.to_owned(), error: e }),
+    }
 }
 
 /// Reads a TOML file that carries `store_format`, refusing newer formats before looking

@@ -342,6 +342,34 @@ fn a_job_cut_off_after_its_effect_is_reported_not_repeated() {
     assert!(names_in(&env.path("jobs/processing")).is_empty());
 }
 
+#[test]
+fn a_job_that_crashes_the_daemon_twice_is_failed_not_run_forever() {
+    let env = Env::initialised();
+    let (admin, tls) = (free_port(), free_port());
+    let cfg = config(&env, admin, tls);
+    for d in ["jobs", "jobs/incoming"] {
+        fs::create_dir(env.path(d)).unwrap();
+        fs::set_permissions(env.path(d), fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    drop_job(&env, "deadly", "action = \"create-self-signed\"\nname = \"Deadly\"\nsan = [\"deadly.example.com\"]\n");
+    // Every start runs it and dies (as under systemd's Restart=on-failure), until the
+    // third start, which fails it without running it, failpoint still armed.
+    for attempt in 1..=2 {
+        let mut daemon = env.daemon_env(&cfg, &[], &[("PORTCULLIS_FAILPOINT", "job-started")]);
+        let code = daemon.wait_exit(30);
+        assert_ne!(code, Some(0), "attempt {attempt}: the failpoint did not stop the daemon");
+        assert!(env.path("jobs/processing/deadly.toml").exists(), "attempt {attempt}");
+    }
+    let mut daemon = env.daemon_env(&cfg, &[admin, tls], &[("PORTCULLIS_FAILPOINT", "job-started")]);
+    let r = result(&env, "deadly", 30);
+    assert_eq!(r["status"], "failed", "{r:#}");
+    assert_eq!(r["action"], "create-self-signed");
+    assert_eq!(r["error"], "the daemon stopped while running this job (2 attempts); not run again");
+    assert!(names_in(&env.path("jobs/processing")).is_empty(), "the attempts file is removed too");
+    assert!(env.list().iter().all(|c| c["friendly_name"] != "Deadly"));
+    assert!(daemon.0.try_wait().unwrap().is_none(), "not run a third time:\n{}", env.daemon_log());
+}
+
 fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> =
         fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();

@@ -244,6 +244,7 @@ fn decrypt_pkcs8(file: &str, der: &[u8], password: Option<&[u8]>) -> Result<Priv
     let Some(pass) = password else {
         return Err(FormatError::NeedPassword { file: file.into(), what: "the private key" });
     };
+    super::kdf::check(der).map_err(|reason| corrupt(file, "encrypted PKCS#8 key", reason))?;
     let pure = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der).map(|info| info.decrypt(pass));
     let plain = match pure {
         Ok(Ok(doc)) => doc.as_bytes().to_vec(),
