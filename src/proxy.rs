@@ -102,24 +102,34 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     let l = &snapshot.listeners[index];
+    let mut tcp = tcp;
+    // Bytes of the ClientHello read to choose a passthrough route; replayed to the TLS
+    // acceptor otherwise. Empty (no allocation) on listeners without passthrough routes.
+    let mut hello = Vec::new();
     if l.has_passthrough {
-        match peek_sni(&tcp, l.config.handshake_timeout).await {
-            Some(Some(name)) => {
-                if let Some(route) = l.route(&name)
-                    && let Handler::Passthrough(p) = &route.handler
-                {
-                    let (up, down) = p.splice(tcp).await;
-                    l.metrics.bytes_in.increment(up);
-                    l.metrics.bytes_out.increment(down);
-                    return;
-                }
+        let name = match tokio::time::timeout(l.config.handshake_timeout, read_hello(&mut tcp, &mut hello)).await {
+            Ok(Some(name)) => name,
+            Ok(None) => {
+                l.metrics.handshake_error.increment(1);
+                return; // not a ClientHello, or closed before one arrived
             }
-            Some(None) => {}
-            None => return, // not TLS, or nothing arrived in time
+            Err(_) => {
+                l.metrics.handshake_timeout.increment(1);
+                return;
+            }
+        };
+        if let Some(name) = name
+            && let Some(route) = l.route(&name)
+            && let Handler::Passthrough(p) = &route.handler
+        {
+            let (up, down) = p.splice(tcp, &hello).await;
+            l.metrics.bytes_in.increment(up);
+            l.metrics.bytes_out.increment(down);
+            return;
         }
     }
     let start = Instant::now();
-    let counted = Counted::new(tcp, l);
+    let counted = Counted::new(tcp, hello, l);
     let acceptor = TlsAcceptor::from(Arc::clone(&l.tls));
     let tls = match tokio::time::timeout(l.config.handshake_timeout, acceptor.accept(counted)).await {
         Ok(Ok(tls)) => tls,
@@ -148,22 +158,21 @@ async fn connection(
     serve_http(snapshot, index, tls, h2, conn, guard, shutdown).await;
 }
 
-/// Reads the ClientHello with `peek` (nothing consumed) and returns its SNI:
-/// `Some(None)` for a hello without SNI, `None` if it is not TLS or did not arrive in time.
-async fn peek_sni(tcp: &TcpStream, timeout: Duration) -> Option<Option<String>> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = vec![0u8; 16 * 1024 + 5];
+/// Reads the ClientHello into `buf` and returns its SNI (`Some(None)`: a hello without
+/// one); `None` if the bytes are not a ClientHello or the client closed first. The
+/// caller bounds the time; the size is bounded by `MAX_HELLO`.
+async fn read_hello(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Option<String>> {
+    use tokio::io::AsyncReadExt;
+    buf.reserve(2048);
     loop {
-        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await.ok()?.ok()?;
-        if n == 0 {
-            return None;
-        }
-        match handler::parse_sni(&buf[..n]) {
-            Peeked::Hello(name) => return Some(name.map(str::to_ascii_lowercase)),
+        match handler::parse_sni(buf) {
+            Peeked::Hello(name) => return Some(name),
             Peeked::NotTls => return None,
-            Peeked::Incomplete if n == buf.len() => return None,
-            // peek returns what is buffered; wait a moment for the rest of the record.
-            Peeked::Incomplete => tokio::time::sleep(Duration::from_millis(2)).await,
+            Peeked::Incomplete if buf.len() > handler::MAX_HELLO + 1024 => return None,
+            Peeked::Incomplete => {}
+        }
+        if tcp.read_buf(buf).await.ok()? == 0 {
+            return None;
         }
     }
 }
@@ -185,7 +194,12 @@ async fn serve_http<I>(
     let snap = Arc::clone(snapshot);
     let peer_ip = http::HeaderValue::from_str(&conn.peer.ip().to_string()).expect("an IP address is a header value");
     let conn = HttpConn { peer: conn.peer, peer_ip, guard: Arc::new(guard) };
+    // HTTP/2 has no header-read timeout in hyper: a client that never sends its preface,
+    // or never a request, would hold the connection (and its max_connections slot).
+    let idle = h2.then(|| Arc::new(Idle::new()));
+    let watch = idle.clone();
     let service = service_fn(move |req: Request<Incoming>| {
+        let busy = watch.as_ref().map(|i| i.start());
         let l = &snap.listeners[index];
         let route = request_host(&req).and_then(|h| l.route_table.lookup(h));
         let fut = route.and_then(|ri| match &l.routes[ri].handler {
@@ -204,6 +218,7 @@ async fn serve_http<I>(
                     handler::text(StatusCode::MISDIRECTED_REQUEST, "421 Misdirected Request: no route for this host\n")
                 }
             };
+            drop(busy);
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
@@ -229,7 +244,22 @@ async fn serve_http<I>(
             .max_header_list_size(u32::try_from(l.config.max_header_bytes).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(l.config.idle_timeout / 2))
             .keep_alive_timeout(l.config.idle_timeout / 2);
-        drive!(builder.serve_connection(io, service));
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        let idle = idle.expect("made for h2");
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+            () = idle.expired(l.config.idle_timeout) => {
+                // GOAWAY: streams in progress finish, no new ones start; a client that
+                // does not read gets the idle timeout once more, then the socket closes.
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(l.config.idle_timeout, conn).await;
+            }
+        }
     } else {
         let mut builder = http1::Builder::new();
         builder
@@ -237,6 +267,56 @@ async fn serve_http<I>(
             .header_read_timeout(l.config.idle_timeout)
             .max_buf_size(l.config.max_header_bytes.max(8192));
         drive!(builder.serve_connection(io, service).with_upgrades());
+    }
+}
+
+/// When an HTTP/2 connection last had a request in progress.
+struct Idle {
+    /// Requests whose response headers are not sent yet.
+    active: std::sync::atomic::AtomicUsize,
+    /// Milliseconds since `epoch` at which the last request started or was answered.
+    last: std::sync::atomic::AtomicU64,
+    epoch: tokio::time::Instant,
+}
+
+/// A request in progress on an [`Idle`] connection.
+struct Busy(Arc<Idle>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Idle {
+    fn new() -> Self {
+        Self { active: 0.into(), last: 0.into(), epoch: tokio::time::Instant::now() }
+    }
+
+    fn touch(&self) {
+        self.last.store(self.epoch.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn start(self: &Arc<Self>) -> Busy {
+        self.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.touch();
+        Busy(Arc::clone(self))
+    }
+
+    /// Resolves once no request has been in progress for `timeout`.
+    async fn expired(&self, timeout: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            let last = Duration::from_millis(self.last.load(Relaxed));
+            tokio::time::sleep_until(self.epoch + last + timeout).await;
+            if self.active.load(Relaxed) == 0 && Duration::from_millis(self.last.load(Relaxed)) == last {
+                return;
+            }
+            if self.active.load(Relaxed) != 0 {
+                tokio::time::sleep(timeout).await; // busy: look again later
+            }
+        }
     }
 }
 
@@ -308,6 +388,10 @@ pub async fn redirect_loop(
 /// when dropped: no atomic per read or write.
 struct Counted {
     inner: TcpStream,
+    /// Bytes read before the TLS handshake (a ClientHello read for passthrough),
+    /// replayed first.
+    replay: Vec<u8>,
+    replayed: usize,
     read: u64,
     written: u64,
     bytes_in: metrics::Counter,
@@ -315,10 +399,12 @@ struct Counted {
 }
 
 impl Counted {
-    fn new(inner: TcpStream, l: &ListenerSnap) -> Self {
+    fn new(inner: TcpStream, replay: Vec<u8>, l: &ListenerSnap) -> Self {
         Self {
             inner,
-            read: 0,
+            read: replay.len() as u64,
+            replay,
+            replayed: 0,
             written: 0,
             bytes_in: l.metrics.bytes_in.clone(),
             bytes_out: l.metrics.bytes_out.clone(),
@@ -335,6 +421,12 @@ impl Drop for Counted {
 
 impl AsyncRead for Counted {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.replayed < self.replay.len() {
+            let n = buf.remaining().min(self.replay.len() - self.replayed);
+            buf.put_slice(&self.replay[self.replayed..self.replayed + n]);
+            self.replayed += n;
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.read += (buf.filled().len() - before) as u64;

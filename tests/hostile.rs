@@ -7,9 +7,14 @@
 mod common;
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use common::{Env, openssl_ok};
+use common::{Env, free_port, openssl_ok};
+use rustls::pki_types::{CertificateDer, ServerName};
 
 /// Runs the real binary under an address-space limit of 1 GiB.
 fn limited(env: &Env, args: &[&str]) -> common::Run {
@@ -133,4 +138,205 @@ fn devices_fifos_and_links_are_refused_as_input_with_a_clear_error() {
     std::os::unix::fs::symlink("/etc/passwd", &key_path).unwrap();
     let r = limited(&env, &["--json", "cert", "show", &id]);
     assert!(r.stdout.contains("is a symbolic link, which is refused here"), "{r:?}");
+}
+
+/// A rustls client that accepts any certificate: these tests look at what the server
+/// does with the bytes, and read the certificate with `openssl x509` afterwards.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Handshakes with `sni`, sending the ClientHello fragmented over TLS records at byte
+/// offsets `cuts` of its body; returns the served certificate's CN (by openssl).
+fn split_hello_cn(port: u16, sni: &str, cuts: &[usize]) -> Option<String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let body = &hello[5..];
+    let mut framed = Vec::new();
+    let mut at = 0;
+    for &cut in cuts.iter().chain([body.len()].iter()) {
+        framed.extend_from_slice(&[0x16, 0x03, 0x01]);
+        framed.extend_from_slice(&u16::try_from(cut - at).unwrap().to_be_bytes());
+        framed.extend_from_slice(&body[at..cut]);
+        at = cut;
+    }
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Each record in its own segment, as a middlebox might deliver them.
+    tcp.set_nodelay(true).unwrap();
+    for record in framed.chunks(framed.len() / (cuts.len() + 1) + 1) {
+        tcp.write_all(record).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).ok()?;
+    }
+    let der = conn.peer_certificates()?.first()?.to_vec();
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
+    );
+    let subject = openssl_ok(&["x509", "-noout", "-subject", "-nameopt", "multiline"], Some(&pem));
+    subject
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("commonName").map(|v| v.trim().trim_start_matches('=').trim().to_owned()))
+}
+
+/// The value of the metric line starting with `prefix` (labels included) on /metrics.
+fn metric(admin: u16, prefix: &str) -> Option<f64> {
+    let (_, metrics) = common::curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    metrics.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+/// Polls `f` for up to `secs` seconds.
+fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+#[test]
+fn passthrough_and_http2_connections_cannot_hold_a_slot() {
+    let env = Env::new();
+    let (https, admin) = (free_port(), free_port());
+    let bkey = env.path("backend.key").display().to_string();
+    let bcert = env.path("backend.pem").display().to_string();
+    common::openssl_self_signed(&bkey, &bcert, "/CN=backend.example.test", "2", &[]);
+    let backend_port = free_port();
+    let accept = backend_port.to_string();
+    let _backend = common::Proc(
+        Command::new("openssl")
+            .args(["s_server", "-accept", &accept, "-cert", &bcert, "-key", &bkey, "-www", "-quiet"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_port(backend_port);
+    env.run(&["cert", "create-self-signed", "--name", "Site", "--common-name", "www.example.test"]).ok();
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[[listener]]
+name = "public"
+bind = ["127.0.0.1:{https}"]
+handshake_timeout_secs = 2
+idle_timeout_secs = 2
+
+[[route]]
+hosts = ["pass.example.test", "legacy.test"]
+handler = {{ type = "passthrough", upstream = "127.0.0.1:{backend_port}" }}
+
+[[route]]
+hosts = ["www.example.test"]
+handler = {{ type = "static", body = "hello\n" }}
+"#
+    );
+    let daemon = env.daemon(&config, &[https, admin]);
+    let active = || metric(admin, "portcullis_connections_active{listener=\"public\"}").unwrap_or(-1.0);
+
+    // The issue's partial ClientHello, then close: 50 of them leave nothing behind.
+    let before = cpu_ticks(daemon.0.id());
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(("127.0.0.1", https)).unwrap();
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    }
+    assert!(eventually(5, || active() == 0.0), "slots still held: {}", active());
+    // Nothing spins after they left: under a tenth of a core over one second.
+    let t = cpu_ticks(daemon.0.id());
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(cpu_ticks(daemon.0.id()) - t < 10, "the daemon is busy with nobody connected");
+    assert!(cpu_ticks(daemon.0.id()) - before < 200);
+
+    // The same, kept open: closed by the server at handshake_timeout_secs, counted.
+    let mut held = TcpStream::connect(("127.0.0.1", https)).unwrap();
+    held.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    let started = Instant::now();
+    assert_eq!(held.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed by the server");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "not before the timeout");
+    assert!(metric(admin, "portcullis_tls_handshakes_total{listener=\"public\",result=\"timeout\"}").unwrap() >= 1.0);
+
+    // A ClientHello fragmented over records: passed through, or terminated, as whole.
+    for cuts in [&[1][..], &[40, 41], &[100]] {
+        assert_eq!(split_hello_cn(https, "pass.example.test", cuts).as_deref(), Some("backend.example.test"));
+        assert_eq!(split_hello_cn(https, "www.example.test", cuts).as_deref(), Some("www.example.test"));
+    }
+    // A trailing dot names the same route.
+    assert_eq!(common::served_cn(https, Some("legacy.test.")).as_deref(), Some("backend.example.test"));
+
+    // HTTP/2 negotiated, then silence: closed at idle_timeout_secs like HTTP/1.1.
+    for alpn in ["h2", "http/1.1"] {
+        let connect = format!("127.0.0.1:{https}");
+        let started = Instant::now();
+        let mut s = Command::new("openssl")
+            .args(["s_client", "-connect", &connect, "-servername", "www.example.test", "-alpn", alpn, "-quiet"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let _stdin = s.stdin.take(); // held open: the client says nothing
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while s.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "{alpn}: a silent connection was not closed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(started.elapsed() >= Duration::from_millis(1500), "{alpn}: closed before the idle timeout");
+    }
+    assert!(eventually(5, || active() == 0.0), "slots still held: {}", active());
+}
+
+/// User plus system CPU time of a process, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }

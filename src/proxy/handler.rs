@@ -23,7 +23,7 @@ use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use passthrough::{Passthrough, Peeked, parse_sni};
+pub use passthrough::{MAX_HELLO, Passthrough, Peeked, parse_sni};
 
 /// Body of every response we send.
 pub type Body = BoxBody<Bytes, hyper::Error>;
