@@ -6,6 +6,7 @@ pub mod status_page;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::server::conn::http1;
@@ -152,23 +153,77 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     STARTED.get_or_init(std::time::Instant::now);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let node = crate::hostname().map(|h| h.to_ascii_lowercase());
     loop {
         let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             () = shutdown.cancelled() => return,
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { continue }; // dropped: closed
         let prometheus = prometheus.clone();
         let snapshot = Arc::clone(&snapshot);
         let reloads = Arc::clone(&reloads);
         let jobs = Arc::clone(&jobs);
+        let node = node.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let resp = answer(req.uri().path(), &prometheus, &snapshot, &reloads, &jobs);
+                let resp = if allowed_host(&req, node.as_deref()) {
+                    answer(req.uri().path(), &prometheus, &snapshot, &reloads, &jobs)
+                } else {
+                    text(
+                        StatusCode::MISDIRECTED_REQUEST,
+                        "421 Misdirected Request: use the admin listener's address, localhost or this node's name as Host\n",
+                    )
+                };
                 std::future::ready(Ok::<_, std::convert::Infallible>(resp))
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
+            let conn = http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(tcp), service);
+            // Responses are small; a reader that stalls one (or keeps the connection
+            // alive forever) loses it after this long.
+            let _ = tokio::time::timeout(MAX_LIFETIME, conn).await;
         });
     }
+}
+
+/// Connections the admin listener serves at once; more are closed at accept. A few
+/// scrapers and browsers need a handful, and the cap keeps the listener from taking the
+/// file descriptors the TLS listeners need.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time for a request's headers (and between keep-alive requests).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest life of an admin connection.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(60);
+
+/// DNS rebinding: a page in a browser on this machine can make its own name resolve to
+/// 127.0.0.1 and read the admin listener, but it cannot choose the Host header, which
+/// stays its own name. So the admin answers only an IP literal, `localhost` (and
+/// `*.localhost`, RFC 6761) or this node's host name. HTTP/1.0 without Host is local
+/// tooling and allowed.
+fn allowed_host<B>(req: &Request<B>, node: Option<&str>) -> bool {
+    let Some(host) = req.headers().get(hyper::header::HOST) else { return req.version() == hyper::Version::HTTP_10 };
+    let Ok(host) = host.to_str() else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => return v6.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || node.is_some_and(|n| n == name || n.split('.').next() == Some(&name))
 }
 
 fn answer(
@@ -281,7 +336,7 @@ pub fn query(addr: SocketAddr) -> Option<DaemonStatus> {
 /// A plain HTTP/1.0 GET on loopback: (status, body), or `None` if nothing answers.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let timeout = std::time::Duration::from_secs(2);
+    let timeout = Duration::from_secs(2);
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).ok()?;

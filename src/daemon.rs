@@ -291,6 +291,7 @@ pub fn run(inputs: Inputs) -> Result<()> {
         tracing::debug!(error = %e, "could not disable transparent huge pages");
     }
     let (config, store_dir) = inputs.load()?;
+    fd_budget(&config);
     // One worker: a current-thread runtime, without the work-stealing machinery.
     let mut rt = if config.worker_threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -304,6 +305,37 @@ pub fn run(inputs: Inputs) -> Result<()> {
     let rt = rt.build().context("starting the runtime")?;
     rt.block_on(serve(inputs, config, store_dir))
 }
+
+/// File descriptors: the soft limit is raised to the hard one (the soft default of 1024
+/// is below one listener's default `max_connections`). Every proxied connection needs
+/// two (client and upstream); when the listeners' caps together could use more than the
+/// limit allows, one busy listener could take the descriptors the others (and the admin
+/// listener, the store, the jobs) need: that is said at start, with the numbers.
+fn fd_budget(config: &Config) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+            tracing::debug!(error = %e, "could not raise the open-file limit");
+        }
+    }
+    let available = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let wanted: u64 = config.listeners.iter().map(|l| 2 * l.max_connections as u64).sum::<u64>()
+        + admin::MAX_CONNECTIONS as u64
+        + FD_RESERVE;
+    if wanted > available {
+        tracing::warn!(
+            open_file_limit = available,
+            needed = wanted,
+            "the listeners' max_connections (two descriptors each) exceed the open-file limit: lower max_connections or raise LimitNOFILE, or a busy listener can starve the others"
+        );
+    }
+}
+
+/// Descriptors kept for everything but connections: store files, the watcher, the job
+/// runner, logs, the ACME client.
+const FD_RESERVE: u64 = 256;
 
 async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()> {
     // Buckets make the handshake duration a Prometheus histogram: fixed memory, where

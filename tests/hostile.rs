@@ -340,3 +340,67 @@ fn cpu_ticks(pid: u32) -> u64 {
     let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
+
+#[test]
+fn the_admin_listener_is_capped_timed_and_answers_only_its_own_names() {
+    let env = Env::new();
+    let (https, admin) = (free_port(), free_port());
+    env.run(&["cert", "create-self-signed", "--name", "Site", "--common-name", "www.example.test"]).ok();
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{https}\"]\nmax_connections = 50\n"
+    );
+    let path = env.write("portcullis.toml", &config);
+    // 256 descriptors in all, as a tight LimitNOFILE would give.
+    let log = fs::File::create(env.path("daemon.log")).unwrap();
+    let _daemon = common::Proc(
+        Command::new("prlimit")
+            .args(["--nofile=256", "--"])
+            .arg(common::BIN)
+            .arg("--config")
+            .arg(&path)
+            .arg("--store")
+            .arg(env.store())
+            .arg("run")
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_port(https);
+    common::wait_port(admin);
+
+    // 300 requests that never finish their headers.
+    let half: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", admin)).ok())
+        .inspect(|s| {
+            let _ = (&*s).write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n");
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // The TLS listener still accepts and handshakes.
+    assert_eq!(common::served_cn(https, Some("www.example.test")).as_deref(), Some("www.example.test"));
+    // Past the cap, connections are closed at once; within it, at the header timeout.
+    let closed = |v: &[TcpStream]| v.iter().filter(|s| !open(s)).count();
+    assert!(closed(&half) >= 300 - 64, "at most 64 admin connections are kept");
+    let log = || fs::read_to_string(env.path("daemon.log")).unwrap_or_default();
+    assert!(eventually(15, || closed(&half) == half.len()), "half-sent requests outlived the header timeout");
+    assert!(!log().contains("Too many open files"), "{}", log());
+
+    // DNS rebinding: a name that is not this listener's is refused; its own are served.
+    let url = format!("http://127.0.0.1:{admin}/status.json");
+    let code =
+        |host: &str| common::curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("Host: {host}"), &url]).1;
+    assert_eq!(code("evil.example.com"), "421");
+    assert_eq!(code("evil.example.com:80"), "421");
+    assert_eq!(code(&format!("localhost:{admin}")), "200");
+    assert_eq!(code(&format!("127.0.0.1:{admin}")), "200");
+    assert_eq!(code("[::1]"), "200");
+}
+
+/// Whether the server still holds `s` open: nothing to read yet, no EOF, no reset.
+fn open(s: &TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    s.set_nonblocking(true).unwrap();
+    let r = s.peek(&mut buf);
+    s.set_nonblocking(false).unwrap();
+    matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
