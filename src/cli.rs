@@ -1281,6 +1281,8 @@ fn print_request_table(requests: &[RequestView], wide: bool) {
 
 /// The width `print_table` fits a table into unless `--wide` is given.
 const TABLE_WIDTH: usize = 120;
+/// The widest a column gets, also with `--wide`.
+const MAX_CELL: usize = 1000;
 
 /// Prints a table with columns two spaces apart. With `shrinkable` (column indexes), the
 /// widest of those columns are cut, with "…", until a line fits [`TABLE_WIDTH`].
@@ -1288,7 +1290,8 @@ fn print_table(header: &[&str], rows: &[Vec<String>], shrinkable: Option<&[usize
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            // Even --wide: a hostile cell (a certificate with thousands of names) is cut.
+            *w = (*w).max(cell.chars().count()).min(MAX_CELL);
         }
     }
     if let Some(shrinkable) = shrinkable {

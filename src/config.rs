@@ -152,6 +152,7 @@ mod file {
         pub max_connections: Option<usize>,
         pub handshake_timeout_secs: Option<u64>,
         pub idle_timeout_secs: Option<u64>,
+        pub write_timeout_secs: Option<u64>,
         pub max_header_bytes: Option<usize>,
         pub send_root: Option<bool>,
     }
@@ -178,6 +179,8 @@ pub struct Listener {
     pub handshake_timeout: Duration,
     /// HTTP keep-alive and header-read timeout.
     pub idle_timeout: Duration,
+    /// How long a write to the client may make no progress (a client that does not read).
+    pub write_timeout: Duration,
     pub max_header_bytes: usize,
     /// Send the root certificate after the intermediates (normally not: clients have it).
     pub send_root: bool,
@@ -193,6 +196,7 @@ impl Listener {
             max_connections: 10_000,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             send_root: false,
         }
@@ -556,6 +560,7 @@ impl Config {
             listener.handshake_timeout =
                 secs("handshake_timeout_secs", l.handshake_timeout_secs, listener.handshake_timeout);
             listener.idle_timeout = secs("idle_timeout_secs", l.idle_timeout_secs, listener.idle_timeout);
+            listener.write_timeout = secs("write_timeout_secs", l.write_timeout_secs, listener.write_timeout);
             match l.max_header_bytes {
                 Some(n) if n < 1024 => err(invalid(key("max_header_bytes"), "must be at least 1024".into())),
                 Some(n) => listener.max_header_bytes = n,

@@ -393,12 +393,17 @@ pub async fn runner(
         tracing::error!(dir = %dir.display(), error = %e, "jobs: cannot create the job directories");
         return;
     }
-    // A crash while writing a result leaves its temporary file (only the runner writes
-    // in done/ and failed/); the job itself is still in processing/ and runs again.
-    for d in [DONE, FAILED] {
+    // A crash while writing a result (or an attempts count) leaves its temporary file
+    // (only the runner writes in done/, failed/ and processing/); the job itself is still
+    // in processing/ and runs again. An attempts count whose job is gone is stale.
+    for d in [DONE, FAILED, PROCESSING] {
         for e in fs::read_dir(dir.join(d)).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.contains(".tmp-") {
+            let orphan = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".attempts"))
+                .is_some_and(|stem| !dir.join(PROCESSING).join(format!("{stem}.toml")).exists());
+            if name.starts_with('.') && name.contains(".tmp-") || orphan {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -410,6 +415,7 @@ pub async fn runner(
         match finished {
             Some(d) => {
                 let _ = move_file(&dir.join(PROCESSING).join(&name), &dir.join(d).join(&name));
+                let _ = fs::remove_file(attempts_path(&dir, &name));
             }
             None if attempts(&dir, &name) >= MAX_ATTEMPTS => {
                 let stem = stem.to_owned();

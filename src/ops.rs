@@ -1014,6 +1014,27 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
         )));
     }
 
+    // Refuse what the data plane could not serve, before anything is written.
+    for leaf in &leaves {
+        let refuse =
+            |why: String| Error::Refused(format!("{}: {}: {why}; nothing imported", leaf.origin, leaf.info.subject));
+        if leaf.info.sans.len() > pki::MAX_SANS {
+            return Err(refuse(format!(
+                "{} subject alternative names, more than the {} a served certificate may carry",
+                leaf.info.sans.len(),
+                pki::MAX_SANS
+            )));
+        }
+        let key = match &leaf.key {
+            KeySource::Import(k) => Some(&keys[*k].key),
+            KeySource::Stored(_, key) => Some(key),
+            KeySource::Request(_) | KeySource::None => None,
+        };
+        if let Some(key) = key {
+            pki::check_servable(&leaf.der, key).map_err(|e| refuse(format!("TLS cannot serve it: {e}")))?;
+        }
+    }
+
     // Write: trust pool first, so the new entries' chains are complete when read back.
     for (der, info, role) in trust {
         let added = store.add_trust(&der)?;

@@ -238,6 +238,20 @@ impl Identity {
 }
 
 /// Checks `--days` for a self-signed certificate.
+/// Subject alternative names a served certificate may carry. Public CAs issue at most
+/// a few hundred; tens of thousands make a certificate TLS cannot send.
+pub const MAX_SANS: usize = 1000;
+
+/// Whether rustls can serve `cert_der` with `key`: the check the data plane makes when
+/// it builds a snapshot, made at import so that nothing unservable is stored.
+pub fn check_servable(cert_der: &[u8], key: &PrivateKey) -> Result<(), String> {
+    let key = rustls_pki_types::PrivateKeyDer::try_from(key.pkcs8_der().to_vec()).map_err(|e| e.to_string())?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    rustls::sign::CertifiedKey::from_der(vec![cert_der.to_vec().into()], key, &provider)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 pub fn validate_days(days: u32) -> Result<u32, Error> {
     if days == 0 || days > MAX_DAYS {
         return Err(invalid("--days", &days.to_string(), format!("must be between 1 and {MAX_DAYS}")));

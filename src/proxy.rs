@@ -198,10 +198,13 @@ async fn serve_http<I>(
     // or never a request, would hold the connection (and its max_connections slot).
     let idle = h2.then(|| Arc::new(Idle::new()));
     let watch = idle.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let busy = watch.as_ref().map(|i| i.start());
         let l = &snap.listeners[index];
-        let route = request_host(&req).and_then(|h| l.route_table.lookup(h));
+        let (route, bad) = match request_host(&mut req) {
+            Ok(host) => (host.and_then(|h| l.route_table.lookup(h)), None),
+            Err(why) => (None, Some(why)),
+        };
         let fut = route.and_then(|ri| match &l.routes[ri].handler {
             Handler::Http(h) => Some((h.call(req, conn.clone()), ri)),
             _ => None,
@@ -209,6 +212,10 @@ async fn serve_http<I>(
         let snap = Arc::clone(&snap);
         async move {
             let resp: Response<Body> = match fut {
+                None if let Some(why) = bad => {
+                    crate::admin::metrics::client_error("bad_host");
+                    handler::text(StatusCode::BAD_REQUEST, format!("400 Bad Request: {why}\n"))
+                }
                 Some((f, ri)) => {
                     let resp = f.await;
                     snap.listeners[index].routes[ri].metrics.count(resp.status().as_u16());
@@ -320,21 +327,76 @@ impl Idle {
     }
 }
 
-/// The request's host without port: :authority for HTTP/2, Host for HTTP/1.1. Borrowed:
-/// route matching is case-insensitive, so nothing is allocated.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok()))?;
-    if let Some(v6) = raw.strip_prefix('[') {
-        return v6.split(']').next();
+/// The host a request is for, without port, with its Host header made to agree: the
+/// request target's authority (HTTP/2 `:authority`, HTTP/1.1 absolute form) if it has
+/// one, else Host. Routing and forwarding then see the same name. Refused (RFC 9112
+/// §3.2.2 allows it): a Host that disagrees with the authority, userinfo, a malformed
+/// host.
+fn request_host<B>(req: &mut Request<B>) -> Result<Option<&str>, &'static str> {
+    if let Some(authority) = req.uri().authority() {
+        if authority.as_str().contains('@') {
+            return Err("userinfo is not allowed in the request target");
+        }
+        match req.headers().get(hyper::header::HOST) {
+            Some(h) => {
+                let h = h.to_str().map_err(|_| "malformed Host")?;
+                if !same_host(host_of(h).ok_or("malformed Host")?, authority.host()) {
+                    return Err("Host does not match the request target");
+                }
+            }
+            None => {
+                let value =
+                    hyper::header::HeaderValue::from_str(authority.as_str()).map_err(|_| "malformed authority")?;
+                req.headers_mut().insert(hyper::header::HOST, value);
+            }
+        }
+        let host = req.uri().authority().map(|a| a.host()).unwrap_or_default();
+        return if valid_host(host.trim_start_matches('[').trim_end_matches(']')) {
+            Ok(Some(host.trim_start_matches('[').trim_end_matches(']')))
+        } else {
+            Err("malformed host in the request target")
+        };
     }
-    Some(match raw.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => raw,
-    })
+    match req.headers().get(hyper::header::HOST) {
+        None => Ok(None),
+        Some(h) => host_of(h.to_str().map_err(|_| "malformed Host")?).map(Some).ok_or("malformed Host"),
+    }
+}
+
+/// The host of a Host header value (`name`, `name:port`, `[v6]:port`), if well formed.
+fn host_of(value: &str) -> Option<&str> {
+    let (host, port) = match value.strip_prefix('[') {
+        Some(v6) => {
+            let (ip, rest) = v6.split_once(']')?;
+            ip.parse::<std::net::Ipv6Addr>().ok()?;
+            (ip, rest.strip_prefix(':'))
+        }
+        None => match value.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (value, None),
+        },
+    };
+    if port.is_some_and(|p| p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    (host.contains(':') || valid_host(host)).then_some(host)
+}
+
+/// A DNS name or an IPv4 address: letters, digits, `-`, `_` and dots, at most 253 (a
+/// trailing dot allowed). Nothing that could change a URL built from it.
+fn valid_host(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        || host.parse::<std::net::Ipv6Addr>().is_ok()
+}
+
+/// Host names compared as SNI is: case-insensitive, a trailing dot ignored.
+fn same_host(a: &str, b: &str) -> bool {
+    let a = a.trim_start_matches('[').trim_end_matches(']');
+    let b = b.trim_start_matches('[').trim_end_matches(']');
+    a.strip_suffix('.').unwrap_or(a).eq_ignore_ascii_case(b.strip_suffix('.').unwrap_or(b))
 }
 
 /// The plain-HTTP listener: answers ACME HTTP-01 challenges from `challenges`;
@@ -362,7 +424,15 @@ pub async fn redirect_loop(
                     };
                     return std::future::ready(Ok::<_, std::convert::Infallible>(resp));
                 }
-                let host = request_host(&req).unwrap_or_default();
+                let mut req = req;
+                let host = match request_host(&mut req) {
+                    Ok(Some(host)) => host.to_owned(),
+                    _ => {
+                        let resp =
+                            handler::text(StatusCode::BAD_REQUEST, "400 Bad Request: missing or malformed Host\n");
+                        return std::future::ready(Ok::<_, std::convert::Infallible>(resp));
+                    }
+                };
                 let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
                 let (open, close) = if host.contains(':') { ("[", "]") } else { ("", "") }; // IPv6
                 let location = match redirect_port.load(std::sync::atomic::Ordering::Relaxed) {
@@ -392,6 +462,11 @@ struct Counted {
     /// replayed first.
     replay: Vec<u8>,
     replayed: usize,
+    /// Armed while a write is blocked: a client that stops reading is cut after
+    /// `write_timeout`. Allocated at the first stall only.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    stalled: bool,
+    write_timeout: Duration,
     read: u64,
     written: u64,
     bytes_in: metrics::Counter,
@@ -405,6 +480,9 @@ impl Counted {
             read: replay.len() as u64,
             replay,
             replayed: 0,
+            stall: None,
+            stalled: false,
+            write_timeout: l.config.write_timeout,
             written: 0,
             bytes_in: l.metrics.bytes_in.clone(),
             bytes_out: l.metrics.bytes_out.clone(),
@@ -434,11 +512,33 @@ impl AsyncRead for Counted {
     }
 }
 
+impl Counted {
+    /// After a write returned `Pending`: `Pending` until the stall has lasted
+    /// `write_timeout`, then an error, which ends the connection.
+    fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let deadline = tokio::time::Instant::now() + self.write_timeout;
+        let timer = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.stalled {
+            self.stalled = true;
+            timer.as_mut().reset(deadline);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl AsyncWrite for Counted {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written += n as u64;
+        match r {
+            Poll::Ready(Ok(n)) => {
+                self.written += n as u64;
+                self.stalled = false;
+            }
+            Poll::Pending => return self.stalled(cx),
+            Poll::Ready(Err(_)) => {}
         }
         r
     }
@@ -448,8 +548,13 @@ impl AsyncWrite for Counted {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            self.written += n as u64;
+        match r {
+            Poll::Ready(Ok(n)) => {
+                self.written += n as u64;
+                self.stalled = false;
+            }
+            Poll::Pending => return self.stalled(cx),
+            Poll::Ready(Err(_)) => {}
         }
         r
     }

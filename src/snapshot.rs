@@ -230,6 +230,8 @@ struct Cached {
     not_before: i64,
     not_after: i64,
     acme: Option<Arc<store::AcmeMeta>>,
+    /// Its files' modes, if wrong (a key readable by others): reported until fixed.
+    file_problems: Vec<String>,
     /// The rustls key without and with the root appended; `Err` says why it is not served.
     keys: [Result<Arc<CertifiedKey>, String>; 2],
 }
@@ -240,6 +242,9 @@ struct Cached {
 #[derive(Default)]
 pub struct EntryCache {
     trust: Option<Stamp>,
+    /// What was wrong in the trust pool when it was last read: reported by every build
+    /// until fixed, like the entries' problems.
+    trust_problems: Vec<String>,
     entries: HashMap<String, Cached>,
 }
 
@@ -251,6 +256,7 @@ impl EntryCache {
         if self.trust.as_ref() != Some(&trust) {
             // New roots or intermediates can change every chain.
             self.entries.clear();
+            self.trust_problems.clear();
             self.trust = Some(trust);
         }
         let mut pool = None;
@@ -258,14 +264,19 @@ impl EntryCache {
         self.entries.retain(|id, _| ids.contains(id));
         for id in ids {
             let stamp = store.entry_stamp(&id);
-            if self.entries.get(&id).is_some_and(|c| c.stamp == stamp) {
+            if let Some(c) = self.entries.get(&id).filter(|c| c.stamp == stamp) {
+                // Unchanged, and still reported until fixed.
+                if let Err(why) = &c.keys[0] {
+                    problems.push(format!("{}: not served: {why}", store.cert_dir(&id).display()));
+                }
+                problems.extend(c.file_problems.iter().cloned());
                 continue;
             }
             let pool = match &pool {
                 Some(p) => p,
                 None => {
                     let (p, bad) = store.trust_pool().map_err(|e| e.to_string())?;
-                    problems.extend(bad.iter().map(ToString::to_string));
+                    self.trust_problems = bad.iter().map(ToString::to_string).collect();
                     pool.insert(p)
                 }
             };
@@ -289,6 +300,7 @@ impl EntryCache {
                     if let Err(why) = &keys[0] {
                         problems.push(format!("{}: not served: {why}", entry.dir.display()));
                     }
+                    problems.extend(entry.file_warnings.iter().cloned());
                     let shared_id: Arc<str> = id.as_str().into();
                     self.entries.insert(
                         id,
@@ -313,6 +325,7 @@ impl EntryCache {
                             not_before: entry.info.not_before.unix_timestamp(),
                             not_after: entry.info.not_after.unix_timestamp(),
                             acme: entry.meta.acme.clone().map(Arc::new),
+                            file_problems: entry.file_warnings.clone(),
                             keys,
                         },
                     );
@@ -323,6 +336,7 @@ impl EntryCache {
                 Err(e) => problems.push(e.to_string()),
             }
         }
+        problems.splice(0..0, self.trust_problems.iter().cloned().chain(store.permission_problems()));
         Ok(problems)
     }
 }

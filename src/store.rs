@@ -646,7 +646,15 @@ impl Store {
 
     pub fn read_cert_with(&self, id: &str, pool: &[PoolCert]) -> Result<CertEntry, Error> {
         let dir = self.cert_dir(id);
-        let meta: CertMeta = read_versioned(&dir.join("meta.toml"))?;
+        let meta_path = dir.join("meta.toml");
+        let meta: CertMeta = read_versioned(&meta_path)?;
+        // A hand-edited or planted name is reported, never rendered whole.
+        if meta.friendly_name.chars().count() > MAX_NAME || meta.friendly_name.chars().any(char::is_control) {
+            return Err(Error::Damaged {
+                path: meta_path,
+                reason: format!("friendly_name is longer than {MAX_NAME} characters or holds control characters"),
+            });
+        }
         let cert_path = dir.join("cert.pem");
         let cert_pem = read_text(&cert_path)?;
         let leaf = single_cert(&cert_path, &cert_pem)?;
@@ -693,6 +701,12 @@ impl Store {
     pub fn read_request(&self, id: &str) -> Result<RequestEntry, Error> {
         let dir = self.request_dir(id);
         let meta: RequestMeta = read_versioned(&dir.join("meta.toml"))?;
+        if meta.friendly_name.chars().count() > MAX_NAME || meta.friendly_name.chars().any(char::is_control) {
+            return Err(Error::Damaged {
+                path: dir.join("meta.toml"),
+                reason: format!("friendly_name is longer than {MAX_NAME} characters or holds control characters"),
+            });
+        }
         let request_pem = read_text(&dir.join("request.pem"))?;
         Ok(RequestEntry { id: id.to_owned(), dir, meta, request_pem })
     }
@@ -744,6 +758,20 @@ impl Store {
             return Err(bad(&format!("already used by {what} {id}")));
         }
         Ok(trimmed.to_owned())
+    }
+
+    /// Store directories that others may read or write: the store holds private keys,
+    /// and `init` makes every directory 0700. One line each, for `problems`.
+    pub fn permission_problems(&self) -> Vec<String> {
+        ["", "certs", "requests", "trust", "acme"]
+            .iter()
+            .filter_map(|sub| {
+                let dir = if sub.is_empty() { self.root.clone() } else { self.root.join(sub) };
+                let mode = fs::symlink_metadata(&dir).ok()?.permissions().mode() & 0o7777;
+                (mode & 0o077 != 0)
+                    .then(|| format!("{} is mode {mode:04o}; store directories must be 0700", dir.display()))
+            })
+            .collect()
     }
 
     /// A short id made from the friendly name, unique among certificates and requests.
@@ -1035,12 +1063,10 @@ pub struct Stamp(Vec<(u64, i128)>);
 fn file_stamp(path: &Path) -> (u64, i128) {
     match fs::metadata(path) {
         Ok(m) => {
-            let mtime = m
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos() as i128);
-            (m.len(), mtime)
+            // The inode's change time: moves with every write, and with a chmod, which
+            // must be noticed too (a key made readable to others).
+            use std::os::unix::fs::MetadataExt;
+            (m.len(), i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()))
         }
         Err(_) => (0, -1),
     }

@@ -14,6 +14,9 @@ pub struct Watch {
     debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
     /// The config's `conf.d/`, watched by [`Watch::refresh`] whenever it exists.
     fragments: Option<PathBuf>,
+    /// The store directory and the inode it had when watched: a store replaced by
+    /// another (restored from a backup, `mv store.new store`) is watched again at once.
+    store: Option<(PathBuf, u64)>,
 }
 
 impl Watch {
@@ -23,6 +26,16 @@ impl Watch {
     /// again is harmless (inotify adds to the same watch), so nothing is tracked here:
     /// a recreated directory may even get its old inode number back.
     pub fn refresh(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Some((store, inode)) = &mut self.store
+            && let Ok(meta) = std::fs::metadata(&*store)
+            && meta.ino() != *inode
+        {
+            match self.debouncer.watch(&*store, RecursiveMode::Recursive) {
+                Ok(()) => *inode = meta.ino(),
+                Err(e) => tracing::warn!(dir = %store.display(), error = %e, "cannot watch the replaced store"),
+            }
+        }
         let Some(dir) = self.fragments.as_deref().filter(|d| d.is_dir()) else { return };
         if let Err(e) = self.debouncer.watch(dir, RecursiveMode::NonRecursive) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch");
@@ -74,7 +87,7 @@ pub fn start_jobs(incoming: &Path, tx: UnboundedSender<()>) -> Result<Watch, Str
     })
     .map_err(|e| format!("cannot watch: {e}"))?;
     debouncer.watch(incoming, RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", incoming.display()))?;
-    Ok(Watch { debouncer, fragments: None })
+    Ok(Watch { debouncer, fragments: None, store: None })
 }
 
 /// Starts watching; each relevant batch of events sends one `()` on `tx`.
@@ -99,11 +112,26 @@ pub fn start(store: &Path, config: Option<&Path>, tx: UnboundedSender<()>) -> Re
     })
     .map_err(|e| format!("cannot watch: {e}"))?;
     debouncer.watch(&store_abs, RecursiveMode::Recursive).map_err(|e| format!("{}: {e}", store_abs.display()))?;
+    // The store's parent too: the event of the store directory being replaced arrives
+    // there (the old watch follows the old directory wherever it is moved).
+    if let Some(parent) = store_abs.parent()
+        && let Err(e) = debouncer.watch(parent, RecursiveMode::NonRecursive)
+    {
+        tracing::debug!(dir = %parent.display(), error = %e, "cannot watch the store's parent");
+    }
+    let inode = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&store_abs).map(|m| m.ino()).unwrap_or(0)
+    };
     // Directories, not files: editors replace a file by renaming another over it.
     if let Some(dir) = config_abs.as_deref().and_then(Path::parent).filter(|d| d.is_dir()) {
         debouncer.watch(dir, RecursiveMode::NonRecursive).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let mut watch = Watch { debouncer, fragments: config_abs.as_deref().map(crate::config::fragment_dir) };
+    let mut watch = Watch {
+        debouncer,
+        fragments: config_abs.as_deref().map(crate::config::fragment_dir),
+        store: Some((store_abs, inode)),
+    };
     watch.refresh();
     Ok(watch)
 }

@@ -388,7 +388,7 @@ fn bad_files_are_refused_and_change_nothing() {
         (vec![f("broken.pem")], format!("{}: damaged PEM", f("broken.pem"))),
         (vec![f("garbage.bin")], format!("{}: not a certificate", f("garbage.bin"))),
         (vec![f("notes.txt")], format!("{}: not a certificate", f("notes.txt"))),
-        (vec![f("huge.pem")], format!("{}: 1048577 bytes is larger than 1 MiB", f("huge.pem"))),
+        (vec![f("huge.pem")], format!("{}: 1048577 bytes is larger than the limit of 1 MiB", f("huge.pem"))),
         (vec![f("leaf.csr")], format!("{}: this is a certificate signing request", f("leaf.csr"))),
         (vec![f("int.key")], "matches no certificate in this import or the store; nothing imported".into()),
         (vec![f("missing.pem")], format!("{}: No such file", f("missing.pem"))),

@@ -9,6 +9,7 @@ mod common;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -403,4 +404,317 @@ fn open(s: &TcpStream) -> bool {
     let r = s.peek(&mut buf);
     s.set_nonblocking(false).unwrap();
     matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// A TLS connection to 127.0.0.1:`port` with `sni`, any certificate accepted.
+fn tls(port: u16, sni: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Sends `head` (and `body`) on a new TLS connection; returns the response's status
+/// line and the rest, read until the server closes or 20 s pass.
+fn exchange(port: u16, sni: &str, request: &[u8]) -> String {
+    let mut s = tls(port, sni);
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A backend that holds each request `hold` before answering, and records the most
+/// connections it had open at once.
+fn holding_backend(hold: Duration) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (open, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let peak2 = Arc::clone(&peak);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut s) = stream else { continue };
+            let (open, peak) = (Arc::clone(&open), Arc::clone(&peak2));
+            std::thread::spawn(move || {
+                let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                if s.read(&mut buf).unwrap_or(0) > 0 {
+                    std::thread::sleep(hold);
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nheld\n");
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (port, peak)
+}
+
+#[test]
+fn requests_are_routed_and_forwarded_by_one_host_and_client_errors_are_the_clients() {
+    use std::sync::atomic::Ordering;
+    let env = Env::new();
+    let (https, plain, admin) = (free_port(), free_port(), free_port());
+    let (_backend, backend_port) = env.backend();
+    let (held_port, peak) = holding_backend(Duration::from_secs(3));
+    // A backend that answers with an endless body, for a client that never reads.
+    let flood = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let flood_port = flood.local_addr().unwrap().port();
+    let (flood_done_tx, flood_done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut s, _) = flood.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n");
+        let chunk = vec![b'x'; 64 * 1024];
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) && s.write_all(&chunk).is_ok() {}
+        flood_done_tx.send(started.elapsed()).unwrap();
+    });
+    env.run(&["cert", "create-self-signed", "--name", "Site", "--common-name", "app.test"]).ok();
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{admin}"
+
+[http]
+listen = ["127.0.0.1:{plain}"]
+
+[[listener]]
+name = "public"
+bind = ["127.0.0.1:{https}"]
+write_timeout_secs = 2
+
+[[route]]
+hosts = ["app.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{backend_port}"], response_timeout_secs = 2 }}
+
+[[route]]
+hosts = ["blocked.test"]
+handler = {{ type = "static", status = 403, body = "blocked\n" }}
+
+[[route]]
+hosts = ["held.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{held_port}"], max_connections = 2, queue_timeout_secs = 1 }}
+
+[[route]]
+hosts = ["flood.test"]
+handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{flood_port}"] }}
+"#
+    );
+    let _daemon = env.daemon(&config, &[https, plain, admin]);
+    let upstream_errors = || metric(admin, "portcullis_upstream_errors_total").unwrap_or(0.0);
+
+    // One host for routing and forwarding: a Host that disagrees with the target is a 400.
+    let r = exchange(
+        https,
+        "app.test",
+        b"GET https://app.test/x HTTP/1.1\r\nHost: blocked.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(r.contains("Host does not match the request target"), "{r}");
+    let r = exchange(
+        https,
+        "app.test",
+        b"GET https://user@app.test/x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 400") && r.contains("userinfo"), "{r}");
+    let r = exchange(https, "app.test", b"GET /x HTTP/1.1\r\nHost: app.test/x?\r\nConnection: close\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 400") && r.contains("malformed Host"), "{r}");
+    // Agreeing (case and trailing dot aside): routed to app.test, which gets that Host.
+    let r =
+        exchange(https, "app.test", b"GET https://app.test/x HTTP/1.1\r\nHost: APP.test.\r\nConnection: close\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let body: serde_json::Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["path"], "/x");
+    assert_eq!(body["headers"]["host"], "APP.test.");
+    // The absolute form without Host: forwarded with the target's authority as Host.
+    let r = exchange(https, "app.test", b"GET https://app.test/y HTTP/1.0\r\n\r\n");
+    let body: serde_json::Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["headers"]["host"], "app.test");
+    assert_eq!(metric(admin, "portcullis_client_errors_total{reason=\"bad_host\"}"), Some(3.0));
+
+    // A client's malformed chunked body: 400, counted as the client's, not the upstream's.
+    let before = upstream_errors();
+    let r = exchange(
+        https,
+        "app.test",
+        b"POST /up HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert_eq!(metric(admin, "portcullis_client_errors_total{reason=\"bad_body\"}"), Some(1.0));
+    // A body that stops arriving: 408 at the response timeout, the client's again.
+    let mut slow = tls(https, "app.test");
+    slow.write_all(
+        b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\nConnection: close\r\n\r\n0123456789",
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = slow.read_to_end(&mut out);
+    let r = String::from_utf8_lossy(&out);
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    assert_eq!(metric(admin, "portcullis_client_errors_total{reason=\"body_timeout\"}"), Some(1.0));
+    assert_eq!(upstream_errors(), before, "client mistakes are not upstream errors");
+
+    // The plain-HTTP redirect builds its Location only from a valid host.
+    let r = plain_exchange(plain, b"GET /p HTTP/1.1\r\nHost: evil/x?\r\nConnection: close\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = plain_exchange(plain, b"GET /p HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 301") && r.contains("location: https://app.test/p\r\n"), "{r}");
+
+    // max_connections = 2 to held.test: five at once, two reach it, three wait a second
+    // and get 503.
+    let handles: Vec<_> = (0..5)
+        .map(|_| {
+            std::thread::spawn(move || {
+                exchange(https, "held.test", b"GET / HTTP/1.1\r\nHost: held.test\r\nConnection: close\r\n\r\n")
+            })
+        })
+        .collect();
+    let answers: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = answers.iter().filter(|r| r.starts_with("HTTP/1.1 200")).count();
+    let busy = answers.iter().filter(|r| r.starts_with("HTTP/1.1 503")).count();
+    assert_eq!((ok, busy), (2, 3), "{answers:#?}");
+    assert!(answers.iter().any(|r| r.to_ascii_lowercase().contains("retry-after: 1")));
+    assert_eq!(peak.load(Ordering::SeqCst), 2, "never more than max_connections at the upstream");
+    assert_eq!(metric(admin, "portcullis_upstream_queue_timeouts_total"), Some(3.0));
+
+    // A client that never reads its response: cut after write_timeout_secs of no
+    // progress, and the upstream connection with it.
+    let mut stuck = tls(https, "flood.test");
+    stuck.write_all(b"GET /big HTTP/1.1\r\nHost: flood.test\r\n\r\n").unwrap();
+    let took = flood_done.recv_timeout(Duration::from_secs(30)).expect("the upstream connection was never closed");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    drop(stuck);
+    let active = || metric(admin, "portcullis_connections_active{listener=\"public\"}").unwrap_or(-1.0);
+    assert!(eventually(5, || active() == 0.0), "{}", active());
+}
+
+fn plain_exchange(port: u16, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn unservable_certificates_are_refused_and_hostile_metadata_is_reported_not_rendered() {
+    let env = Env::new();
+    // 10,000 names: OpenSSL signs it, rustls cannot serve it.
+    let mut cnf = String::from("[req]\ndistinguished_name = dn\n[dn]\n[v3]\nsubjectAltName = @alt\n[alt]\n");
+    for i in 0..10_000 {
+        cnf.push_str(&format!("DNS.{i} = n{i}.many.test\n"));
+    }
+    let cnf = env.write("many.cnf", &cnf);
+    let (key, cert) = (env.path("many.key"), env.path("many.pem"));
+    openssl_ok(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=many.test",
+            "-config",
+            cnf.to_str().unwrap(),
+            "-extensions",
+            "v3",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+        None,
+    );
+    let before = env.tree();
+    let r = env.run(&["cert", "import", cert.to_str().unwrap(), key.to_str().unwrap()]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("10000 subject alternative names, more than the 1000"), "{r:?}");
+    assert_eq!(r.stderr.trim().lines().count(), 1);
+    assert_eq!(env.tree(), before, "nothing imported");
+
+    // A friendly name planted in meta.toml (100,000 characters): the entry is reported
+    // as damaged; no listing or page carries the name.
+    env.run(&["cert", "create-self-signed", "--name", "Planted", "--san", "planted.test"]).ok();
+    let id =
+        env.list().into_iter().find(|c| c["friendly_name"] == "Planted").unwrap()["id"].as_str().unwrap().to_owned();
+    let meta = env.store().join("certs").join(&id).join("meta.toml");
+    let text = fs::read_to_string(&meta).unwrap().replace("Planted", &"X".repeat(100_000));
+    fs::write(&meta, text).unwrap();
+    for args in [&["cert", "list"][..], &["cert", "list", "--wide"], &["--json", "cert", "list"], &["check-config"]] {
+        let r = env.run(args);
+        assert!(r.stdout.len() + r.stderr.len() < 20_000, "{args:?}: {} bytes", r.stdout.len() + r.stderr.len());
+        assert!(!r.stdout.contains("XXXXXXXXXX"), "{args:?}");
+        assert!(format!("{}{}", r.stdout, r.stderr).contains("friendly_name is longer than"), "{args:?}: {r:?}");
+    }
+}
+
+#[test]
+fn problems_stay_until_fixed_and_a_replaced_store_is_watched_at_once() {
+    let env = Env::new();
+    let (https, admin) = (free_port(), free_port());
+    env.run(&["cert", "create-self-signed", "--name", "Good", "--common-name", "good.test"]).ok();
+    env.run(&["cert", "create-self-signed", "--name", "Other", "--common-name", "other.test"]).ok();
+    let id = |name: &str| {
+        env.list().into_iter().find(|c| c["friendly_name"] == name).unwrap()["id"].as_str().unwrap().to_owned()
+    };
+    let (good, other) = (id("Good"), id("Other"));
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{https}\"]\n"
+    );
+    let daemon = env.daemon(&config, &[https, admin]);
+    let problems = || {
+        let (_, body) = common::curl(&[&format!("http://127.0.0.1:{admin}/status.json")]);
+        serde_json::from_str::<serde_json::Value>(&body).map(|v| v["problems"].to_string()).unwrap_or_default()
+    };
+    // A key that no longer matches its certificate: never served, reported...
+    let store = env.store();
+    fs::copy(store.join("certs").join(&other).join("key.pem"), store.join("certs").join(&good).join("key.pem"))
+        .unwrap();
+    // ...and a store and a key others can read.
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(store.join("certs").join(&other).join("key.pem"), fs::Permissions::from_mode(0o644)).unwrap();
+    let all = |p: &str| {
+        p.contains(&format!("{good}: not served")) && p.contains("must be 0700") && p.contains("keys must be 0600")
+    };
+    assert!(eventually(10, || all(&problems())), "{}", problems());
+    // Still there after more reloads that read nothing new.
+    for _ in 0..2 {
+        daemon.signal("HUP");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(all(&problems()), "problems lost after reloads: {}", problems());
+    let r = env.run(&["--config", env.path("portcullis.toml").to_str().unwrap(), "check-config"]);
+    let said = format!("{}{}", r.stdout, r.stderr);
+    assert!(all(&said), "check-config: {said}");
+
+    // The store directory replaced by another (as a restore from backup does): a
+    // change in the new one is served at once, not at the next rescan.
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o700)).unwrap();
+    let copy = env.path("store.new");
+    assert!(Command::new("cp").arg("-a").arg(&store).arg(&copy).status().unwrap().success());
+    fs::rename(&store, env.path("store.old")).unwrap();
+    fs::rename(&copy, &store).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    env.run(&["cert", "create-self-signed", "--name", "Fresh", "--common-name", "fresh.test"]).ok();
+    assert!(
+        eventually(5, || common::served_cn(https, Some("fresh.test")).as_deref() == Some("fresh.test")),
+        "the new store's change was not served within 5 s"
+    );
 }

@@ -17,6 +17,8 @@ pub mod names {
     pub const BYTES: &str = "portcullis_bytes_total";
     pub const HTTP_REQUESTS: &str = "portcullis_http_requests_total";
     pub const UPSTREAM_ERRORS: &str = "portcullis_upstream_errors_total";
+    pub const UPSTREAM_QUEUE_TIMEOUTS: &str = "portcullis_upstream_queue_timeouts_total";
+    pub const CLIENT_ERRORS: &str = "portcullis_client_errors_total";
     pub const CERTIFICATE_EXPIRY: &str = "portcullis_certificate_expiry_seconds";
     pub const RELOADS: &str = "portcullis_reloads_total";
     pub const LAST_RELOAD_SUCCESS: &str = "portcullis_last_reload_success_timestamp_seconds";
@@ -52,6 +54,14 @@ pub fn describe() {
     describe_counter!(BYTES, "Bytes from (in) and to (out) clients");
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status class");
     describe_counter!(UPSTREAM_ERRORS, "Failed upstream connections and requests");
+    describe_counter!(
+        UPSTREAM_QUEUE_TIMEOUTS,
+        "Requests refused (503) because their upstream stayed at max_connections"
+    );
+    describe_counter!(
+        CLIENT_ERRORS,
+        "Requests that failed by the client's doing, by reason (bad_body, bad_host, body_timeout)"
+    );
     describe_counter!(RELOADS, "Snapshot builds by result (ok, error)");
     describe_gauge!(LAST_RELOAD_SUCCESS, "Unix time of the last snapshot that was built and published");
     describe_counter!(JOBS, "Admin jobs by action and result (done, failed)");
@@ -124,6 +134,16 @@ impl RouteMetrics {
 
 pub fn upstream_error() {
     counter!(names::UPSTREAM_ERRORS).increment(1);
+}
+
+/// A request refused because its upstream stayed at `max_connections`.
+pub fn upstream_queue_timeout() {
+    counter!(names::UPSTREAM_QUEUE_TIMEOUTS).increment(1);
+}
+
+/// A request that failed by the client's doing (`reason`: `bad_body`, `body_timeout`).
+pub fn client_error(reason: &'static str) {
+    counter!(names::CLIENT_ERRORS, "reason" => reason).increment(1);
 }
 
 pub fn reload(ok: bool) {

@@ -39,6 +39,16 @@ struct Options {
     /// An upgraded connection (WebSocket) with no bytes either way for this long closes.
     #[serde(default = "hour")]
     tunnel_idle_timeout_secs: u64,
+    /// Requests in flight to one upstream, each on its own connection; more wait.
+    #[serde(default = "thousand")]
+    max_connections: usize,
+    /// How long a request waits for one of `max_connections`; then 503.
+    #[serde(default = "ten")]
+    queue_timeout_secs: u64,
+}
+
+fn thousand() -> usize {
+    1000
 }
 
 fn five() -> u64 {
@@ -68,6 +78,10 @@ struct Upstream {
     /// used: a queue cycled bulk responses through all of them, +3 MB peak RSS). The
     /// lock is held for one push or pop.
     idle: Mutex<Vec<Conn>>,
+    /// `max_connections`: a permit per request in flight, held until its response body
+    /// ends (or its tunnel closes). A connection is opened only for a request holding
+    /// one and no idle connection to take, so open connections stay within the cap.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// A connection to an upstream.
@@ -103,18 +117,28 @@ struct HttpProxy {
     fail_timeout: Duration,
     idle_timeout: Duration,
     tunnel_idle_timeout: Duration,
+    queue_timeout: Duration,
 }
 
 pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
     let o: Options = super::options(table)?;
     super::check_upstreams(&o.upstreams)?;
+    if o.max_connections == 0 {
+        return Err("max_connections: must be at least 1".into());
+    }
     Ok(Handler::Http(Arc::new(HttpProxy {
         upstreams: o
             .upstreams
             .into_iter()
             .map(|authority| {
                 let host = HeaderValue::from_str(&authority).map_err(|e| format!("upstream {authority:?}: {e}"))?;
-                Ok(Arc::new(Upstream { authority, host, down_until: AtomicU64::new(0), idle: Mutex::new(Vec::new()) }))
+                Ok(Arc::new(Upstream {
+                    authority,
+                    host,
+                    down_until: AtomicU64::new(0),
+                    idle: Mutex::new(Vec::new()),
+                    slots: Arc::new(tokio::sync::Semaphore::new(o.max_connections)),
+                }))
             })
             .collect::<Result<_, String>>()?,
         next: AtomicUsize::new(0),
@@ -123,6 +147,7 @@ pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
         fail_timeout: Duration::from_secs(o.fail_timeout_secs),
         idle_timeout: Duration::from_secs(o.pool_idle_timeout_secs.max(1)),
         tunnel_idle_timeout: Duration::from_secs(o.tunnel_idle_timeout_secs.max(1)),
+        queue_timeout: Duration::from_secs(o.queue_timeout_secs.max(1)),
     })))
 }
 
@@ -322,9 +347,45 @@ fn held(slot: &Slot) -> std::sync::MutexGuard<'_, Option<Incoming>> {
 
 /// A request body on its way upstream.
 enum Upload {
-    Whole(Incoming),
+    /// With, for a body still to come, a flag that is true until it has all arrived.
+    Whole(Incoming, Option<Arc<std::sync::atomic::AtomicBool>>),
     /// An HTTP/2 client's upload, which the response side cuts (`Returning`).
     Cuttable(Slot),
+}
+
+/// The client's request body failed (a bad chunk size, a reset stream): the client's
+/// mistake, answered 400, not an upstream failure. Found in hyper's error chain.
+#[derive(Debug)]
+struct ClientBody(hyper::Error);
+
+impl std::fmt::Display for ClientBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBody {}
+
+fn client_body(e: hyper::Error) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(ClientBody(e))
+}
+
+/// Whether the client is still sending the request body.
+fn still_arriving(flag: Option<&std::sync::atomic::AtomicBool>, slot: Option<&Slot>) -> bool {
+    flag.is_some_and(|f| f.load(Ordering::Relaxed))
+        || slot.is_some_and(|s| held(s).as_ref().is_some_and(|b| !b.is_end_stream()))
+}
+
+/// Whether the client's body is what failed.
+fn from_client(e: &hyper::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<ClientBody>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl hyper::body::Body for Upload {
@@ -336,9 +397,17 @@ impl hyper::body::Body for Upload {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         match self.get_mut() {
-            Self::Whole(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Whole(body, arriving) => {
+                let frame = std::task::ready!(std::pin::Pin::new(&mut *body).poll_frame(cx));
+                if let Some(flag) = arriving
+                    && (frame.is_none() || body.is_end_stream())
+                {
+                    flag.store(false, Ordering::Relaxed);
+                }
+                std::task::Poll::Ready(frame.map(|f| f.map_err(client_body)))
+            }
             Self::Cuttable(slot) => match held(slot).as_mut() {
-                Some(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(Into::into),
+                Some(body) => std::pin::Pin::new(body).poll_frame(cx).map_err(client_body),
                 None => std::task::Poll::Ready(Some(Err("upload reset after the response".into()))),
             },
         }
@@ -346,14 +415,14 @@ impl hyper::body::Body for Upload {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Whole(body) => body.is_end_stream(),
+            Self::Whole(body, _) => body.is_end_stream(),
             Self::Cuttable(slot) => held(slot).as_ref().is_some_and(|b| b.is_end_stream()),
         }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         match self {
-            Self::Whole(body) => body.size_hint(),
+            Self::Whole(body, _) => body.size_hint(),
             Self::Cuttable(slot) => held(slot).as_ref().map(|b| b.size_hint()).unwrap_or_default(),
         }
     }
@@ -373,13 +442,20 @@ struct Returning {
     body: Incoming,
     back: Option<(Conn, Arc<Upstream>)>,
     upload: Option<Slot>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Returning {
-    fn wrap(resp: Response<Incoming>, conn: Conn, upstream: Arc<Upstream>, upload: Option<Slot>) -> Response<Body> {
+    fn wrap(
+        resp: Response<Incoming>,
+        conn: Conn,
+        upstream: Arc<Upstream>,
+        upload: Option<Slot>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let mut body = Self { body, back: Some((conn, upstream)), upload };
+        let mut body = Self { body, back: Some((conn, upstream)), upload, _permit: permit };
         body.end_if_done();
         Response::from_parts(parts, body.boxed())
     }
@@ -462,12 +538,17 @@ impl HttpHandler for HttpProxy {
     fn call(&self, req: Request<Incoming>, conn: HttpConn) -> BoxFuture<Response<Body>> {
         let (parts, body) = req.into_parts();
         let mut cut = None;
+        let mut arriving = None;
         let body = if parts.version == Version::HTTP_2 && !body.is_end_stream() {
             let slot = Arc::new(Mutex::new(Some(body)));
             cut = Some(Arc::clone(&slot));
             Upload::Cuttable(slot)
+        } else if !body.is_end_stream() {
+            let flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            arriving = Some(Arc::clone(&flag));
+            Upload::Whole(body, Some(flag))
         } else {
-            Upload::Whole(body)
+            Upload::Whole(body, None)
         };
         let mut req = Request::from_parts(parts, body);
         let upstream = Arc::clone(self.pick());
@@ -518,9 +599,28 @@ impl HttpHandler for HttpProxy {
         let (connect_timeout, idle_timeout) = (self.connect_timeout, self.idle_timeout);
         let timeout = self.response_timeout;
         let fail_timeout = self.fail_timeout;
+        let queue_timeout = self.queue_timeout;
         Box::pin(async move {
-            let sent = Arc::clone(&upstream).send(req, connect_timeout, idle_timeout);
             let authority = &upstream.authority;
+            let permit = match Arc::clone(&upstream.slots).try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    match tokio::time::timeout(queue_timeout, Arc::clone(&upstream.slots).acquire_owned()).await {
+                        Ok(Ok(p)) => p,
+                        _ => {
+                            crate::admin::metrics::upstream_queue_timeout();
+                            tracing::warn!(upstream = %authority, "upstream at max_connections: request refused after queue_timeout_secs");
+                            let mut resp = super::text(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("503 Service Unavailable: upstream {authority} is busy\n"),
+                            );
+                            resp.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                            return resp;
+                        }
+                    }
+                }
+            };
+            let sent = Arc::clone(&upstream).send(req, connect_timeout, idle_timeout);
             // Why the upstream failed, answered with a 502 below; responses return early.
             let error = match tokio::time::timeout(timeout, sent).await {
                 Ok(Ok((resp, _))) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
@@ -531,17 +631,30 @@ impl HttpHandler for HttpProxy {
                             if protocols(&switched)
                                 .all(|t| protocols(&up.asked).any(|a| a.eq_ignore_ascii_case(t))) =>
                         {
-                            return tunnel(resp, up, switched);
+                            return tunnel(resp, up, switched, permit);
                         }
                         (_, switched) => format!("switched to {switched:?}, a protocol not asked for"),
                     }
                 }
-                Ok(Ok((resp, conn))) => return Returning::wrap(resp, conn, upstream, cut),
+                Ok(Ok((resp, conn))) => return Returning::wrap(resp, conn, upstream, cut, permit),
                 Ok(Err(Failure::Connect(e))) => {
                     upstream.down_until.store(mono_millis() + fail_timeout.as_millis() as u64, Ordering::Relaxed);
                     format!("connect: {e}")
                 }
+                Ok(Err(Failure::Request(e))) if from_client(&e) => {
+                    crate::admin::metrics::client_error("bad_body");
+                    tracing::debug!(upstream = %authority, error = %e, "client request body failed");
+                    return super::text(StatusCode::BAD_REQUEST, "400 Bad Request: malformed request body\n");
+                }
                 Ok(Err(Failure::Request(e))) => e.to_string(),
+                Err(_) if still_arriving(arriving.as_deref(), cut.as_ref()) => {
+                    // The upstream waits for a body the client is still sending.
+                    crate::admin::metrics::client_error("body_timeout");
+                    return super::text(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "408 Request Timeout: the request body did not arrive in time\n",
+                    );
+                }
                 Err(_) => {
                     crate::admin::metrics::upstream_error();
                     tracing::warn!(upstream = %authority, "upstream response timed out");
@@ -577,7 +690,12 @@ fn protocols(value: &HeaderValue) -> impl Iterator<Item = &str> {
 /// copied both ways until either side closes or none pass for the idle timeout. The
 /// tunnel keeps the client connection's guard (max_connections, the active gauge, the
 /// drain).
-fn tunnel(mut resp: Response<Incoming>, up: Upgrade, switched: HeaderValue) -> Response<Body> {
+fn tunnel(
+    mut resp: Response<Incoming>,
+    up: Upgrade,
+    switched: HeaderValue,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -586,6 +704,7 @@ fn tunnel(mut resp: Response<Incoming>, up: Upgrade, switched: HeaderValue) -> R
     let tunnels = guard.tunnels.clone();
     tunnels.spawn(async move {
         let _guard = guard;
+        let _permit = permit;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(both) => both,
             Err(e) => {
