@@ -261,10 +261,10 @@ async fn serve_http<I>(
                 let _ = conn.await;
             }
             () = idle.expired(l.config.idle_timeout) => {
-                // GOAWAY: streams in progress finish, no new ones start; a client that
-                // does not read gets the idle timeout once more, then the socket closes.
+                // GOAWAY: responses still streaming finish (a client that stops reading
+                // them meets write_timeout), no new streams start.
                 conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(l.config.idle_timeout, conn).await;
+                let _ = conn.await;
             }
         }
     } else {
