@@ -318,7 +318,7 @@ fn daemon_status(snapshot: &Snapshot, reloads: &ArcSwap<ReloadStatus>, jobs: &cr
             })
             .collect(),
         reload: (**reloads.load()).clone(),
-        problems: snapshot.problems.clone(),
+        problems: snapshot.problems.iter().chain(&snapshot.permissions).cloned().collect(),
         acme,
         jobs: jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect(),
     }

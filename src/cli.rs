@@ -1020,10 +1020,13 @@ fn check_config(ctx: &Ctx, strict: bool) -> Result<ExitCode> {
                 .collect();
             problems.extend(snapshot.problems);
             warnings = snapshot.warnings;
+            let mut permissions = snapshot.permissions;
             if strict {
                 problems.append(&mut served_warnings);
+                problems.append(&mut permissions);
             } else {
                 warnings.append(&mut served_warnings);
+                warnings.append(&mut permissions);
             }
         }
         Err(e) => problems.push(e),

@@ -7,7 +7,9 @@
 //! run through the same `ops`/`acme` functions. The runner claims a job by renaming it
 //! into `processing/`, writes `NAME.result.json` atomically into `done/` or `failed/`,
 //! then moves the job file beside it. A job found in `processing/` at start was cut off
-//! by a crash and runs again; every action notices an effect already in the store.
+//! by a crash and runs again (every action notices an effect already in the store),
+//! unless it has been started twice already: a job that takes the daemon down each
+//! time it runs is failed instead of crash-looping the service.
 
 use std::collections::VecDeque;
 use std::fs;

@@ -261,10 +261,14 @@ async fn serve_http<I>(
                 let _ = conn.await;
             }
             () = idle.expired(l.config.idle_timeout) => {
+                // Never a request (no preface, or silence after it): nothing to finish,
+                // and hyper would wait for the preface forever; dropped. Otherwise
                 // GOAWAY: responses still streaming finish (a client that stops reading
                 // them meets write_timeout), no new streams start.
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+                if idle.seen.load(std::sync::atomic::Ordering::Relaxed) {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
             }
         }
     } else {
@@ -283,6 +287,8 @@ struct Idle {
     active: std::sync::atomic::AtomicUsize,
     /// Milliseconds since `epoch` at which the last request started or was answered.
     last: std::sync::atomic::AtomicU64,
+    /// Whether any request came.
+    seen: std::sync::atomic::AtomicBool,
     epoch: tokio::time::Instant,
 }
 
@@ -298,7 +304,7 @@ impl Drop for Busy {
 
 impl Idle {
     fn new() -> Self {
-        Self { active: 0.into(), last: 0.into(), epoch: tokio::time::Instant::now() }
+        Self { active: 0.into(), last: 0.into(), seen: false.into(), epoch: tokio::time::Instant::now() }
     }
 
     fn touch(&self) {
@@ -307,6 +313,7 @@ impl Idle {
 
     fn start(self: &Arc<Self>) -> Busy {
         self.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.seen.store(true, std::sync::atomic::Ordering::Relaxed);
         self.touch();
         Busy(Arc::clone(self))
     }
@@ -399,6 +406,10 @@ fn same_host(a: &str, b: &str) -> bool {
     a.strip_suffix('.').unwrap_or(a).eq_ignore_ascii_case(b.strip_suffix('.').unwrap_or(b))
 }
 
+/// Connections a plain-HTTP listener serves at once: each lives for one redirect or
+/// challenge answer, so this is plenty, and it bounds the descriptors it can take.
+pub const MAX_PLAIN_CONNECTIONS: usize = 1024;
+
 /// The plain-HTTP listener: answers ACME HTTP-01 challenges from `challenges`;
 /// everything else redirects to https on the same host.
 pub async fn redirect_loop(
@@ -408,14 +419,24 @@ pub async fn redirect_loop(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let slots = Arc::new(Semaphore::new(MAX_PLAIN_CONNECTIONS));
     loop {
         let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             () = shutdown.cancelled() => return,
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { continue }; // dropped: closed
         let challenges = challenges.clone();
         let redirect_port = Arc::clone(&redirect_port);
         tracker.spawn(async move {
+            let _slot = slot;
             let service = service_fn(|req: Request<Incoming>| {
                 if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/") {
                     let resp = match challenges.answer(token) {
@@ -445,11 +466,13 @@ pub async fn redirect_loop(
                 }
                 std::future::ready(Ok::<_, std::convert::Infallible>(resp))
             });
-            let _ = http1::Builder::new()
+            let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
+                .serve_connection(TokioIo::new(tcp), service);
+            // Answers are a few hundred bytes: a client that will not take them (or keeps
+            // the connection open for more) is cut after this long.
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
         });
     }
 }
@@ -513,6 +536,19 @@ impl AsyncRead for Counted {
 }
 
 impl Counted {
+    /// Counts a write's bytes, or starts (or goes on with) a stall.
+    fn wrote(&mut self, r: Poll<io::Result<usize>>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                self.written += n as u64;
+                self.stalled = false;
+            }
+            Poll::Pending => return self.stalled(cx),
+            Poll::Ready(Err(_)) => {}
+        }
+        r
+    }
+
     /// After a write returned `Pending`: `Pending` until the stall has lasted
     /// `write_timeout`, then an error, which ends the connection.
     fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
@@ -532,15 +568,7 @@ impl Counted {
 impl AsyncWrite for Counted {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        match r {
-            Poll::Ready(Ok(n)) => {
-                self.written += n as u64;
-                self.stalled = false;
-            }
-            Poll::Pending => return self.stalled(cx),
-            Poll::Ready(Err(_)) => {}
-        }
-        r
+        self.wrote(r, cx)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
@@ -548,15 +576,7 @@ impl AsyncWrite for Counted {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        match r {
-            Poll::Ready(Ok(n)) => {
-                self.written += n as u64;
-                self.stalled = false;
-            }
-            Poll::Pending => return self.stalled(cx),
-            Poll::Ready(Err(_)) => {}
-        }
-        r
+        self.wrote(r, cx)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -170,6 +170,10 @@ pub struct Snapshot {
     pub certificates: Vec<CertSummary>,
     /// Store entries that were skipped, and other things worth reporting.
     pub problems: Vec<String>,
+    /// Store directories and keys that others may read or write (modes): shown with the
+    /// problems; `check-config` warns (fails with `--strict`), so a loose mode does not
+    /// stop a restart.
+    pub permissions: Vec<String>,
     /// Worth knowing, but nothing is broken (a route that can never match).
     pub warnings: Vec<String>,
     /// The trust pool: imported roots and intermediates.
@@ -245,6 +249,8 @@ pub struct EntryCache {
     /// What was wrong in the trust pool when it was last read: reported by every build
     /// until fixed, like the entries' problems.
     trust_problems: Vec<String>,
+    /// Store directories and keys others may read, as of the last refresh.
+    permissions: Vec<String>,
     entries: HashMap<String, Cached>,
 }
 
@@ -252,6 +258,7 @@ impl EntryCache {
     /// Brings the cache up to date with the store; returns the problems seen.
     fn refresh(&mut self, store: &Store) -> Result<Vec<String>, String> {
         let mut problems = Vec::new();
+        let mut permissions = Vec::new();
         let trust = store.trust_stamp();
         if self.trust.as_ref() != Some(&trust) {
             // New roots or intermediates can change every chain.
@@ -269,7 +276,7 @@ impl EntryCache {
                 if let Err(why) = &c.keys[0] {
                     problems.push(format!("{}: not served: {why}", store.cert_dir(&id).display()));
                 }
-                problems.extend(c.file_problems.iter().cloned());
+                permissions.extend(c.file_problems.iter().cloned());
                 continue;
             }
             let pool = match &pool {
@@ -300,7 +307,7 @@ impl EntryCache {
                     if let Err(why) = &keys[0] {
                         problems.push(format!("{}: not served: {why}", entry.dir.display()));
                     }
-                    problems.extend(entry.file_warnings.iter().cloned());
+                    permissions.extend(entry.file_warnings.iter().cloned());
                     let shared_id: Arc<str> = id.as_str().into();
                     self.entries.insert(
                         id,
@@ -336,7 +343,9 @@ impl EntryCache {
                 Err(e) => problems.push(e.to_string()),
             }
         }
-        problems.splice(0..0, self.trust_problems.iter().cloned().chain(store.permission_problems()));
+        problems.splice(0..0, self.trust_problems.iter().cloned());
+        permissions.splice(0..0, store.permission_problems());
+        self.permissions = permissions;
         Ok(problems)
     }
 }
@@ -529,7 +538,8 @@ fn assemble(
     certificates.sort_by(|a, b| a.id.cmp(&b.id));
     let acme_policy = crate::acme::Policy::of(config.acme.as_ref());
     let trust = trust_summaries(store, entries);
-    Ok(Snapshot { listeners, certificates, problems, warnings, trust, acme_policy })
+    let permissions = cache.permissions.clone();
+    Ok(Snapshot { listeners, certificates, problems, permissions, warnings, trust, acme_policy })
 }
 
 fn trust_summaries(store: &Store, entries: &HashMap<String, Cached>) -> Vec<TrustSummary> {

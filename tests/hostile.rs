@@ -178,18 +178,24 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     }
 }
 
-/// Handshakes with `sni`, sending the ClientHello fragmented over TLS records at byte
-/// offsets `cuts` of its body; returns the served certificate's CN (by openssl).
-fn split_hello_cn(port: u16, sni: &str, cuts: &[usize]) -> Option<String> {
+/// A client configuration that accepts any certificate (HTTP/1.1 by ALPN).
+fn any_cert_client() -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
         .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Handshakes with `sni`, sending the ClientHello fragmented over TLS records at byte
+/// offsets `cuts` of its body; returns the served certificate's CN (by openssl).
+fn split_hello_cn(port: u16, sni: &str, cuts: &[usize]) -> Option<String> {
     let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
+        rustls::ClientConnection::new(any_cert_client(), ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
     let mut hello = Vec::new();
     conn.write_tls(&mut hello).unwrap();
     let body = &hello[5..];
@@ -217,10 +223,7 @@ fn split_hello_cn(port: u16, sni: &str, cuts: &[usize]) -> Option<String> {
         "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der)
     );
-    let subject = openssl_ok(&["x509", "-noout", "-subject", "-nameopt", "multiline"], Some(&pem));
-    subject
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("commonName").map(|v| v.trim().trim_start_matches('=').trim().to_owned()))
+    common::cn_of(&pem)
 }
 
 /// The value of the metric line starting with `prefix` (labels included) on /metrics.
@@ -408,15 +411,7 @@ fn open(s: &TcpStream) -> bool {
 
 /// A TLS connection to 127.0.0.1:`port` with `sni`, any certificate accepted.
 fn tls(port: u16, sni: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
+    let conn = rustls::ClientConnection::new(any_cert_client(), ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
     let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     rustls::StreamOwned::new(conn, tcp)

@@ -353,7 +353,12 @@ pub fn served_cn(port: u16, sni: Option<&str>) -> Option<String> {
     let (_, out, _) = openssl(&args, Some(""));
     let pem_start = out.find("-----BEGIN CERTIFICATE-----")?;
     let pem_end = out.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
-    let subject = openssl_ok(&["x509", "-noout", "-subject", "-nameopt", "multiline"], Some(&out[pem_start..pem_end]));
+    cn_of(&out[pem_start..pem_end])
+}
+
+/// The subject CN of a PEM certificate, read by `openssl x509`.
+pub fn cn_of(pem: &str) -> Option<String> {
+    let subject = openssl_ok(&["x509", "-noout", "-subject", "-nameopt", "multiline"], Some(pem));
     subject
         .lines()
         .find_map(|l| l.trim().strip_prefix("commonName").map(|v| v.trim().trim_start_matches('=').trim().to_owned()))
