@@ -27,7 +27,7 @@ bind = ["127.0.0.1:18603"]
 hosts = ["*"]
 handler = { type = "http_proxy", upstreams = ["127.0.0.1:18601"] }
 T
-$BIN --store "$W/s" cert list >/dev/null 2>&1
+$BIN --store "$W/s" init >/dev/null 2>&1   # the store is created by init only
 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" $BIN --config "$W/p.toml" --store "$W/s" run >"$W/d.log" 2>&1 & VP=$!
 for i in $(seq 1 300); do curl -sk -o /dev/null https://127.0.0.1:18603/ && break; sleep 0.2; done
 MODE=${MODE:-keepalive}
