@@ -506,7 +506,7 @@ hosts = ["flood.test"]
 handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{flood_port}"] }}
 "#
     );
-    let _daemon = env.daemon(&config, &[https, plain, admin]);
+    let daemon = env.daemon(&config, &[https, plain, admin]);
     let upstream_errors = || metric(admin, "portcullis_upstream_errors_total").unwrap_or(0.0);
 
     // One host for routing and forwarding: a Host that disagrees with the target is a 400.
@@ -566,15 +566,18 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{flood_port}"] }}
     let r = plain_exchange(plain, b"GET /p HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n");
     assert!(r.starts_with("HTTP/1.1 301") && r.contains("location: https://app.test/p\r\n"), "{r}");
 
-    // max_connections = 2 to held.test: five at once, two reach it, three wait a second
-    // and get 503.
-    let handles: Vec<_> = (0..5)
-        .map(|_| {
-            std::thread::spawn(move || {
-                exchange(https, "held.test", b"GET / HTTP/1.1\r\nHost: held.test\r\nConnection: close\r\n\r\n")
-            })
+    // max_connections = 2 to held.test: two reach it, then a reload (which builds new
+    // handlers), then three more, which wait a second and get 503: the cap outlives it.
+    let held = move || {
+        std::thread::spawn(move || {
+            exchange(https, "held.test", b"GET / HTTP/1.1\r\nHost: held.test\r\nConnection: close\r\n\r\n")
         })
-        .collect();
+    };
+    let mut handles: Vec<_> = (0..2).map(|_| held()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.signal("HUP");
+    std::thread::sleep(Duration::from_millis(700));
+    handles.extend((0..3).map(|_| held()));
     let answers: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ok = answers.iter().filter(|r| r.starts_with("HTTP/1.1 200")).count();
     let busy = answers.iter().filter(|r| r.starts_with("HTTP/1.1 503")).count();

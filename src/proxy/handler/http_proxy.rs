@@ -132,12 +132,13 @@ pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
             .into_iter()
             .map(|authority| {
                 let host = HeaderValue::from_str(&authority).map_err(|e| format!("upstream {authority:?}: {e}"))?;
+                let slots = slots_for(&authority, o.max_connections);
                 Ok(Arc::new(Upstream {
                     authority,
                     host,
                     down_until: AtomicU64::new(0),
                     idle: Mutex::new(Vec::new()),
-                    slots: Arc::new(tokio::sync::Semaphore::new(o.max_connections)),
+                    slots,
                 }))
             })
             .collect::<Result<_, String>>()?,
@@ -149,6 +150,24 @@ pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
         tunnel_idle_timeout: Duration::from_secs(o.tunnel_idle_timeout_secs.max(1)),
         queue_timeout: Duration::from_secs(o.queue_timeout_secs.max(1)),
     })))
+}
+
+/// The `max_connections` slots of an upstream, shared by every route that names it and
+/// kept across reloads (each reload builds new handlers; requests still running on the
+/// old ones hold their slots): the cap is per upstream, not per snapshot. A new cap
+/// starts a new count. Control plane only: called when handlers are built.
+fn slots_for(authority: &str, cap: usize) -> Arc<tokio::sync::Semaphore> {
+    type Slots = std::collections::HashMap<(String, usize), std::sync::Weak<tokio::sync::Semaphore>>;
+    static SLOTS: LazyLock<Mutex<Slots>> = LazyLock::new(Mutex::default);
+    let mut slots = SLOTS.lock().unwrap_or_else(PoisonError::into_inner);
+    slots.retain(|_, s| s.strong_count() > 0);
+    let key = (authority.to_owned(), cap);
+    if let Some(s) = slots.get(&key).and_then(std::sync::Weak::upgrade) {
+        return s;
+    }
+    let s = Arc::new(tokio::sync::Semaphore::new(cap));
+    slots.insert(key, Arc::downgrade(&s));
+    s
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
