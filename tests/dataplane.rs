@@ -612,12 +612,6 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{idle_port}"], pool_id
     assert!(ok && out == "stalled 1", "{out:?}\n{}", env.daemon_log());
 }
 
-/// The value of the metric line starting with `prefix` (labels included) on /metrics.
-fn metric(admin: u16, prefix: &str) -> Option<f64> {
-    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
-    metrics.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse().ok())
-}
-
 /// WebSocket through http_proxy (HTTP/1.1 Upgrade, RFC 6455), with Debian's
 /// python3-websockets on both ends: echo of text and of 1 MiB binary, the handshake's
 /// headers at the backend, the tunnel counted as an active connection until it closes,
@@ -738,7 +732,7 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{ws_port}"], tunnel_id
     assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
     assert_eq!(h["x-forwarded-proto"], "https", "{h}");
     assert!(h["sec-websocket-key"].is_string(), "{h}");
-    assert_eq!(metric(admin, active), Some(1.0), "the open tunnel is an active connection");
+    assert_eq!(common::metric(admin, active), Some(1.0), "the open tunnel is an active connection");
 
     client.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let mut rest = String::new();
@@ -746,10 +740,10 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{ws_port}"], tunnel_id
     let status = client.wait().unwrap();
     assert!(status.success() && rest.trim() == "closed", "{rest}\n{}", env.daemon_log());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while metric(admin, active) != Some(0.0) && std::time::Instant::now() < deadline {
+    while common::metric(admin, active) != Some(0.0) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(metric(admin, active), Some(0.0), "the closed tunnel is no longer counted");
+    assert_eq!(common::metric(admin, active), Some(0.0), "the closed tunnel is no longer counted");
     let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
     assert!(
         metrics.lines().any(|l| l.starts_with("portcullis_http_requests_total{")
@@ -780,10 +774,10 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{ws_port}"], tunnel_id
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while metric(admin, active) != Some(1.0) && std::time::Instant::now() < deadline {
+    while common::metric(admin, active) != Some(1.0) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(metric(admin, active), Some(1.0), "the tunnel is open");
+    assert_eq!(common::metric(admin, active), Some(1.0), "the tunnel is open");
     let start = std::time::Instant::now();
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(10), Some(0), "{}", env.daemon_log());

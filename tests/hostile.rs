@@ -226,12 +226,6 @@ fn split_hello_cn(port: u16, sni: &str, cuts: &[usize]) -> Option<String> {
     common::cn_of(&pem)
 }
 
-/// The value of the metric line starting with `prefix` (labels included) on /metrics.
-fn metric(admin: u16, prefix: &str) -> Option<f64> {
-    let (_, metrics) = common::curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
-    metrics.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse().ok())
-}
-
 /// Polls `f` for up to `secs` seconds.
 fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -284,7 +278,7 @@ handler = {{ type = "static", body = "hello\n" }}
 "#
     );
     let daemon = env.daemon(&config, &[https, admin]);
-    let active = || metric(admin, "portcullis_connections_active{listener=\"public\"}").unwrap_or(-1.0);
+    let active = || common::metric(admin, "portcullis_connections_active{listener=\"public\"}").unwrap_or(-1.0);
 
     // The issue's partial ClientHello, then close: 50 of them leave nothing behind.
     let before = cpu_ticks(daemon.0.id());
@@ -306,7 +300,10 @@ handler = {{ type = "static", body = "hello\n" }}
     let started = Instant::now();
     assert_eq!(held.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed by the server");
     assert!(started.elapsed() >= Duration::from_millis(1500), "not before the timeout");
-    assert!(metric(admin, "portcullis_tls_handshakes_total{listener=\"public\",result=\"timeout\"}").unwrap() >= 1.0);
+    assert!(
+        common::metric(admin, "portcullis_tls_handshakes_total{listener=\"public\",result=\"timeout\"}").unwrap()
+            >= 1.0
+    );
 
     // A ClientHello fragmented over records: passed through, or terminated, as whole.
     for cuts in [&[1][..], &[40, 41], &[100]] {
@@ -507,7 +504,7 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{flood_port}"] }}
 "#
     );
     let daemon = env.daemon(&config, &[https, plain, admin]);
-    let upstream_errors = || metric(admin, "portcullis_upstream_errors_total").unwrap_or(0.0);
+    let upstream_errors = || common::metric(admin, "portcullis_upstream_errors_total").unwrap_or(0.0);
 
     // One host for routing and forwarding: a Host that disagrees with the target is a 400.
     let r = exchange(
@@ -536,7 +533,7 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{flood_port}"] }}
     let r = exchange(https, "app.test", b"GET https://app.test/y HTTP/1.0\r\n\r\n");
     let body: serde_json::Value = serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(body["headers"]["host"], "app.test");
-    assert_eq!(metric(admin, "portcullis_client_errors_total{reason=\"bad_host\"}"), Some(3.0));
+    assert_eq!(common::metric(admin, "portcullis_client_errors_total{reason=\"bad_host\"}"), Some(3.0));
 
     // A client's malformed chunked body: 400, counted as the client's, not the upstream's.
     let before = upstream_errors();
@@ -546,7 +543,7 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{flood_port}"] }}
         b"POST /up HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n",
     );
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
-    assert_eq!(metric(admin, "portcullis_client_errors_total{reason=\"bad_body\"}"), Some(1.0));
+    assert_eq!(common::metric(admin, "portcullis_client_errors_total{reason=\"bad_body\"}"), Some(1.0));
     // A body that stops arriving: 408 at the response timeout, the client's again.
     let mut slow = tls(https, "app.test");
     slow.write_all(
@@ -557,7 +554,7 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{flood_port}"] }}
     let _ = slow.read_to_end(&mut out);
     let r = String::from_utf8_lossy(&out);
     assert!(r.starts_with("HTTP/1.1 408"), "{r}");
-    assert_eq!(metric(admin, "portcullis_client_errors_total{reason=\"body_timeout\"}"), Some(1.0));
+    assert_eq!(common::metric(admin, "portcullis_client_errors_total{reason=\"body_timeout\"}"), Some(1.0));
     assert_eq!(upstream_errors(), before, "client mistakes are not upstream errors");
 
     // The plain-HTTP redirect builds its Location only from a valid host.
@@ -584,7 +581,7 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{flood_port}"] }}
     assert_eq!((ok, busy), (2, 3), "{answers:#?}");
     assert!(answers.iter().any(|r| r.to_ascii_lowercase().contains("retry-after: 1")));
     assert_eq!(peak.load(Ordering::SeqCst), 2, "never more than max_connections at the upstream");
-    assert_eq!(metric(admin, "portcullis_upstream_queue_timeouts_total"), Some(3.0));
+    assert_eq!(common::metric(admin, "portcullis_upstream_queue_timeouts_total"), Some(3.0));
 
     // A client that never reads its response: cut after write_timeout_secs of no
     // progress, and the upstream connection with it.
@@ -593,7 +590,7 @@ handler = {{ type = "http_proxy", upstreams = ["127.0.0.1:{flood_port}"] }}
     let took = flood_done.recv_timeout(Duration::from_secs(30)).expect("the upstream connection was never closed");
     assert!(took < Duration::from_secs(30), "{took:?}");
     drop(stuck);
-    let active = || metric(admin, "portcullis_connections_active{listener=\"public\"}").unwrap_or(-1.0);
+    let active = || common::metric(admin, "portcullis_connections_active{listener=\"public\"}").unwrap_or(-1.0);
     assert!(eventually(5, || active() == 0.0), "{}", active());
 }
 

@@ -373,3 +373,9 @@ pub fn curl(args: &[&str]) -> (bool, String) {
         .expect("curl (make test installs it)");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// The value of the metric line starting with `prefix` (labels included) on /metrics.
+pub fn metric(admin: u16, prefix: &str) -> Option<f64> {
+    let (_, metrics) = curl(&[&format!("http://127.0.0.1:{admin}/metrics")]);
+    metrics.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse().ok())
+}
