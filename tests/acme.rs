@@ -414,9 +414,11 @@ fn failing_renewal_enters_error_state_alerts_and_keeps_serving() {
     assert!(mails.iter().any(|m| m.contains("Subject: [portcullis] certificate renewal failed: f.test")), "{mails:?}");
     assert!(mails.iter().any(|m| m.contains("renewal failing, expiry near")), "{mails:?}");
     assert!(mails.iter().all(|m| m.contains("To: ops@example.test") && !m.contains("PRIVATE KEY")));
-    let lines = fs::read_to_string(&alerts_file).unwrap();
-    assert!(lines.contains("renewal-failed f-test f.test"), "{lines}");
-    assert!(lines.contains("error f-test f.test"), "{lines}");
+    // The command runs after the mail is sent, so its line may trail the second mail.
+    let lines = wait_for(30, "both alert_command lines", || {
+        let lines = fs::read_to_string(&alerts_file).ok()?;
+        (lines.contains("renewal-failed f-test f.test") && lines.contains("error f-test f.test")).then_some(lines)
+    });
     // Once a day: no second error alert right away.
     assert_eq!(lines.matches("error f-test").count(), 1, "{lines}");
 }
