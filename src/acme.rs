@@ -509,16 +509,16 @@ async fn issue(
     }
     .await;
     let result = if r.is_ok() { "ok" } else { "error" };
-    metrics::counter!(crate::admin::metrics::names::ACME_ORDERS, "result" => result).increment(1);
+    metrics::counter!(crate::metrics::names::ACME_ORDERS, "result" => result).increment(1);
     r
 }
 
 /// GETs the challenge from `addr` (another process's listener) and compares the answer.
 async fn self_check(addr: SocketAddr, token: &str, expected: &str) -> Result<()> {
-    let target = loopback_for(addr);
+    let target = crate::http::loopback_for(addr);
     let path = format!("/.well-known/acme-challenge/{token}");
     let got =
-        tokio::task::spawn_blocking(move || crate::admin::http_get(target, &path)).await.map_err(|e| anyhow!("{e}"))?;
+        tokio::task::spawn_blocking(move || crate::http::http_get(target, &path)).await.map_err(|e| anyhow!("{e}"))?;
     match got {
         Some((200, body)) if body.trim() == expected => Ok(()),
         Some((status, _)) => bail!(
@@ -526,15 +526,6 @@ async fn self_check(addr: SocketAddr, token: &str, expected: &str) -> Result<()>
              stop it, or let a running Portcullis daemon answer (it needs the same store)"
         ),
         None => bail!("acme.http_listen {addr}: the port is in use but nothing answers HTTP on it"),
-    }
-}
-
-/// The address to reach a listener bound to `addr` from this host.
-pub fn loopback_for(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        ip if ip.is_unspecified() && addr.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], addr.port())),
-        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
-        _ => addr,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz`, `/status` (HTML) and
 //! `/status.json` (the same data). Bound to 127.0.0.1 by default.
 
-pub mod metrics;
+pub mod scrape;
 pub mod status_page;
 
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::handler::{Body, full, text};
+use crate::http::{Body, full, http_get, text};
 use crate::snapshot::Snapshot;
 
 /// What the daemon knows about its reloads, for `/status.json` and `portcullis status`.
@@ -156,17 +156,7 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let node = crate::hostname().map(|h| h.to_ascii_lowercase());
     loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(_) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
+        let Some((tcp, _)) = crate::http::accept(&listener, "admin", &shutdown).await else { return };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { continue }; // dropped: closed
         let prometheus = prometheus.clone();
         let snapshot = Arc::clone(&snapshot);
@@ -247,7 +237,7 @@ fn answer(
         }
         "/metrics" => {
             let mut body = prometheus.render();
-            metrics::render_certificates(&snapshot.load(), &mut body);
+            scrape::render_certificates(&snapshot.load(), &mut body);
             let mut resp = Response::new(full(body));
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
@@ -331,21 +321,6 @@ pub fn query(addr: SocketAddr) -> Option<DaemonStatus> {
         return None;
     }
     serde_json::from_str(&body).ok()
-}
-
-/// A plain HTTP/1.0 GET on loopback: (status, body), or `None` if nothing answers.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let timeout = Duration::from_secs(2);
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Some((status, body.to_owned()))
 }
 
 /// Binds the admin listener.

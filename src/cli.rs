@@ -677,7 +677,7 @@ async fn cli_responder(acme: &crate::config::Acme, store_dir: &std::path::Path) 
     let mut check = Vec::new();
     for addr in &acme.http_listen {
         // Bound as the daemon binds (IPv6 sockets v6-only), so "in use" means the same.
-        match crate::daemon::bind_tcp(*addr) {
+        match crate::http::bind_tcp(*addr) {
             Ok(tcp) => {
                 eprintln!("acme: answering HTTP-01 challenges on http://{addr} during the order");
                 let tracker = tokio_util::task::TaskTracker::new();

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use anyhow::{Context, Result, anyhow};
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -105,24 +104,6 @@ impl Limit {
     }
 }
 
-/// Binds a listening socket. IPv6 sockets are IPv6-only, so `0.0.0.0:443` and
-/// `[::]:443` can both be listed (Linux would otherwise map IPv4 into the IPv6 socket).
-/// TCP_NODELAY is set here because Linux copies it to every accepted socket, which
-/// saves a `setsockopt` per connection.
-pub(crate) fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
-}
-
 /// Stops the accept loops whose key is no longer wanted and waits until each has closed
 /// its socket (so the address can be bound again at once, by another listener too);
 /// returns their keys.
@@ -158,7 +139,7 @@ impl Binds {
             if self.http.contains_key(&addr) {
                 continue;
             }
-            let tcp = match bind_tcp(addr) {
+            let tcp = match crate::http::bind_tcp(addr) {
                 Ok(t) => t,
                 Err(e) if starting => {
                     return Err(anyhow!("[http] listen / [acme] http_listen: cannot bind {addr}: {e}"));
@@ -211,7 +192,7 @@ impl Binds {
                 if self.active.contains_key(&key) {
                     continue;
                 }
-                let tcp = match bind_tcp(*addr) {
+                let tcp = match crate::http::bind_tcp(*addr) {
                     Ok(t) => t,
                     Err(e) if starting => return Err(anyhow!("listener {}: cannot bind {addr}: {e}", l.name)),
                     Err(e) => {
@@ -259,7 +240,7 @@ async fn reload(
     match rebuilt {
         Ok((s, config)) => {
             cell.store(Arc::new(s));
-            admin::metrics::reload(true);
+            crate::metrics::reload(true);
             reloads.store(Arc::new(admin::ReloadStatus {
                 generation,
                 last_success: Some(crate::pki::rfc3339(time::OffsetDateTime::now_utc())),
@@ -269,7 +250,7 @@ async fn reload(
             Some(config)
         }
         Err(e) => {
-            admin::metrics::reload(false);
+            crate::metrics::reload(false);
             let mut status = (**reloads.load()).clone();
             status.last_error = Some(format!("{e:#}").replace('\n', " "));
             status.last_error_at = Some(crate::pki::rfc3339(time::OffsetDateTime::now_utc()));
@@ -342,8 +323,8 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     // the exporter's default summary keeps every sample until the next upkeep.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(admin::metrics::names::TLS_HANDSHAKE_DURATION.into()),
-            admin::metrics::HANDSHAKE_BUCKETS,
+            metrics_exporter_prometheus::Matcher::Full(crate::metrics::names::TLS_HANDSHAKE_DURATION.into()),
+            crate::metrics::HANDSHAKE_BUCKETS,
         )
         .context("histogram buckets")?
         .install_recorder()
@@ -358,11 +339,11 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
             }
         });
     }
-    admin::metrics::describe();
+    crate::metrics::describe();
     let shared = TlsShared::new().map_err(|e| anyhow!("TLS session tickets: {e}"))?;
     let cache = Arc::new(std::sync::Mutex::new(EntryCache::default()));
     let first = build(&config, &store_dir, &shared, 1, &cache)?;
-    admin::metrics::reload(true);
+    crate::metrics::reload(true);
     let cell = Arc::new(ArcSwap::from_pointee(first));
     let reloads = Arc::new(ArcSwap::from_pointee(admin::ReloadStatus {
         generation: 1,
@@ -481,21 +462,4 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         tracing::warn!("drain timeout: closing the remaining connections");
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bind_tcp;
-
-    /// The accept path no longer sets TCP_NODELAY itself: it relies on the listener's.
-    #[tokio::test]
-    async fn accepted_sockets_inherit_nodelay() {
-        for addr in ["127.0.0.1:0", "[::1]:0"] {
-            let Ok(listener) = bind_tcp(addr.parse().unwrap()) else { continue }; // no IPv6 here
-            let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-            let (accepted, _) = listener.accept().await.unwrap();
-            assert!(accepted.nodelay().unwrap(), "{addr}: accepted socket without TCP_NODELAY");
-            drop(client);
-        }
-    }
 }

@@ -626,8 +626,7 @@ fn finish(dir: &Path, job_file: &Path, name: &str, result: &JobResult, recent: &
     // Only known actions as label values: a job file cannot create new series.
     let action =
         if ACTIONS.iter().any(|(a, _)| *a == result.action) { result.action.clone() } else { "unknown".to_owned() };
-    metrics::counter!(crate::admin::metrics::names::JOBS, "action" => action, "result" => result.status.clone())
-        .increment(1);
+    metrics::counter!(crate::metrics::names::JOBS, "action" => action, "result" => result.status.clone()).increment(1);
     match &result.error {
         Some(e) => tracing::warn!(job = %result.job, action = %result.action, error = %e, "job failed"),
         None => tracing::info!(job = %result.job, action = %result.action, "job done"),

@@ -24,13 +24,14 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::http::{Body, text};
 use crate::snapshot::{ListenerSnap, Snapshot};
-use handler::{Body, ConnInfo, Handler, HttpConn, Peeked};
+use handler::{ConnGuard, ConnInfo, Handler, HttpConn, Peeked};
 
 /// The snapshot the data plane reads.
 pub type SnapshotCell = Arc<ArcSwap<Snapshot>>;
@@ -45,18 +46,7 @@ pub async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
+        let Some((tcp, peer)) = crate::http::accept(&listener, &name, &shutdown).await else { return };
         let snapshot = cell.load_full();
         let Some(index) = snapshot.listeners.iter().position(|l| *l.config.name == *name) else { continue };
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
@@ -69,27 +59,12 @@ pub async fn accept_loop(
             let l = &snapshot.listeners[index];
             l.metrics.connections.increment(1);
             l.metrics.active.increment(1.0);
-            let guard = ConnGuard { _permit: permit, active: l.metrics.active.clone(), tunnels };
+            let guard = ConnGuard::new(permit, l.metrics.active.clone(), tunnels);
             connection(&snapshot, index, tcp, peer, guard, shutdown).await;
         };
         // The connection's future is about 14 KB (TLS state, hyper's connection): boxed
         // once here, it is not copied again each time the task changes stage.
         tracker.spawn(Box::pin(fut));
-    }
-}
-
-/// A connection's place under `max_connections` and in the active gauge, held until it
-/// closes. An HTTP/1.1 connection upgraded to a tunnel (WebSocket) hands it on to the
-/// tunnel's task, spawned on `tunnels` so that a drain waits for it too.
-pub struct ConnGuard {
-    _permit: OwnedSemaphorePermit,
-    active: metrics::Gauge,
-    pub tunnels: TaskTracker,
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.active.decrement(1.0);
     }
 }
 
@@ -213,17 +188,15 @@ async fn serve_http<I>(
         async move {
             let resp: Response<Body> = match fut {
                 None if let Some(why) = bad => {
-                    crate::admin::metrics::client_error("bad_host");
-                    handler::text(StatusCode::BAD_REQUEST, format!("400 Bad Request: {why}\n"))
+                    crate::metrics::client_error("bad_host");
+                    text(StatusCode::BAD_REQUEST, format!("400 Bad Request: {why}\n"))
                 }
                 Some((f, ri)) => {
                     let resp = f.await;
                     snap.listeners[index].routes[ri].metrics.count(resp.status().as_u16());
                     resp
                 }
-                None => {
-                    handler::text(StatusCode::MISDIRECTED_REQUEST, "421 Misdirected Request: no route for this host\n")
-                }
+                None => text(StatusCode::MISDIRECTED_REQUEST, "421 Misdirected Request: no route for this host\n"),
             };
             drop(busy);
             Ok::<_, std::convert::Infallible>(resp)
@@ -421,17 +394,7 @@ pub async fn redirect_loop(
 ) {
     let slots = Arc::new(Semaphore::new(MAX_PLAIN_CONNECTIONS));
     loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(_) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
+        let Some((tcp, _)) = crate::http::accept(&listener, "plain HTTP", &shutdown).await else { return };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { continue }; // dropped: closed
         let challenges = challenges.clone();
         let redirect_port = Arc::clone(&redirect_port);
@@ -440,8 +403,8 @@ pub async fn redirect_loop(
             let service = service_fn(|req: Request<Incoming>| {
                 if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/") {
                     let resp = match challenges.answer(token) {
-                        Some(key_authorization) => handler::text(StatusCode::OK, key_authorization),
-                        None => handler::text(StatusCode::NOT_FOUND, "no such challenge\n"),
+                        Some(key_authorization) => text(StatusCode::OK, key_authorization),
+                        None => text(StatusCode::NOT_FOUND, "no such challenge\n"),
                     };
                     return std::future::ready(Ok::<_, std::convert::Infallible>(resp));
                 }
@@ -449,8 +412,7 @@ pub async fn redirect_loop(
                 let host = match request_host(&mut req) {
                     Ok(Some(host)) => host.to_owned(),
                     _ => {
-                        let resp =
-                            handler::text(StatusCode::BAD_REQUEST, "400 Bad Request: missing or malformed Host\n");
+                        let resp = text(StatusCode::BAD_REQUEST, "400 Bad Request: missing or malformed Host\n");
                         return std::future::ready(Ok::<_, std::convert::Infallible>(resp));
                     }
                 };
@@ -460,7 +422,7 @@ pub async fn redirect_loop(
                     443 => format!("https://{open}{host}{close}{path}"),
                     port => format!("https://{open}{host}{close}:{port}{path}"),
                 };
-                let mut resp = handler::text(StatusCode::MOVED_PERMANENTLY, format!("moved to {location}\n"));
+                let mut resp = text(StatusCode::MOVED_PERMANENTLY, format!("moved to {location}\n"));
                 if let Ok(v) = location.parse() {
                     resp.headers_mut().insert(hyper::header::LOCATION, v);
                 }

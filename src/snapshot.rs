@@ -18,8 +18,8 @@ use rustls::server::{ProducesTickets, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::admin::metrics::{self, ListenerMetrics, RouteMetrics};
 use crate::config::{self, Config, HostPattern};
+use crate::metrics::{ListenerMetrics, RouteMetrics, SniCounters};
 use crate::pki::KeyLink;
 use crate::proxy::handler::{self, Handler};
 use crate::sni::{CertMap, CertMapBuilder, DefaultKind, Rank, Resolver, Served};
@@ -479,7 +479,7 @@ fn assemble(
         let has_passthrough = routes.iter().any(|r| matches!(r.handler, Handler::Passthrough(_)));
         let has_http = routes.iter().any(|r| matches!(r.handler, Handler::Http(_)));
 
-        let resolver = Resolver { map: Arc::clone(&certs), counters: metrics::sni_counters(&l.name) };
+        let resolver = Resolver { map: Arc::clone(&certs), counters: SniCounters::new(&l.name) };
         let mut tls = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| e.to_string())?

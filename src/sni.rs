@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use metrics::Counter;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::SniPolicy;
+use crate::metrics::SniCounters;
 
 /// A certificate ready to serve.
 pub struct Served {
@@ -343,17 +343,6 @@ impl Served {
     pub fn alias(&self, id: &str) -> Self {
         Self { id: id.into(), friendly_name: id.into(), key: Arc::clone(&self.key) }
     }
-}
-
-/// Counters of one listener's SNI outcomes, registered once when the snapshot is built
-/// so the handshake only increments.
-#[derive(Clone)]
-pub struct SniCounters {
-    pub matched: Counter,
-    pub no_sni_default: Counter,
-    pub no_sni_rejected: Counter,
-    pub unknown_default: Counter,
-    pub unknown_rejected: Counter,
 }
 
 /// The rustls hook: one map, no lock.

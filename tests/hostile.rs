@@ -713,3 +713,60 @@ fn problems_stay_until_fixed_and_a_replaced_store_is_watched_at_once() {
         "the new store's change was not served within 5 s"
     );
 }
+
+/// Out of file descriptors (EMFILE), every listener's accept fails with the connection
+/// still queued; accepting again at once would spin a core. The TLS, plain-HTTP and
+/// admin listeners all back off, warn once, and serve again when descriptors free up.
+#[test]
+fn out_of_descriptors_no_listener_spins() {
+    let env = Env::new();
+    let (https, plain, admin) = (free_port(), free_port(), free_port());
+    env.run(&["cert", "create-self-signed", "--name", "Site", "--common-name", "www.example.test"]).ok();
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[http]\nlisten = [\"127.0.0.1:{plain}\"]\n\
+         [[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{https}\"]\nmax_connections = 10000\nhandshake_timeout_secs = 60\n"
+    );
+    let path = env.write("portcullis.toml", &config);
+    let log = fs::File::create(env.path("daemon.log")).unwrap();
+    let daemon = common::Proc(
+        Command::new("prlimit")
+            .args(["--nofile=96", "--"])
+            .arg(common::BIN)
+            .arg("--config")
+            .arg(&path)
+            .arg("--store")
+            .arg(env.store())
+            .arg("run")
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    for port in [https, plain, admin] {
+        common::wait_port(port);
+    }
+    // Silent TLS clients take every descriptor the daemon has left; more wait in the
+    // backlogs of all three listeners.
+    let mut held: Vec<TcpStream> = (0..150).filter_map(|_| TcpStream::connect(("127.0.0.1", https)).ok()).collect();
+    for port in [plain, admin] {
+        held.extend((0..5).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()));
+    }
+    let log = || fs::read_to_string(env.path("daemon.log")).unwrap_or_default();
+    assert!(eventually(10, || log().contains("Too many open files")), "never ran out: {}", log());
+    let before = cpu_ticks(daemon.0.id());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks(daemon.0.id()) - before;
+    assert!(used < 60, "the daemon used {used} ticks of 300 while out of descriptors");
+    let warnings = log().matches("accept failed").count();
+    assert!((1..=6).contains(&warnings), "{warnings} accept warnings: {}", log());
+
+    // Descriptors free again: every listener serves.
+    drop(held);
+    assert!(
+        eventually(10, || common::served_cn(https, Some("www.example.test")).as_deref() == Some("www.example.test")),
+        "the TLS listener did not recover"
+    );
+    let status = common::curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://127.0.0.1:{plain}/x")]).1;
+    assert_eq!(status, "301", "plain HTTP after recovery");
+    let health = common::curl(&[&format!("http://127.0.0.1:{admin}/healthz")]).1;
+    assert_eq!(health.trim(), "ok", "admin after recovery");
+}

@@ -15,18 +15,15 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::http::Body;
+
 pub use passthrough::{MAX_HELLO, Passthrough, Peeked, parse_sni};
 
-/// Body of every response we send.
-pub type Body = BoxBody<Bytes, hyper::Error>;
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// A byte stream a handler can take over (TLS-terminated or raw).
@@ -47,7 +44,32 @@ pub struct HttpConn {
     /// rather than per request; stream connections never need it.
     pub peer_ip: http::HeaderValue,
     /// The connection's guard, for a handler that turns it into a tunnel (an upgrade).
-    pub guard: Arc<super::ConnGuard>,
+    pub guard: Arc<ConnGuard>,
+}
+
+/// A connection's place under `max_connections` and in the active gauge, held until it
+/// closes. An HTTP/1.1 connection upgraded to a tunnel (WebSocket) hands it on to the
+/// tunnel's task, spawned on `tunnels` so that a drain waits for it too.
+pub struct ConnGuard {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    active: metrics::Gauge,
+    pub tunnels: tokio_util::task::TaskTracker,
+}
+
+impl ConnGuard {
+    pub fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        active: metrics::Gauge,
+        tunnels: tokio_util::task::TaskTracker,
+    ) -> Self {
+        Self { _permit: permit, active, tunnels }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.active.decrement(1.0);
+    }
 }
 
 /// Answers HTTP requests (HTTP/1.1 and HTTP/2 after TLS).
@@ -99,18 +121,6 @@ fn options<T: DeserializeOwned>(table: &toml::Table) -> Result<T, String> {
     let mut t = table.clone();
     t.remove("type");
     toml::Value::Table(t).try_into().map_err(|e: toml::de::Error| e.message().trim().to_owned())
-}
-
-/// A complete response with a short text body.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static"));
-    resp
-}
-
-pub fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).map_err(|never| match never {}).boxed()
 }
 
 /// Options of the stream handlers (`tcp_proxy`, `passthrough`): one upstream.

@@ -20,7 +20,8 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
-use super::{Body, BoxFuture, Handler, HttpConn, HttpHandler};
+use super::{BoxFuture, Handler, HttpConn, HttpHandler};
+use crate::http::Body;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -627,9 +628,9 @@ impl HttpHandler for HttpProxy {
                     match tokio::time::timeout(queue_timeout, Arc::clone(&upstream.slots).acquire_owned()).await {
                         Ok(Ok(p)) => p,
                         _ => {
-                            crate::admin::metrics::upstream_queue_timeout();
+                            crate::metrics::upstream_queue_timeout();
                             tracing::warn!(upstream = %authority, "upstream at max_connections: request refused after queue_timeout_secs");
-                            let mut resp = super::text(
+                            let mut resp = crate::http::text(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 format!("503 Service Unavailable: upstream {authority} is busy\n"),
                             );
@@ -661,31 +662,31 @@ impl HttpHandler for HttpProxy {
                     format!("connect: {e}")
                 }
                 Ok(Err(Failure::Request(e))) if from_client(&e) => {
-                    crate::admin::metrics::client_error("bad_body");
+                    crate::metrics::client_error("bad_body");
                     tracing::debug!(upstream = %authority, error = %e, "client request body failed");
-                    return super::text(StatusCode::BAD_REQUEST, "400 Bad Request: malformed request body\n");
+                    return crate::http::text(StatusCode::BAD_REQUEST, "400 Bad Request: malformed request body\n");
                 }
                 Ok(Err(Failure::Request(e))) => e.to_string(),
                 Err(_) if still_arriving(arriving.as_deref(), cut.as_ref()) => {
                     // The upstream waits for a body the client is still sending.
-                    crate::admin::metrics::client_error("body_timeout");
-                    return super::text(
+                    crate::metrics::client_error("body_timeout");
+                    return crate::http::text(
                         StatusCode::REQUEST_TIMEOUT,
                         "408 Request Timeout: the request body did not arrive in time\n",
                     );
                 }
                 Err(_) => {
-                    crate::admin::metrics::upstream_error();
+                    crate::metrics::upstream_error();
                     tracing::warn!(upstream = %authority, "upstream response timed out");
-                    return super::text(
+                    return crate::http::text(
                         StatusCode::GATEWAY_TIMEOUT,
                         format!("504 Gateway Timeout: upstream {authority} did not answer\n"),
                     );
                 }
             };
-            crate::admin::metrics::upstream_error();
+            crate::metrics::upstream_error();
             tracing::warn!(upstream = %authority, %error, "upstream request failed");
-            super::text(StatusCode::BAD_GATEWAY, format!("502 Bad Gateway: upstream {authority} failed\n"))
+            crate::http::text(StatusCode::BAD_GATEWAY, format!("502 Bad Gateway: upstream {authority} failed\n"))
         })
     }
 }
@@ -695,7 +696,7 @@ struct Upgrade {
     client: hyper::upgrade::OnUpgrade,
     /// The Upgrade header sent upstream.
     asked: HeaderValue,
-    guard: Arc<crate::proxy::ConnGuard>,
+    guard: Arc<super::ConnGuard>,
     idle_timeout: Duration,
 }
 
@@ -750,7 +751,7 @@ fn tunnel(
             }
         }
     });
-    Response::from_parts(parts, super::full(bytes::Bytes::new()))
+    Response::from_parts(parts, crate::http::full(bytes::Bytes::new()))
 }
 
 /// A tunnel's socket that notes when bytes last arrived (on either side: they share `last`).

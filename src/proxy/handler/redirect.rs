@@ -40,10 +40,10 @@ impl HttpHandler for Redirect {
         &self,
         req: hyper::Request<hyper::body::Incoming>,
         _conn: super::HttpConn,
-    ) -> super::BoxFuture<Response<super::Body>> {
+    ) -> super::BoxFuture<Response<crate::http::Body>> {
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let location = format!("{}{path}", self.to);
-        let mut resp = super::text(self.status, format!("moved to {location}\n"));
+        let mut resp = crate::http::text(self.status, format!("moved to {location}\n"));
         if let Ok(v) = location.parse() {
             resp.headers_mut().insert(hyper::header::LOCATION, v);
         }

@@ -44,8 +44,8 @@ impl HttpHandler for Static {
         &self,
         _req: hyper::Request<hyper::body::Incoming>,
         _conn: super::HttpConn,
-    ) -> super::BoxFuture<Response<super::Body>> {
-        let mut resp = Response::new(super::full(self.body.clone()));
+    ) -> super::BoxFuture<Response<crate::http::Body>> {
+        let mut resp = Response::new(crate::http::full(self.body.clone()));
         *resp.status_mut() = self.status;
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, self.content_type.clone());
         Box::pin(std::future::ready(resp))

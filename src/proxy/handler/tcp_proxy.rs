@@ -22,7 +22,7 @@ pub(super) async fn connect(upstream: &str, timeout: Duration) -> Option<TcpStre
     match super::dial(upstream, timeout).await {
         Ok(s) => Some(s),
         Err(e) => {
-            crate::admin::metrics::upstream_error();
+            crate::metrics::upstream_error();
             tracing::warn!(upstream, error = %e, "upstream connect failed");
             None
         }

@@ -1,11 +1,11 @@
 //! Every Prometheus metric: names and labels live in [`names`]; handles are registered
 //! when a snapshot is built (so the hot path only increments), and the few global ones
 //! are emitted through the helpers here. To add a metric: a constant in `names`, a
-//! `describe_*` line in [`describe`], and the emission site.
+//! `describe_*` line in [`describe`], and the emission site. A leaf: imports nothing of
+//! the crate. The gauges rendered from the snapshot at scrape time live with the admin
+//! listener (`admin::scrape`).
 
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-
-use crate::snapshot::Snapshot;
+use ::metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 pub mod names {
     pub const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
@@ -40,7 +40,7 @@ pub const HANDSHAKE_BUCKETS: &[f64] =
 
 /// Help texts, once at start.
 pub fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram};
     use names::*;
     describe_counter!(TLS_HANDSHAKES, "TLS handshakes by listener and result (ok, error, timeout)");
     describe_histogram!(TLS_HANDSHAKE_DURATION, "Time from accept to a finished TLS handshake");
@@ -102,15 +102,26 @@ impl ListenerMetrics {
 }
 
 /// SNI outcome counters of one listener.
-pub fn sni_counters(listener: &str) -> crate::sni::SniCounters {
-    use names::*;
-    let c = |outcome: &'static str| counter!(SNI_SELECTIONS, LISTENER => listener.to_owned(), OUTCOME => outcome);
-    crate::sni::SniCounters {
-        matched: c("matched"),
-        no_sni_default: c("no_sni_default"),
-        no_sni_rejected: c("no_sni_rejected"),
-        unknown_default: c("unknown_sni_default"),
-        unknown_rejected: c("unknown_sni_rejected"),
+#[derive(Clone)]
+pub struct SniCounters {
+    pub matched: Counter,
+    pub no_sni_default: Counter,
+    pub no_sni_rejected: Counter,
+    pub unknown_default: Counter,
+    pub unknown_rejected: Counter,
+}
+
+impl SniCounters {
+    pub fn new(listener: &str) -> Self {
+        use names::*;
+        let c = |outcome: &'static str| counter!(SNI_SELECTIONS, LISTENER => listener.to_owned(), OUTCOME => outcome);
+        Self {
+            matched: c("matched"),
+            no_sni_default: c("no_sni_default"),
+            no_sni_rejected: c("no_sni_rejected"),
+            unknown_default: c("unknown_sni_default"),
+            unknown_rejected: c("unknown_sni_rejected"),
+        }
     }
 }
 
@@ -150,44 +161,5 @@ pub fn reload(ok: bool) {
     counter!(names::RELOADS, names::RESULT => if ok { "ok" } else { "error" }).increment(1);
     if ok {
         gauge!(names::LAST_RELOAD_SUCCESS).set(time::OffsetDateTime::now_utc().unix_timestamp() as f64);
-    }
-}
-
-/// The gauges derived from the snapshot, rendered at scrape time from the certificates
-/// served now: a deleted certificate's series disappears with it (the exporter's
-/// registry would keep reporting its last value).
-pub fn render_certificates(snapshot: &Snapshot, out: &mut String) {
-    use std::fmt::Write;
-    fn label(s: &str) -> String {
-        s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-    }
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let _ = writeln!(
-        out,
-        "# HELP {n} Seconds until each stored certificate's not_after (negative once expired)\n# TYPE {n} gauge",
-        n = names::CERTIFICATE_EXPIRY
-    );
-    for c in &snapshot.certificates {
-        let _ = writeln!(
-            out,
-            "{}{{id=\"{}\",friendly_name=\"{}\"}} {}",
-            names::CERTIFICATE_EXPIRY,
-            label(&c.id),
-            label(&c.friendly_name),
-            c.not_after - now
-        );
-    }
-    let views = crate::acme::snapshot_views(snapshot);
-    if views.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        out,
-        "# HELP {n} 1 while an ACME certificate's renewal is failing below its alert threshold (the error state), else 0\n# TYPE {n} gauge",
-        n = names::ACME_RENEWAL_FAILING
-    );
-    for v in views {
-        let failing = u8::from(v.status == "error" || (v.status == "expired" && v.failures > 0));
-        let _ = writeln!(out, "{}{{id=\"{}\"}} {failing}", names::ACME_RENEWAL_FAILING, label(&v.id));
     }
 }
