@@ -98,7 +98,7 @@ pub struct CertRow {
     pub listeners: Vec<String>,
     pub warnings: Vec<String>,
     /// ACME certificates: valid, renewing, retrying, error or expired.
-    pub acme_status: Option<String>,
+    pub acme_status: Option<crate::acme::policy::Status>,
 }
 
 /// A root or intermediate of the trust pool.
@@ -137,10 +137,10 @@ pub struct DaemonStatus {
     pub problems: Vec<String>,
     /// ACME certificates and their renewal status, as of the renewer's last pass.
     #[serde(default)]
-    pub acme: Vec<crate::acme::AcmeView>,
+    pub acme: Vec<crate::acme::policy::AcmeView>,
     /// The last admin jobs, newest last.
     #[serde(default)]
-    pub jobs: Vec<crate::jobs::JobResult>,
+    pub jobs: Vec<crate::jobs::result::JobResult>,
 }
 
 /// Serves the admin endpoints until `shutdown`.
@@ -149,7 +149,7 @@ pub async fn serve(
     prometheus: PrometheusHandle,
     snapshot: Arc<ArcSwap<Snapshot>>,
     reloads: Arc<ArcSwap<ReloadStatus>>,
-    jobs: crate::jobs::Recent,
+    jobs: crate::jobs::result::Recent,
     shutdown: CancellationToken,
 ) {
     STARTED.get_or_init(std::time::Instant::now);
@@ -221,7 +221,7 @@ fn answer(
     prometheus: &PrometheusHandle,
     snapshot: &ArcSwap<Snapshot>,
     reloads: &ArcSwap<ReloadStatus>,
-    jobs: &crate::jobs::Recent,
+    jobs: &crate::jobs::result::Recent,
 ) -> Response<Body> {
     match path {
         "/status.json" | "/status" => {
@@ -253,12 +253,16 @@ fn answer(
 /// When the admin listener started: the daemon's uptime.
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
-fn daemon_status(snapshot: &Snapshot, reloads: &ArcSwap<ReloadStatus>, jobs: &crate::jobs::Recent) -> DaemonStatus {
+fn daemon_status(
+    snapshot: &Snapshot,
+    reloads: &ArcSwap<ReloadStatus>,
+    jobs: &crate::jobs::result::Recent,
+) -> DaemonStatus {
     let now = time::OffsetDateTime::now_utc();
-    let acme = crate::acme::snapshot_views(snapshot);
+    let acme = crate::ops::snapshot_views(snapshot);
     // By id: one lookup per row, not a scan of the ACME list (10,000+ certificates).
-    let acme_status: std::collections::HashMap<&str, &str> =
-        acme.iter().map(|a| (a.id.as_str(), a.status.as_str())).collect();
+    let acme_status: std::collections::HashMap<&str, crate::acme::policy::Status> =
+        acme.iter().map(|a| (a.id.as_str(), a.status)).collect();
     let certificates = snapshot
         .certificates
         .iter()
@@ -278,7 +282,7 @@ fn daemon_status(snapshot: &Snapshot, reloads: &ArcSwap<ReloadStatus>, jobs: &cr
                 default: c.default,
                 listeners: c.listeners.clone(),
                 warnings: c.warnings.clone(),
-                acme_status: acme_status.get(&*c.id).map(|s| (*s).to_owned()),
+                acme_status: acme_status.get(&*c.id).copied(),
             }
         })
         .collect();

@@ -517,7 +517,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     None => println!("job {name} done: {}", serde_json::to_string(&result.outputs)?),
                 }
             }
-            Ok(if result.status == "done" { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if result.status == crate::jobs::JobStatus::Done { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
 }
@@ -526,7 +526,7 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
     let policy = crate::acme::Policy::of(ctx.config.acme.as_ref());
     if let AcmeCommand::Status = cmd {
         let store = ctx.read_store()?;
-        let mut views = crate::acme::status(&store, &policy, OffsetDateTime::now_utc())?;
+        let mut views = crate::acme::policy::status(&store, &policy, OffsetDateTime::now_utc())?;
         // Configured certificates never issued yet (an order failing, or not tried yet).
         for c in ctx.config.acme.iter().flat_map(|a| &a.certificates) {
             if !views.iter().any(|v| crate::config::same_names(&v.hostnames, &c.hostnames)) {
@@ -535,7 +535,7 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
                     friendly_name: c.name.clone().unwrap_or_else(|| c.hostnames[0].clone()),
                     hostnames: c.hostnames.clone(),
                     not_after: String::new(),
-                    status: "not-issued".into(),
+                    status: crate::acme::Status::NotIssued,
                     renew_at: String::new(),
                     error_at: String::new(),
                     next_attempt: None,
@@ -557,7 +557,7 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
                         dash(&v.id),
                         v.hostnames.join(","),
                         dash(&v.not_after),
-                        v.status.clone(),
+                        v.status.to_string(),
                         dash(v.next_attempt.as_deref().unwrap_or(&v.renew_at)),
                         v.last_attempt.clone().unwrap_or_else(|| "-".into()),
                         v.last_result.clone().unwrap_or_else(|| "-".into()),
@@ -615,7 +615,10 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
             (None, Some((None, force))) => {
                 let ids: Vec<String> = {
                     let store = Store::open(&store_dir)?;
-                    crate::acme::status(&store, &policy, OffsetDateTime::now_utc())?.into_iter().map(|v| v.id).collect()
+                    crate::acme::policy::status(&store, &policy, OffsetDateTime::now_utc())?
+                        .into_iter()
+                        .map(|v| v.id)
+                        .collect()
                 };
                 if ids.is_empty() {
                     progress("no ACME certificates in the store");
@@ -1195,7 +1198,7 @@ fn print_cert_table(certs: &[CertView], wide: bool) {
                 if c.has_private_key { "yes" } else { "no" }.into(),
                 if c.default { "*" } else { "" }.into(),
                 c.listeners.join(","),
-                c.acme.as_ref().map_or_else(|| "-".to_owned(), |a| a.status.clone()),
+                c.acme.as_ref().map_or_else(|| "-".to_owned(), |a| a.status.to_string()),
                 c.warnings.join("; "),
             ]
         })

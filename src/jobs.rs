@@ -11,14 +11,13 @@
 //! unless it has been started twice already: a job that takes the daemon down each
 //! time it runs is failed instead of crash-looping the service.
 
-use std::collections::VecDeque;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::cli::{AcmeCommand, CertCommand, Cli, Command};
@@ -27,6 +26,10 @@ use crate::input::Links;
 use crate::ops;
 use crate::pki::rfc3339;
 use crate::store::{EntryKind, Store};
+
+pub mod result;
+
+pub use result::{JobResult, JobStatus, RECENT, Recent};
 
 pub const INCOMING: &str = "incoming";
 pub const PROCESSING: &str = "processing";
@@ -51,29 +54,6 @@ const ACTIONS: &[(&str, &[&str])] = &[
 const POSITIONAL: &[&str] = &["id", "old", "new", "files"];
 /// Fields holding paths, resolved against the jobs directory.
 const PATHS: &[&str] = &["files", "out", "password_file"];
-
-/// `NAME.result.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JobResult {
-    pub job: String,
-    pub action: String,
-    /// "done" or "failed".
-    pub status: String,
-    pub started: String,
-    pub finished: String,
-    /// True when the job was found in processing/ after a crash and run again.
-    #[serde(default)]
-    pub rerun: bool,
-    pub messages: Vec<String>,
-    pub warnings: Vec<String>,
-    pub outputs: serde_json::Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The last results, newest last, for the admin status.
-pub type Recent = Arc<Mutex<VecDeque<JobResult>>>;
-const RECENT: usize = 20;
 
 /// Creates the four directories (0700).
 pub fn ensure_dirs(root: &Path) -> std::io::Result<()> {
@@ -427,7 +407,7 @@ pub async fn runner(
                 let result = JobResult {
                     job: stem,
                     action: text_action(&String::from_utf8_lossy(&text)),
-                    status: "failed".into(),
+                    status: JobStatus::Failed,
                     started: now.clone(),
                     finished: now,
                     rerun: true,
@@ -515,7 +495,7 @@ fn claim(dir: &Path, name: &str, recent: &Recent) -> Option<String> {
         let result = JobResult {
             job: stem,
             action: String::new(),
-            status: "failed".into(),
+            status: JobStatus::Failed,
             started: now.clone(),
             finished: now,
             rerun: false,
@@ -584,13 +564,13 @@ async fn run_one(dir: &Path, name: &str, ctx: &Context, rerun: bool, recent: &Re
         },
     };
     let (status, error, o) = match outcome {
-        Ok(o) => ("done", None, o),
-        Err(e) => ("failed", Some(e), Outcome::default()),
+        Ok(o) => (JobStatus::Done, None, o),
+        Err(e) => (JobStatus::Failed, Some(e), Outcome::default()),
     };
     let result = JobResult {
         job: stem,
         action,
-        status: status.into(),
+        status,
         started: rfc3339(started),
         finished: rfc3339(OffsetDateTime::now_utc()),
         rerun,
@@ -612,7 +592,7 @@ fn text_action(text: &str) -> String {
 
 /// Writes the result, then moves the job file beside it.
 fn finish(dir: &Path, job_file: &Path, name: &str, result: &JobResult, recent: &Recent) {
-    let target = dir.join(if result.status == "done" { DONE } else { FAILED });
+    let target = dir.join(if result.status == JobStatus::Done { DONE } else { FAILED });
     let json = serde_json::to_vec_pretty(result).unwrap_or_default();
     let result_path = target.join(format!("{}.result.json", result.job));
     if let Err(e) = crate::store::write_export(&result_path, &json, false, true) {
@@ -626,7 +606,7 @@ fn finish(dir: &Path, job_file: &Path, name: &str, result: &JobResult, recent: &
     // Only known actions as label values: a job file cannot create new series.
     let action =
         if ACTIONS.iter().any(|(a, _)| *a == result.action) { result.action.clone() } else { "unknown".to_owned() };
-    metrics::counter!(crate::metrics::names::JOBS, "action" => action, "result" => result.status.clone()).increment(1);
+    metrics::counter!(crate::metrics::names::JOBS, "action" => action, "result" => result.status.as_str()).increment(1);
     match &result.error {
         Some(e) => tracing::warn!(job = %result.job, action = %result.action, error = %e, "job failed"),
         None => tracing::info!(job = %result.job, action = %result.action, "job done"),

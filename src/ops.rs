@@ -87,16 +87,21 @@ pub struct CertView {
     pub created: String,
     /// ACME certificates: hostnames and renewal status.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub acme: Option<crate::acme::AcmeView>,
+    pub acme: Option<crate::acme::policy::AcmeView>,
 }
 
 impl CertView {
     pub fn new(entry: &CertEntry, state: &State, now: OffsetDateTime) -> Self {
-        Self::with_policy(entry, state, now, &crate::acme::Policy::default())
+        Self::with_policy(entry, state, now, &crate::acme::policy::Policy::default())
     }
 
     /// With the renewal policy of `[acme]`, which decides an ACME certificate's status.
-    pub fn with_policy(entry: &CertEntry, state: &State, now: OffsetDateTime, policy: &crate::acme::Policy) -> Self {
+    pub fn with_policy(
+        entry: &CertEntry,
+        state: &State,
+        now: OffsetDateTime,
+        policy: &crate::acme::policy::Policy,
+    ) -> Self {
         let info = &entry.info;
         let warnings = entry.warnings(now);
         Self {
@@ -121,7 +126,7 @@ impl CertView {
             warnings,
             chain: entry.chain.intermediates.iter().chain(&entry.chain.root).map(|c| c.info.subject.clone()).collect(),
             created: rfc3339(entry.meta.created),
-            acme: crate::acme::view(&entry.id, &entry.meta, info, policy, now),
+            acme: crate::acme::policy::view(&entry.id, &entry.meta, info, policy, now),
         }
     }
 }
@@ -296,7 +301,7 @@ pub fn show_csr(store: &Store, key: &str) -> Result<String, Error> {
 pub fn list_certs(
     store: &Store,
     now: OffsetDateTime,
-    policy: &crate::acme::Policy,
+    policy: &crate::acme::policy::Policy,
 ) -> Result<(Vec<CertView>, Vec<String>), Error> {
     let (entries, bad) = store.certs()?;
     let views = entries.iter().map(|e| CertView::with_policy(e, store.state(), now, policy)).collect();
@@ -754,7 +759,7 @@ pub struct InUse {
 /// may need it too), or why it cannot be built.
 pub fn status(store: &Store, config: &Config, snapshot: &Result<Snapshot, String>) -> Result<Status, Error> {
     let now = OffsetDateTime::now_utc();
-    let (certs, mut problems) = list_certs(store, now, &crate::acme::Policy::of(config.acme.as_ref()))?;
+    let (certs, mut problems) = list_certs(store, now, &crate::acme::policy::Policy::of(config.acme.as_ref()))?;
     let (requests, bad_requests) = list_requests(store)?;
     problems.extend(bad_requests);
     let state = store.state();
@@ -1302,4 +1307,26 @@ pub fn fill_self_signed(store: &mut Store, n: usize, prefix: &str, domain: &str)
         })?);
     }
     Ok(ids)
+}
+
+/// The ACME certificates of a snapshot, their status as of now (the admin status page).
+pub fn snapshot_views(snapshot: &Snapshot) -> Vec<crate::acme::policy::AcmeView> {
+    let now = OffsetDateTime::now_utc();
+    let t = |s: i64| OffsetDateTime::from_unix_timestamp(s).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    snapshot
+        .certificates
+        .iter()
+        .filter_map(|c| {
+            let acme = c.acme.as_ref()?;
+            crate::acme::policy::view_at(
+                &c.id,
+                &c.friendly_name,
+                acme,
+                t(c.not_before),
+                t(c.not_after),
+                &snapshot.acme_policy,
+                now,
+            )
+        })
+        .collect()
 }

@@ -387,7 +387,7 @@ pub const MAX_PLAIN_CONNECTIONS: usize = 1024;
 /// everything else redirects to https on the same host.
 pub async fn redirect_loop(
     listener: TcpListener,
-    challenges: crate::acme::Challenges,
+    challenges: crate::acme::challenges::Challenges,
     redirect_port: Arc<std::sync::atomic::AtomicU16>,
     tracker: TaskTracker,
     shutdown: CancellationToken,

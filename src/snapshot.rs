@@ -179,7 +179,7 @@ pub struct Snapshot {
     /// The trust pool: imported roots and intermediates.
     pub trust: Vec<TrustSummary>,
     /// `[acme]` thresholds, which decide an ACME certificate's status at any moment.
-    pub acme_policy: crate::acme::Policy,
+    pub acme_policy: crate::acme::policy::Policy,
 }
 
 impl Snapshot {
@@ -536,7 +536,7 @@ fn assemble(
         })
         .collect();
     certificates.sort_by(|a, b| a.id.cmp(&b.id));
-    let acme_policy = crate::acme::Policy::of(config.acme.as_ref());
+    let acme_policy = crate::acme::policy::Policy::of(config.acme.as_ref());
     let trust = trust_summaries(store, entries);
     let permissions = cache.permissions.clone();
     Ok(Snapshot { listeners, certificates, problems, permissions, warnings, trust, acme_policy })

@@ -28,7 +28,7 @@ pub fn render_certificates(snapshot: &Snapshot, out: &mut String) {
             c.not_after - now
         );
     }
-    let views = crate::acme::snapshot_views(snapshot);
+    let views = crate::ops::snapshot_views(snapshot);
     if views.is_empty() {
         return;
     }
@@ -38,7 +38,7 @@ pub fn render_certificates(snapshot: &Snapshot, out: &mut String) {
         n = names::ACME_RENEWAL_FAILING
     );
     for v in views {
-        let failing = u8::from(v.status == "error" || (v.status == "expired" && v.failures > 0));
+        let failing = u8::from(v.status.failing(v.failures));
         let _ = writeln!(out, "{}{{id=\"{}\"}} {failing}", names::ACME_RENEWAL_FAILING, label(&v.id));
     }
 }

@@ -92,7 +92,7 @@ pub fn render(s: &DaemonStatus) -> String {
         };
         let acme = c
             .acme_status
-            .as_deref()
+            .map(crate::acme::policy::Status::as_str)
             .map_or_else(|| "–".to_owned(), |st| format!("<span class={}>{}</span>", class_of_status(st), esc(st)));
         let _ = write!(
             h,
@@ -147,8 +147,8 @@ pub fn render(s: &DaemonStatus) -> String {
                 "<tr><td>{}<td>{}<td class={}>{}<td>{}<td>{}<td>{}<td>{}</tr>",
                 esc(&a.friendly_name),
                 esc(&a.hostnames.join(", ")),
-                class_of_status(&a.status),
-                esc(&a.status),
+                class_of_status(a.status.as_str()),
+                esc(a.status.as_str()),
                 esc(&a.renew_at),
                 esc(a.next_attempt.as_deref().unwrap_or("–")),
                 esc(a.last_attempt.as_deref().unwrap_or("–")),
@@ -185,8 +185,8 @@ pub fn render(s: &DaemonStatus) -> String {
                 "<tr><td>{}<td>{}<td class={}>{}<td>{}<td>{}</tr>",
                 esc(&j.job),
                 esc(&j.action),
-                class_of_status(&j.status),
-                esc(&j.status),
+                class_of_status(j.status.as_str()),
+                esc(j.status.as_str()),
                 esc(&j.finished),
                 esc(&detail)
             );

@@ -1,0 +1,110 @@
+//! HTTP-01 challenge tokens: what the plain-HTTP listener answers at
+//! `/.well-known/acme-challenge/TOKEN`, and how an order publishes them.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+
+/// HTTP-01 tokens and their key authorizations, answered by the plain-HTTP listener at
+/// `/.well-known/acme-challenge/TOKEN`. The daemon's own orders live in memory; an order
+/// run by the CLI while the daemon holds the port is published as a file in
+/// `store/acme/challenges/`, which the daemon reads when the memory has no answer.
+#[derive(Clone, Default)]
+pub struct Challenges {
+    tokens: Arc<Mutex<HashMap<String, String>>>,
+    dir: Option<PathBuf>,
+}
+
+/// `store/acme/challenges/`.
+pub fn challenge_dir(store: &Path) -> PathBuf {
+    store.join("acme").join("challenges")
+}
+
+/// base64url, as RFC 8555 tokens are: nothing else can name a file.
+fn valid_token(token: &str) -> bool {
+    (16..=256).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Challenges {
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self { tokens: Arc::default(), dir }
+    }
+
+    /// The key authorization for `token`, if an order is waiting for it.
+    pub fn answer(&self, token: &str) -> Option<String> {
+        if !valid_token(token) {
+            return None;
+        }
+        if let Some(v) = self.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(token) {
+            return Some(v.clone());
+        }
+        let path = self.dir.as_ref()?.join(token);
+        let text = crate::input::read_text(&path, 4096, crate::input::Links::Refuse).ok()?;
+        Some(text.trim().to_owned())
+    }
+
+    /// Publishes a token until the guard is dropped; `on_disk` also writes the file.
+    pub fn publish(&self, token: &str, key_authorization: &str, on_disk: bool) -> Result<TokenGuard> {
+        if !valid_token(token) {
+            bail!("the CA sent a malformed challenge token {token:?}");
+        }
+        let mut file = None;
+        if on_disk && let Some(dir) = &self.dir {
+            crate::store::atomic::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join(token);
+            crate::store::write_export(&path, key_authorization.as_bytes(), false, true)?;
+            file = Some(path);
+        }
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(token.to_owned(), key_authorization.to_owned());
+        Ok(TokenGuard { challenges: self.clone(), token: token.to_owned(), file })
+    }
+}
+
+pub struct TokenGuard {
+    challenges: Challenges,
+    token: String,
+    file: Option<PathBuf>,
+}
+
+impl Drop for TokenGuard {
+    fn drop(&mut self) {
+        self.challenges.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.token);
+        if let Some(f) = &self.file {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// How this process answers challenges: the daemon answers from memory; the CLI also
+/// publishes files for a running daemon and checks, for every port it could not bind,
+/// that whoever holds it gives the right answer before telling the CA to look.
+#[derive(Clone)]
+pub struct Responder {
+    pub challenges: Challenges,
+    pub on_disk: bool,
+    /// Addresses held by another process (the daemon) to check before `set_ready`.
+    pub check: Vec<SocketAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_name_no_files_outside() {
+        assert!(valid_token("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"));
+        assert!(!valid_token("../../../../etc/passwd"));
+        assert!(!valid_token("short"));
+        let c = Challenges::new(None);
+        let g = c.publish("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0", "ka", false).unwrap();
+        assert_eq!(c.answer("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0").as_deref(), Some("ka"));
+        drop(g);
+        assert_eq!(c.answer("LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"), None);
+    }
+}

@@ -1,0 +1,321 @@
+//! The daemon's renewer: a pass at start, on every configuration change that matters,
+//! on SIGHUP and the rescan, and when the next renewal, retry or alert falls due (with
+//! jitter). A pass orders missing `[[acme.certificate]]` entries, renews what is due
+//! (earlier if the CA's renewal information says so, RFC 9773) and sends alerts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use instant_acme::Account;
+use time::OffsetDateTime;
+
+use super::account::{StoredAccount, account_path, describe};
+use super::blocking;
+use super::challenges::{Challenges, Responder};
+use super::policy::{Policy, Status, backoff, schedule};
+use super::request::{RequestParams, find_entry, now_seconds, renew, request};
+use crate::config::{self, Acme as AcmeConfig};
+use crate::store::Store;
+
+/// Longest sleep between passes: the CA's ARI window and clock changes are noticed.
+const CHECK_INTERVAL: Duration = Duration::from_secs(12 * 3600);
+
+/// Runs until `shutdown`: a pass at start, after every configuration change and when the
+/// next certificate falls due (with jitter), each pass ensuring `[[acme.certificate]]`,
+/// renewing what is due and sending alerts.
+pub async fn renewer(
+    store_dir: PathBuf,
+    mut configs: tokio::sync::watch::Receiver<Arc<config::Config>>,
+    challenges: Challenges,
+    kick: Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut pending: HashMap<Vec<String>, (u32, OffsetDateTime)> = HashMap::new();
+    let mut ari = AriCache::default();
+    loop {
+        let config = configs.borrow_and_update().clone();
+        let wake = match &config.acme {
+            Some(acme) => pass(&config, acme, &store_dir, &challenges, &mut pending, &mut ari).await,
+            None => CHECK_INTERVAL,
+        };
+        tracing::debug!(secs = wake.as_secs_f64(), "next ACME check");
+        let deadline = tokio::time::Instant::now() + wake;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => break,
+                // SIGHUP and the periodic rescan: failures recorded by `acme renew`, a
+                // deleted certificate of [[acme.certificate]].
+                () = kick.notified() => break,
+                r = configs.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    // Every reload publishes its configuration; only [acme] and [alerts]
+                    // matter here.
+                    let new = configs.borrow().clone();
+                    if new.acme != config.acme || new.alerts != config.alerts || new.listeners != config.listeners {
+                        break;
+                    }
+                }
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// ACME Renewal Information (RFC 9773): the CA's suggested renewal time per
+/// certificate, asked again only after the Retry-After it gave.
+#[derive(Default)]
+struct AriCache {
+    /// By certificate DER hash: the chosen moment (if any) and when to ask again.
+    answers: HashMap<[u8; 32], (Option<OffsetDateTime>, OffsetDateTime)>,
+    /// The directory has no renewalInfo (or no account exists yet): do not ask.
+    off_until: Option<OffsetDateTime>,
+}
+
+impl AriCache {
+    /// The moment in the CA's suggested window at which to renew `der`: a fixed point of
+    /// the window per certificate (from its hash), as RFC 9773 asks clients to spread.
+    async fn window(
+        &mut self,
+        account: &mut Option<Option<Account>>,
+        acme: &AcmeConfig,
+        store_dir: &Path,
+        der: &[u8],
+    ) -> Option<OffsetDateTime> {
+        use sha2::Digest;
+        let now = OffsetDateTime::now_utc();
+        if self.off_until.is_some_and(|t| now < t) {
+            return None;
+        }
+        let hash: [u8; 32] = sha2::Sha256::digest(der).into();
+        if let Some((at, until)) = self.answers.get(&hash)
+            && now < *until
+        {
+            return *at;
+        }
+        if account.is_none() {
+            // Only the stored account of this directory: asking never creates one.
+            let stored =
+                crate::input::read_text(&account_path(store_dir), crate::input::MAX_TOML, crate::input::Links::Refuse)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<StoredAccount>(&t).ok())
+                    .is_some_and(|a| a.directory == acme.directory);
+            let quiet = |_: &str| {};
+            *account = Some(if stored { super::account::account(acme, store_dir, &quiet).await.ok() } else { None });
+        }
+        let Some(Some(acct)) = account.as_ref() else {
+            self.off_until = Some(now + time::Duration::HOUR);
+            return None;
+        };
+        let cert = rustls_pki_types::CertificateDer::from(der.to_vec());
+        let id = instant_acme::CertificateIdentifier::try_from(&cert).ok()?;
+        match acct.renewal_info(&id).await {
+            Ok((info, retry_after)) => {
+                let w = info.suggested_window;
+                let f = u64::from_le_bytes(hash[..8].try_into().ok()?) as f64 / u64::MAX as f64;
+                let at = w.start + (w.end - w.start).max(time::Duration::ZERO) * f;
+                // RFC 9773 §4.3: ask again after Retry-After (at least an hour, at most a day).
+                let again = retry_after.clamp(Duration::from_secs(3600), Duration::from_secs(86_400));
+                self.answers.insert(hash, (Some(at), now + again));
+                Some(at)
+            }
+            Err(instant_acme::Error::Unsupported(_)) => {
+                self.off_until = Some(now + time::Duration::DAY);
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %describe(&e), "ACME renewal information unavailable");
+                self.answers.insert(hash, (None, now + time::Duration::HOUR));
+                None
+            }
+        }
+    }
+}
+
+fn jitter(max: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    max.mul_f64(f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX))
+}
+
+async fn pass(
+    config: &config::Config,
+    acme: &AcmeConfig,
+    store_dir: &Path,
+    challenges: &Challenges,
+    pending: &mut HashMap<Vec<String>, (u32, OffsetDateTime)>,
+    ari: &mut AriCache,
+) -> Duration {
+    let responder = Responder { challenges: challenges.clone(), on_disk: false, check: Vec::new() };
+    let log = |line: &str| tracing::info!(target: "acme", "{line}");
+    let policy = Policy::of(Some(acme));
+    let mut wake = CHECK_INTERVAL;
+
+    // Configured certificates that have no entry yet.
+    let dir = store_dir.to_owned();
+    let wanted = acme.certificates.clone();
+    let missing = blocking(move || {
+        let store = Store::open_existing(&dir)?;
+        let mut missing = Vec::new();
+        for c in wanted {
+            if find_entry(&store, &c.hostnames)?.is_none() {
+                missing.push(c);
+            }
+        }
+        Ok(missing)
+    })
+    .await;
+    for c in missing.unwrap_or_else(|e| {
+        tracing::error!(error = %format!("{e:#}"), "ACME: cannot read the store");
+        Vec::new()
+    }) {
+        let key: Vec<String> = c.hostnames.clone();
+        let now = OffsetDateTime::now_utc();
+        if let Some((_, next)) = pending.get(&key)
+            && *next > now
+        {
+            wake = wake.min((*next - now).unsigned_abs());
+            continue;
+        }
+        // Checked against [[listener]] when the configuration was loaded.
+        let listeners =
+            crate::ops::checked_listeners(config, c.listeners.as_deref().unwrap_or_default()).unwrap_or_default();
+        // The configuration declares the names: editing it is the operator's --replace.
+        let params = RequestParams {
+            hostnames: c.hostnames.clone(),
+            key_type: c.key_type,
+            name: c.name.clone(),
+            listeners,
+            replace: true,
+        };
+        match request(acme, store_dir, &params, &responder, &log).await {
+            Ok(o) => {
+                pending.remove(&key);
+                tracing::info!(id = %o.id, hostnames = %o.hostnames.join(","), "ACME certificate issued");
+            }
+            Err(e) => {
+                let failures = pending.get(&key).map_or(1, |p| p.0 + 1);
+                // A day is the renewal threshold of nothing yet: back off as for a 90-day certificate.
+                let wait = backoff(failures, policy.renew_before);
+                pending.insert(key.clone(), (failures, now + wait));
+                wake = wake.min(wait);
+                let message = format!("{e:#}").replace('\n', " ");
+                tracing::error!(hostnames = %key.join(","), error = %message, "ACME order failed");
+                if failures == 1 {
+                    let alert = crate::alerts::Alert {
+                        kind: "order-failed",
+                        id: String::new(),
+                        friendly_name: c.name.clone().unwrap_or_else(|| key[0].clone()),
+                        hostnames: key.clone(),
+                        not_after: None,
+                        error: message,
+                    };
+                    crate::alerts::send(&config.alerts, &alert).await;
+                }
+            }
+        }
+    }
+
+    // Every ACME entry: renew what is due, alert on failures.
+    let dir = store_dir.to_owned();
+    let entries = blocking(move || {
+        let store = Store::open_existing(&dir)?;
+        let mut out = Vec::new();
+        for id in store.cert_ids()? {
+            if store.read_meta(&id).is_ok_and(|m| m.acme.is_some())
+                && let Ok(e) = store.read_cert(&id)
+            {
+                let der = e.leaf_der();
+                out.push((e.id, e.meta, e.info, der));
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .unwrap_or_default();
+    let mut account = None;
+    for (id, meta, info, der) in entries {
+        let Some(mut am) = meta.acme.clone() else { continue };
+        let now = OffsetDateTime::now_utc();
+        let s = schedule(&am, &info, &policy, now);
+        // After a failure (also of a forced or ARI-early renewal) the backoff decides.
+        let mut attempt_at = match am.next_attempt {
+            Some(next) if am.failures > 0 => next,
+            _ => s.renew_at,
+        };
+        // RFC 9773: the CA may want it renewed earlier (e.g. ahead of a revocation).
+        if now < attempt_at
+            && am.failures == 0
+            && let Some(at) = ari.window(&mut account, acme, store_dir, &der).await
+            && at < attempt_at
+        {
+            if at <= now {
+                tracing::info!(%id, "the CA's suggested renewal window (ARI) has started");
+            }
+            attempt_at = at;
+        }
+        if now < attempt_at {
+            // Scheduled renewals are spread (many certificates issued together); a retry
+            // keeps its backoff time.
+            let spread = if am.failures > 0 {
+                Duration::ZERO
+            } else {
+                let (renew_threshold, _) = policy.thresholds(info.not_before, info.not_after);
+                jitter((renew_threshold / 20).min(Duration::from_secs(600)))
+            };
+            wake = wake.min((attempt_at - now).unsigned_abs() + spread);
+        } else {
+            match renew(acme, store_dir, &id, true, &responder, &log).await {
+                Ok(_) => continue,
+                Err(e) => tracing::error!(%id, error = %format!("{e:#}"), "ACME renewal failed"),
+            }
+            // Re-read what renew() recorded.
+            let (dir, id2) = (store_dir.to_owned(), id.clone());
+            if let Ok(m) = blocking(move || Ok(Store::open_existing(&dir)?.read_meta(&id2)?)).await
+                && let Some(a) = m.acme
+            {
+                am = a;
+            }
+            if let Some(next) = am.next_attempt {
+                wake = wake.min((next - OffsetDateTime::now_utc()).max(time::Duration::SECOND).unsigned_abs());
+            }
+        }
+        if am.failures > 0 {
+            let now = OffsetDateTime::now_utc();
+            let s = schedule(&am, &info, &policy, now);
+            let kind = if matches!(s.status, Status::Error | Status::Expired) { "error" } else { "renewal-failed" };
+            let daily = am.last_alert.is_none_or(|t| now - t >= time::Duration::DAY);
+            let escalated = am.last_alert_kind.as_deref() != Some(kind) && kind == "error";
+            let first = am.last_alert_kind.is_none();
+            if first || escalated || (kind == "error" && daily) {
+                let alert = crate::alerts::Alert {
+                    kind,
+                    id: id.clone(),
+                    friendly_name: meta.friendly_name.clone(),
+                    hostnames: am.hostnames.clone(),
+                    not_after: Some(info.not_after),
+                    error: am.last_result.clone().unwrap_or_default(),
+                };
+                if crate::alerts::send(&config.alerts, &alert).await {
+                    am.last_alert = Some(now_seconds());
+                    am.last_alert_kind = Some(kind.to_owned());
+                    let (dir, id2, am2) = (store_dir.to_owned(), id.clone(), am.clone());
+                    if let Err(e) = blocking(move || Ok(Store::open_existing(&dir)?.update_acme(&id2, &am2)?)).await {
+                        tracing::error!(%id, error = %format!("{e:#}"), "recording the alert");
+                    }
+                }
+            }
+            if kind == "error" {
+                let next_daily = am.last_alert.map_or(now, |t| t + time::Duration::DAY);
+                wake = wake.min((next_daily - now).max(time::Duration::SECOND).unsigned_abs());
+            } else {
+                // Wake when the failure turns into the error state.
+                wake = wake.min((s.error_at - now).max(time::Duration::SECOND).unsigned_abs());
+            }
+        }
+    }
+    wake.max(Duration::from_secs(1))
+}
