@@ -970,7 +970,7 @@ fn status(ctx: &Ctx) -> Result<ExitCode> {
 /// `portcullis status` while the configuration does not load: the errors, then what the
 /// running daemon (found at the `[admin] listen` that could be read) still serves.
 fn status_of_broken(config: &Config, errors: &[crate::config::Error], json: bool) -> Result<ExitCode> {
-    let daemon = crate::admin::query(config.admin_listen);
+    let daemon = ops::views::query(config.admin_listen);
     if json {
         let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
         print_json(&serde_json::json!({ "config_errors": errors, "daemon": daemon }))?;
@@ -1262,7 +1262,7 @@ fn parse_time(s: &str) -> OffsetDateTime {
 fn print_listener_lines(ctx: &Ctx, store: &Store) {
     let Ok(snapshot) = build_snapshot(ctx, store) else { return };
     println!();
-    for l in crate::admin::listener_rows(&snapshot) {
+    for l in ops::views::listener_rows(&snapshot) {
         println!("listener {}: {}; fallback {} ({})", l.name, l.candidates(), l.fallback, l.fallback_reason);
     }
 }

@@ -677,6 +677,17 @@ impl FileTexts {
 }
 
 impl Config {
+    /// Refuses names that are not configured listeners, listing those that are.
+    pub fn check_listeners(&self, names: &[String]) -> Result<(), String> {
+        for name in names {
+            if !self.listeners.iter().any(|l| &l.name == name) {
+                let have: Vec<&str> = self.listeners.iter().map(|l| l.name.as_str()).collect();
+                return Err(format!("{name:?} is not a configured listener (configured: {})", have.join(", ")));
+            }
+        }
+        Ok(())
+    }
+
     /// Plain-HTTP addresses: `[http] listen` and `[acme] http_listen`, each once.
     pub fn plain_http(&self) -> Vec<SocketAddr> {
         let mut all = self.http_listen.clone();

@@ -227,7 +227,7 @@ async fn reload(
     shared: &TlsShared,
     cache: &Arc<std::sync::Mutex<EntryCache>>,
     cell: &ArcSwap<Snapshot>,
-    reloads: &ArcSwap<admin::ReloadStatus>,
+    reloads: &ArcSwap<crate::ops::views::ReloadStatus>,
     generation: u64,
     why: &str,
 ) -> Option<Config> {
@@ -241,7 +241,7 @@ async fn reload(
         Ok((s, config)) => {
             cell.store(Arc::new(s));
             crate::metrics::reload(true);
-            reloads.store(Arc::new(admin::ReloadStatus {
+            reloads.store(Arc::new(crate::ops::views::ReloadStatus {
                 generation,
                 last_success: Some(crate::pki::rfc3339(time::OffsetDateTime::now_utc())),
                 ..Default::default()
@@ -345,7 +345,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     let first = build(&config, &store_dir, &shared, 1, &cache)?;
     crate::metrics::reload(true);
     let cell = Arc::new(ArcSwap::from_pointee(first));
-    let reloads = Arc::new(ArcSwap::from_pointee(admin::ReloadStatus {
+    let reloads = Arc::new(ArcSwap::from_pointee(crate::ops::views::ReloadStatus {
         generation: 1,
         last_success: Some(crate::pki::rfc3339(time::OffsetDateTime::now_utc())),
         ..Default::default()

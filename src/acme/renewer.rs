@@ -181,8 +181,7 @@ async fn pass(
             continue;
         }
         // Checked against [[listener]] when the configuration was loaded.
-        let listeners =
-            crate::ops::checked_listeners(config, c.listeners.as_deref().unwrap_or_default()).unwrap_or_default();
+        let listeners = c.listeners.clone().filter(|l| config.check_listeners(l).is_ok()).unwrap_or_default();
         // The configuration declares the names: editing it is the operator's --replace.
         let params = RequestParams {
             hostnames: c.hostnames.clone(),

@@ -28,7 +28,7 @@ pub fn render_certificates(snapshot: &Snapshot, out: &mut String) {
             c.not_after - now
         );
     }
-    let views = crate::ops::snapshot_views(snapshot);
+    let views = crate::ops::views::snapshot_views(snapshot);
     if views.is_empty() {
         return;
     }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::DaemonStatus;
+use crate::ops::views::DaemonStatus;
 
 /// Escapes text for HTML element content and attribute values.
 fn esc(s: &str) -> String {
