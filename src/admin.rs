@@ -19,25 +19,32 @@ use tokio_util::sync::CancellationToken;
 
 use crate::http::{Body, full, text};
 use crate::ops::views::{ReloadStatus, daemon_status};
-use crate::snapshot::Snapshot;
+use crate::snapshot::Reader;
 
 /// Serves the admin endpoints until `shutdown`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     prometheus: PrometheusHandle,
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    snapshot: Reader,
     reloads: Arc<ArcSwap<ReloadStatus>>,
     jobs: crate::jobs::result::Recent,
     shutdown: CancellationToken,
 ) {
     STARTED.get_or_init(std::time::Instant::now);
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin listener");
+            return;
+        }
+    };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let node = crate::hostname().map(|h| h.to_ascii_lowercase());
     loop {
         let Some((tcp, _)) = crate::http::accept(&listener, "admin", &shutdown).await else { return };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { continue }; // dropped: closed
         let prometheus = prometheus.clone();
-        let snapshot = Arc::clone(&snapshot);
+        let snapshot = snapshot.clone();
         let reloads = Arc::clone(&reloads);
         let jobs = Arc::clone(&jobs);
         let node = node.clone();
@@ -97,7 +104,7 @@ fn allowed_host<B>(req: &Request<B>, node: Option<&str>) -> bool {
 fn answer(
     path: &str,
     prometheus: &PrometheusHandle,
-    snapshot: &ArcSwap<Snapshot>,
+    snapshot: &Reader,
     reloads: &ArcSwap<ReloadStatus>,
     jobs: &crate::jobs::result::Recent,
 ) -> Response<Body> {
@@ -132,7 +139,9 @@ fn answer(
 /// When the admin listener started: the daemon's uptime.
 static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
 
-/// Binds the admin listener.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+/// Binds the admin listener (before the runtime that serves it is chosen).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }

@@ -686,8 +686,7 @@ async fn cli_responder(acme: &crate::config::Acme, store_dir: &std::path::Path) 
                 let tracker = tokio_util::task::TaskTracker::new();
                 let never = tokio_util::sync::CancellationToken::new();
                 // Only the challenges matter here; other requests get the default redirect.
-                let port = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(443));
-                tokio::spawn(crate::proxy::redirect_loop(tcp, challenges.clone(), port, tracker, never));
+                tokio::spawn(crate::proxy::redirect_loop(tcp, challenges.clone(), || 443, tracker, never));
             }
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                 eprintln!("acme: http://{addr} is in use (a running daemon?); publishing the challenges for it");

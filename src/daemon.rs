@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, anyhow};
 use arc_swap::ArcSwap;
@@ -16,8 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::Config;
-use crate::proxy::SnapshotCell;
-use crate::snapshot::{self, EntryCache, Snapshot, TlsShared};
+use crate::snapshot::{self, EntryCache, Publisher, Reader, Snapshot, TlsShared};
 use crate::store::Store;
 
 /// Where the daemon's inputs are, for reloads.
@@ -63,8 +62,6 @@ struct Binds {
     /// Plain-HTTP listeners ([http] listen and [acme] http_listen), by address.
     http: HashMap<SocketAddr, (CancellationToken, tokio::task::JoinHandle<()>)>,
     challenges: crate::acme::Challenges,
-    /// `[http] redirect_port`, read by the plain-HTTP listeners at each request.
-    redirect_port: Arc<AtomicU16>,
     limits: HashMap<String, Limit>,
 }
 
@@ -126,11 +123,11 @@ impl Binds {
     async fn apply_http(
         &mut self,
         config: &Config,
+        snapshot: &Reader,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
         starting: bool,
     ) -> Result<()> {
-        self.redirect_port.store(config.redirect_port, Ordering::Relaxed);
         let wanted = config.plain_http();
         for addr in stop_unwanted(&mut self.http, |a| wanted.contains(a)).await {
             tracing::info!(%addr, "stopped plain-HTTP listener (removed from the configuration)");
@@ -157,7 +154,10 @@ impl Binds {
             let handle = tokio::spawn(crate::proxy::redirect_loop(
                 tcp,
                 self.challenges.clone(),
-                Arc::clone(&self.redirect_port),
+                {
+                    let snapshot = snapshot.clone();
+                    move || snapshot.load().redirect_port
+                },
                 tracker.clone(),
                 token.clone(),
             ));
@@ -171,7 +171,7 @@ impl Binds {
     async fn apply(
         &mut self,
         config: &Config,
-        cell: &SnapshotCell,
+        snapshot: &Reader,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
         starting: bool,
@@ -182,7 +182,7 @@ impl Binds {
             tracing::info!(listener = %key.0, addr = %key.1, "stopped listening (removed from the configuration)");
         }
         // Between the TLS removals and the TLS binds: an address can move either way.
-        self.apply_http(config, tracker, shutdown, starting).await?;
+        self.apply_http(config, snapshot, tracker, shutdown, starting).await?;
         for l in &config.listeners {
             let entry = self.limits.entry(l.name.clone()).or_insert_with(|| Limit::new(l.max_connections));
             entry.resize(l.max_connections);
@@ -208,7 +208,7 @@ impl Binds {
                 let handle = tokio::spawn(crate::proxy::accept_loop(
                     tcp,
                     l.name.as_str().into(),
-                    Arc::clone(cell),
+                    snapshot.clone(),
                     limit.clone(),
                     tracker.clone(),
                     token.clone(),
@@ -226,7 +226,7 @@ async fn reload(
     inputs: &Inputs,
     shared: &TlsShared,
     cache: &Arc<std::sync::Mutex<EntryCache>>,
-    cell: &ArcSwap<Snapshot>,
+    publisher: &Publisher,
     reloads: &ArcSwap<crate::ops::views::ReloadStatus>,
     generation: u64,
     why: &str,
@@ -239,7 +239,7 @@ async fn reload(
     .unwrap_or_else(|e| Err(anyhow!("reload task failed: {e}")));
     match rebuilt {
         Ok((s, config)) => {
-            cell.store(Arc::new(s));
+            publisher.publish(s);
             crate::metrics::reload(true);
             reloads.store(Arc::new(crate::ops::views::ReloadStatus {
                 generation,
@@ -329,9 +329,10 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         .context("histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    let control = Control::start()?;
     {
         let handle = prometheus.clone();
-        tokio::spawn(async move {
+        control.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
                 tick.tick().await;
@@ -344,7 +345,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     let cache = Arc::new(std::sync::Mutex::new(EntryCache::default()));
     let first = build(&config, &store_dir, &shared, 1, &cache)?;
     crate::metrics::reload(true);
-    let cell = Arc::new(ArcSwap::from_pointee(first));
+    let (publisher, snapshot) = Publisher::new(first);
     let reloads = Arc::new(ArcSwap::from_pointee(crate::ops::views::ReloadStatus {
         generation: 1,
         last_success: Some(crate::pki::rfc3339(time::OffsetDateTime::now_utc())),
@@ -355,14 +356,9 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
 
     // The ACME challenges answered on the plain-HTTP listeners.
     let challenges = crate::acme::Challenges::new(Some(crate::acme::challenge_dir(&store_dir)));
-    let mut binds = Binds {
-        active: HashMap::new(),
-        http: HashMap::new(),
-        challenges: challenges.clone(),
-        redirect_port: Arc::new(AtomicU16::new(config.redirect_port)),
-        limits: HashMap::new(),
-    };
-    binds.apply(&config, &cell, &tracker, &shutdown, true).await?;
+    let mut binds =
+        Binds { active: HashMap::new(), http: HashMap::new(), challenges: challenges.clone(), limits: HashMap::new() };
+    binds.apply(&config, &snapshot, &tracker, &shutdown, true).await?;
     let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
     // Admin jobs by file drop: [jobs] dir as configured at start.
     let recent_jobs: crate::jobs::Recent = Arc::default();
@@ -375,7 +371,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
                 .map_err(|e| tracing::warn!(error = %e, "jobs: watching unavailable; scanning every 5 s"))
                 .ok();
             eprintln!("jobs: watching {}", dir.join(crate::jobs::INCOMING).display());
-            tokio::spawn(crate::jobs::runner(
+            control.spawn(crate::jobs::runner(
                 dir.clone(),
                 store_dir.clone(),
                 config_rx.clone(),
@@ -388,7 +384,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         }
     };
     let kick_renewer = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(crate::acme::renewer(
+    control.spawn(crate::acme::renewer(
         store_dir.clone(),
         config_rx,
         challenges.clone(),
@@ -396,13 +392,12 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         shutdown.clone(),
     ));
     let admin_tcp = admin::bind(config.admin_listen)
-        .await
         .with_context(|| format!("[admin] listen: cannot bind {}", config.admin_listen))?;
     eprintln!("listening: admin on http://{} (/status, /status.json, /metrics, /healthz)", config.admin_listen);
-    tokio::spawn(admin::serve(
+    control.spawn(admin::serve(
         admin_tcp,
         prometheus,
-        Arc::clone(&cell),
+        snapshot.clone(),
         Arc::clone(&reloads),
         Arc::clone(&recent_jobs),
         shutdown.clone(),
@@ -442,10 +437,10 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         if let Some(w) = watch.as_mut() {
             w.refresh(); // a conf.d/ created since
         }
-        let reloaded = reload(&inputs, &shared, &cache, &cell, &reloads, generation, why).await;
+        let reloaded = reload(&inputs, &shared, &cache, &publisher, &reloads, generation, why).await;
         crate::notify::ready(&format!("snapshot generation {generation}"));
         if let Some(config) = reloaded {
-            let _ = binds.apply(&config, &cell, &tracker, &shutdown, false).await;
+            let _ = binds.apply(&config, &snapshot, &tracker, &shutdown, false).await;
             // The job runner and the ACME renewer see the new configuration (the renewer
             // acts only when [acme], [alerts] or the listeners changed).
             let _ = config_tx.send(Arc::new(config));
@@ -461,5 +456,57 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     if tokio::time::timeout(config.drain_timeout, tracker.wait()).await.is_err() {
         tracing::warn!("drain timeout: closing the remaining connections");
     }
+    control.stop();
     Ok(())
+}
+
+/// The control plane's runtime: the ACME renewer, the job runner, the admin listener and
+/// the metrics upkeep run on one thread of their own, so a slow renewal or a burst of
+/// jobs never takes turns with connections on the data plane's workers. Both planes meet
+/// only through the store (and the snapshot it becomes), channels and the challenge map.
+struct Control {
+    handle: tokio::runtime::Handle,
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Control {
+    fn start() -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("portcullis-control")
+            .build()
+            .context("starting the control runtime")?;
+        let handle = rt.handle().clone();
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("portcullis-control".into())
+            .spawn(move || {
+                rt.block_on(until.cancelled());
+                // Store work in flight (spawn_blocking) gets a moment to finish.
+                rt.shutdown_timeout(std::time::Duration::from_secs(5));
+            })
+            .context("starting the control thread")?;
+        Ok(Self { handle, stop, thread: Some(thread) })
+    }
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+        self.handle.spawn(task);
+    }
+
+    /// Ends the control tasks (they have seen the shutdown already) and waits for them.
+    fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Control {
+    /// A start that failed half-way leaves no thread waiting forever.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }

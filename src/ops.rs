@@ -186,8 +186,8 @@ pub fn create_request_from(
     let key_type = key.key_type().ok_or_else(|| {
         flag("--from", format!("{id}: its {} key cannot sign a request here; make a new key instead", key.describe()))
     })?;
-    let old = pki::subject_fields(&entry.leaf_der())
-        .map_err(|reason| Error::Damaged { path: entry.dir.clone(), reason })?;
+    let old =
+        pki::subject_fields(&entry.leaf_der()).map_err(|reason| Error::Damaged { path: entry.dir.clone(), reason })?;
     let given = &params.identity.subject;
     let pick = |new: &Option<String>, old: Option<String>| new.clone().or(old);
     let mut identity = params.identity.clone();

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -30,17 +29,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::http::{Body, text};
-use crate::snapshot::{ListenerSnap, Snapshot};
+use crate::snapshot::{ListenerSnap, Reader, Snapshot};
 use handler::{ConnGuard, ConnInfo, Handler, HttpConn, Peeked};
-
-/// The snapshot the data plane reads.
-pub type SnapshotCell = Arc<ArcSwap<Snapshot>>;
 
 /// Accepts on `listener` (bound for the configured listener `name`) until `shutdown`.
 pub async fn accept_loop(
     listener: TcpListener,
     name: Arc<str>,
-    cell: SnapshotCell,
+    cell: Reader,
     limit: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -384,11 +380,12 @@ fn same_host(a: &str, b: &str) -> bool {
 pub const MAX_PLAIN_CONNECTIONS: usize = 1024;
 
 /// The plain-HTTP listener: answers ACME HTTP-01 challenges from `challenges`;
-/// everything else redirects to https on the same host.
+/// everything else redirects to https on the same host, at the port `redirect_port`
+/// gives at that moment (the daemon's reads the current snapshot).
 pub async fn redirect_loop(
     listener: TcpListener,
     challenges: crate::acme::challenges::Challenges,
-    redirect_port: Arc<std::sync::atomic::AtomicU16>,
+    redirect_port: impl Fn() -> u16 + Clone + Send + Sync + 'static,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -397,7 +394,7 @@ pub async fn redirect_loop(
         let Some((tcp, _)) = crate::http::accept(&listener, "plain HTTP", &shutdown).await else { return };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else { continue }; // dropped: closed
         let challenges = challenges.clone();
-        let redirect_port = Arc::clone(&redirect_port);
+        let redirect_port = redirect_port.clone();
         tracker.spawn(async move {
             let _slot = slot;
             let service = service_fn(|req: Request<Incoming>| {
@@ -418,7 +415,7 @@ pub async fn redirect_loop(
                 };
                 let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
                 let (open, close) = if host.contains(':') { ("[", "]") } else { ("", "") }; // IPv6
-                let location = match redirect_port.load(std::sync::atomic::Ordering::Relaxed) {
+                let location = match redirect_port() {
                     443 => format!("https://{open}{host}{close}{path}"),
                     port => format!("https://{open}{host}{close}:{port}{path}"),
                 };

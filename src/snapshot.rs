@@ -180,6 +180,48 @@ pub struct Snapshot {
     pub trust: Vec<TrustSummary>,
     /// `[acme]` thresholds, which decide an ACME certificate's status at any moment.
     pub acme_policy: crate::acme::policy::Policy,
+    /// `[http] redirect_port`: the port of the https URL the plain-HTTP listeners
+    /// redirect to.
+    pub redirect_port: u16,
+}
+
+/// Publishes snapshots: held by the daemon alone (and by tests), so only the reload
+/// path replaces what the data plane serves.
+pub struct Publisher(Arc<arc_swap::ArcSwap<Snapshot>>);
+
+/// Reads the current snapshot: one lock-free load per connection (or per admin
+/// request); cheap to clone into every accept loop.
+#[derive(Clone)]
+pub struct Reader(Arc<arc_swap::ArcSwap<Snapshot>>);
+
+impl Publisher {
+    /// A publisher serving `first`, and its reader.
+    pub fn new(first: Snapshot) -> (Self, Reader) {
+        let cell = Arc::new(arc_swap::ArcSwap::from_pointee(first));
+        (Self(Arc::clone(&cell)), Reader(cell))
+    }
+
+    /// Replaces the snapshot: connections accepted from now on use `next`; open ones
+    /// keep theirs until they close.
+    pub fn publish(&self, next: Snapshot) {
+        self.0.store(Arc::new(next));
+    }
+
+    pub fn reader(&self) -> Reader {
+        Reader(Arc::clone(&self.0))
+    }
+}
+
+impl Reader {
+    /// The current snapshot, kept alive as long as the caller holds it.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    /// A short-lived view of the current snapshot (no reference count touched).
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.0.load()
+    }
 }
 
 impl Snapshot {
@@ -539,7 +581,16 @@ fn assemble(
     let acme_policy = crate::acme::policy::Policy::of(config.acme.as_ref());
     let trust = trust_summaries(store, entries);
     let permissions = cache.permissions.clone();
-    Ok(Snapshot { listeners, certificates, problems, permissions, warnings, trust, acme_policy })
+    Ok(Snapshot {
+        listeners,
+        certificates,
+        problems,
+        permissions,
+        warnings,
+        trust,
+        acme_policy,
+        redirect_port: config.redirect_port,
+    })
 }
 
 fn trust_summaries(store: &Store, entries: &HashMap<String, Cached>) -> Vec<TrustSummary> {
