@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::cli::{AcmeCommand, CertCommand, Cli, Command};
+use crate::cli::args::{AcmeCommand, CertCommand, Cli, Command};
 use crate::config::Config;
 use crate::input::Links;
 use crate::ops;
