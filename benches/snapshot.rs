@@ -14,7 +14,7 @@ fn build(c: &mut Criterion) {
     let root = dir.path().join("store");
     let mut store = Store::open_or_create(&root).unwrap();
     // Straight to the store: the CLI path checks every name against every entry.
-    portcullis::ops::fill_self_signed(&mut store, CERTS, "Site", "example.com").unwrap();
+    portcullis::testing::fill_self_signed(&mut store, CERTS, "Site", "example.com").unwrap();
     let ids: Vec<String> = store.certs().unwrap().0.into_iter().map(|e| e.id).collect();
     let config = Config::builtin();
     let shared = TlsShared::new().unwrap();

@@ -4,7 +4,8 @@
 
 use criterion::{BenchmarkId, Criterion, black_box, criterion_group, criterion_main};
 use portcullis::config::SniPolicy;
-use portcullis::sni::{CertMap, CertMapBuilder, DefaultKind, Rank, test_served};
+use portcullis::sni::{CertMap, CertMapBuilder, DefaultKind, Rank};
+use portcullis::testing::served as test_served;
 
 fn map(n: usize) -> CertMap {
     let base = test_served("base");

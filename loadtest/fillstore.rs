@@ -11,7 +11,7 @@ fn main() {
     let (dir, n) = (std::path::PathBuf::from(&args[1]), args[2].parse::<usize>().expect("N"));
     let listener = args.get(3).cloned().unwrap_or_else(|| "default".into());
     let mut store = Store::open_or_create(&dir).expect("store");
-    let ids = portcullis::ops::fill_self_signed(&mut store, n, "Tenant", "example.com").expect("fill");
+    let ids = portcullis::testing::fill_self_signed(&mut store, n, "Tenant", "example.com").expect("fill");
     store.assign_all(&listener, &ids).unwrap();
     eprintln!("{n} entries assigned to listener {listener}");
 }

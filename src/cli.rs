@@ -15,7 +15,9 @@ use crate::config::Config;
 use crate::ops::{self, CertView, Report, RequestView, Shown};
 use crate::pki::{self, KeyType};
 use crate::store::Store;
+use action::Done;
 
+pub mod action;
 pub mod args;
 
 pub use args::{AcmeCommand, CertCommand, Cli, Command, JobCommand, NewArgs};
@@ -230,14 +232,9 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
     // Validate before touching the network.
     let (params, renew_target) = match &cmd {
         AcmeCommand::Request { hostnames, key, name, listeners, replace } => {
-            let key_type = key
-                .as_deref()
-                .map(|k| k.parse::<KeyType>().map_err(|reason| anyhow::anyhow!("--key {k:?}: {reason}")))
-                .transpose()?;
-            let hostnames = crate::acme::check_hostnames(hostnames)?;
-            let listeners = ops::checked_listeners(&ctx.config, listeners)?;
             let params =
-                crate::acme::RequestParams { hostnames, key_type, name: name.clone(), listeners, replace: *replace };
+                action::acme_request(hostnames, key.as_deref(), name.clone(), listeners, *replace, &ctx.config)
+                    .map_err(|e| anyhow::anyhow!(e))?;
             (Some(params), None)
         }
         AcmeCommand::Renew { id, force } => (None, Some((id.clone(), *force))),
@@ -393,97 +390,6 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
                 Shown::Request(view, text) => print_request(&view, &text),
             }
         }
-        CertCommand::CreateSelfSigned { new, days } => {
-            let params = new.params(days)?;
-            slow_key_notice(params.key_type);
-            let mut store = ctx.open_store()?;
-            let report = ops::create_self_signed(&mut store, &params)?;
-            tell(&report);
-            ctx.changed();
-            if ctx.json {
-                print_json(&report.value)?;
-            } else {
-                println!("created self-signed certificate {} ({})", report.value.id, report.value.friendly_name);
-                print_cert(&report.value);
-            }
-        }
-        CertCommand::Request { new, from } => {
-            let params = new.params(0)?;
-            let mut store = ctx.open_store()?;
-            let report = match from {
-                Some(from) => ops::create_request_from(&mut store, &from, &params)?,
-                None => {
-                    slow_key_notice(params.key_type);
-                    ops::create_request(&mut store, &params)?
-                }
-            };
-            tell(&report);
-            ctx.changed();
-            eprintln!(
-                "created request {} ({}): give the CSR below to your certificate authority",
-                report.value.request.id, report.value.request.friendly_name
-            );
-            if ctx.json { print_json(&report.value)? } else { print!("{}", report.value.csr_pem) }
-        }
-        CertCommand::Import { files, name, password_file } => {
-            let password = password_file.as_deref().map(ops::read_password_file).transpose()?;
-            if password.is_some() {
-                // Password-based key derivation runs 100,000+ rounds per encrypted item.
-                progress_line(&format!("decrypting and reading {} file(s)...", files.len()));
-            }
-            let mut store = ctx.open_store()?;
-            let report = ops::import(&mut store, &ops::ImportParams { files, name, password })?;
-            tell(&report);
-            ctx.changed();
-            if ctx.json {
-                print_json(&report.value)?;
-            } else {
-                let v = &report.value;
-                for t in &v.trust {
-                    let what = if t.added { "added to" } else { "already in" };
-                    println!("{} {what} the trust pool: {}", t.role, t.subject);
-                }
-                for c in &v.certificates {
-                    println!("imported certificate {} ({})", c.id, c.friendly_name);
-                    print_cert(c);
-                }
-            }
-        }
-        CertCommand::Export { id, format, out, include_key, include_chain, password_file, no_password, force } => {
-            let format = format.parse().map_err(|reason: String| anyhow::anyhow!("--format {format:?}: {reason}"))?;
-            let password = password_file.as_deref().map(ops::read_password_text).transpose()?;
-            let store = ctx.open_store()?;
-            let params =
-                ops::ExportParams { id, format, out, include_key, include_chain, password, no_password, force };
-            let report = ops::export(&store, &params)?;
-            tell(&report);
-            if ctx.json {
-                print_json(&report.value)?;
-            } else {
-                let v = &report.value;
-                let key = match (v.includes_key, v.key_encrypted) {
-                    (true, true) => " and its encrypted private key",
-                    (true, false) => " and its UNENCRYPTED private key",
-                    _ => "",
-                };
-                println!("exported {} as {} to {}: {} certificate(s){key}", v.id, v.format, v.path, v.certificates);
-            }
-        }
-        CertCommand::Replace { old, new, force } => {
-            let mut store = ctx.open_store()?;
-            let report = ops::replace(&mut store, &old, &new, force)?;
-            tell(&report);
-            ctx.changed();
-            if ctx.json {
-                print_json(&report.value)?;
-            } else if report.value.moved.is_empty() {
-                println!("nothing moved from {} to {}", report.value.old, report.value.new);
-            } else {
-                println!("{} replaces {}: moved {}", report.value.new, report.value.old, report.value.moved.join(", "));
-            }
-        }
-        CertCommand::Assign { id, listeners, force } => assign(ctx, &id, &listeners, true, force)?,
-        CertCommand::Unassign { id, listeners } => assign(ctx, &id, &listeners, false, false)?,
         CertCommand::Which { hostname, listener } => {
             let store = ctx.open_store()?;
             let w = ops::which(&store, &ctx.config, &hostname, listener.as_deref())?;
@@ -516,58 +422,14 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
                 }
             }
         }
-        CertCommand::SetDefault { id, listener: Some(listener), force } => {
+        write => {
             let mut store = ctx.open_store()?;
-            let report = ops::set_listener_default(&mut store, &ctx.config, &id, &listener, force)?;
-            tell(&report);
-            ctx.changed();
-            if ctx.json {
-                print_json(&report.value)?;
-            } else {
-                println!(
-                    "default certificate of listener {listener}: {} (was {})",
-                    report.value.id, report.value.previous
-                );
-            }
-        }
-        CertCommand::SetDefault { id, listener: None, force } => {
-            let mut store = ctx.open_store()?;
-            let report = ops::set_default(&mut store, &id, force)?;
-            tell(&report);
-            ctx.changed();
-            if ctx.json {
-                print_json(&report.value)?;
-            } else {
-                println!("default certificate: {} (was {})", report.value.id, report.value.previous);
-            }
-        }
-        CertCommand::Delete { id, force } => {
-            let mut store = ctx.open_store()?;
-            let report = ops::delete(&mut store, &ctx.config, &id, force)?;
-            tell(&report);
-            ctx.changed();
-            if ctx.json {
-                print_json(&report.value)?;
-            } else {
-                println!("deleted {} {}", report.value.kind, report.value.id);
+            if let Some(done) = action::cert(write, &mut store, &ctx.config, &Notices) {
+                print_done(ctx, &done?)?;
             }
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn assign(ctx: &Ctx, id: &str, listeners: &[String], on: bool, force: bool) -> Result<()> {
-    let mut store = ctx.open_store()?;
-    let report = ops::assign(&mut store, &ctx.config, id, listeners, on, force)?;
-    tell(&report);
-    ctx.changed();
-    if ctx.json {
-        print_json(&report.value)?;
-    } else if !report.value.changed.is_empty() {
-        let verb = if on { "now served on" } else { "no longer served on" };
-        println!("{} {verb} listener(s): {}", report.value.id, report.value.changed.join(", "));
-    }
-    Ok(())
 }
 
 /// The snapshot the daemon would build from `store` with this configuration.
@@ -724,6 +586,101 @@ fn init_tracing() {
         .with_ansi(ansi)
         .with_target(false)
         .try_init();
+}
+
+/// The CLI's notices before slow steps: on stderr, on a terminal only.
+struct Notices;
+
+impl action::Notice for Notices {
+    fn generating(&self, key: KeyType) {
+        slow_key_notice(key);
+    }
+
+    fn decrypting(&self, files: usize) {
+        // Password-based key derivation runs 100,000+ rounds per encrypted item.
+        progress_line(&format!("decrypting and reading {files} file(s)..."));
+    }
+}
+
+/// Tells what a store-changing `cert` command did: notes and warnings on stderr, then
+/// the result (JSON with `--json`).
+fn print_done(ctx: &Ctx, done: &Done) -> Result<()> {
+    macro_rules! told {
+        ($report:expr) => {{
+            tell($report);
+            if done.changed_store() {
+                ctx.changed();
+            }
+            if ctx.json {
+                return print_json(&$report.value);
+            }
+            &$report.value
+        }};
+    }
+    match done {
+        Done::Created(r) => {
+            let v = told!(r);
+            println!("created self-signed certificate {} ({})", v.id, v.friendly_name);
+            print_cert(v);
+        }
+        Done::Requested(r) => {
+            tell(r);
+            ctx.changed();
+            eprintln!(
+                "created request {} ({}): give the CSR below to your certificate authority",
+                r.value.request.id, r.value.request.friendly_name
+            );
+            if ctx.json { print_json(&r.value)? } else { print!("{}", r.value.csr_pem) }
+        }
+        Done::Imported(r) => {
+            let v = told!(r);
+            for t in &v.trust {
+                let what = if t.added { "added to" } else { "already in" };
+                println!("{} {what} the trust pool: {}", t.role, t.subject);
+            }
+            for c in &v.certificates {
+                println!("imported certificate {} ({})", c.id, c.friendly_name);
+                print_cert(c);
+            }
+        }
+        Done::Exported(r) => {
+            let v = told!(r);
+            let key = match (v.includes_key, v.key_encrypted) {
+                (true, true) => " and its encrypted private key",
+                (true, false) => " and its UNENCRYPTED private key",
+                _ => "",
+            };
+            println!("exported {} as {} to {}: {} certificate(s){key}", v.id, v.format, v.path, v.certificates);
+        }
+        Done::Replaced(r) => {
+            let v = told!(r);
+            if v.moved.is_empty() {
+                println!("nothing moved from {} to {}", v.old, v.new);
+            } else {
+                println!("{} replaces {}: moved {}", v.new, v.old, v.moved.join(", "));
+            }
+        }
+        Done::Assigned { on, report } => {
+            let v = told!(report);
+            if !v.changed.is_empty() {
+                let verb = if *on { "now served on" } else { "no longer served on" };
+                println!("{} {verb} listener(s): {}", v.id, v.changed.join(", "));
+            }
+        }
+        Done::DefaultChanged { listener: Some(listener), report } => {
+            let v = told!(report);
+            println!("default certificate of listener {listener}: {} (was {})", v.id, v.previous);
+        }
+        Done::DefaultChanged { listener: None, report } => {
+            let v = told!(report);
+            println!("default certificate: {} (was {})", v.id, v.previous);
+        }
+        Done::Deleted(r) => {
+            let v = told!(r);
+            println!("deleted {} {}", v.kind, v.id);
+        }
+    }
+    Ok(())
 }
 
 fn tell<T>(report: &Report<T>) {

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::cli::args::{AcmeCommand, CertCommand, Cli, Command};
@@ -195,16 +194,6 @@ struct Outcome {
     outputs: serde_json::Value,
 }
 
-impl Outcome {
-    fn from_report<T: Serialize>(r: ops::Report<T>) -> Self {
-        Self {
-            messages: r.notes,
-            warnings: r.warnings,
-            outputs: serde_json::to_value(&r.value).unwrap_or(serde_json::Value::Null),
-        }
-    }
-}
-
 /// Where jobs run: the daemon's configuration, store and ACME challenge map.
 #[derive(Clone)]
 pub struct Context {
@@ -218,9 +207,8 @@ async fn execute(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, 
     match parsed.command {
         Command::Acme(AcmeCommand::Request { hostnames, key, name, listeners, replace }) => {
             let acme = ctx.config.acme.as_ref().ok_or("no [acme] section in the daemon's configuration")?;
-            let key_type = key.map(|k| k.parse().map_err(|r: String| format!("key {k:?}: {r}"))).transpose()?;
-            let listeners = ops::checked_listeners(&ctx.config, &listeners).map_err(|e| e.to_string())?;
-            let params = crate::acme::RequestParams { hostnames, key_type, name, listeners, replace };
+            let params =
+                crate::cli::action::acme_request(&hostnames, key.as_deref(), name, &listeners, replace, &ctx.config)?;
             let responder =
                 crate::acme::Responder { challenges: ctx.challenges.clone(), on_disk: false, check: Vec::new() };
             let lines = Mutex::new(Vec::new());
@@ -246,24 +234,19 @@ async fn execute(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, 
     }
 }
 
-fn cert(cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, String> {
-    let open = || Store::open(&ctx.store_dir).map_err(|e| e.to_string());
-    let e = |e: ops::Error| e.to_string();
-    match cmd {
+fn cert(mut cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, String> {
+    let mut store = Store::open(&ctx.store_dir).map_err(|e| e.to_string())?;
+    // A job run twice (a crash cut it off after its effect, or it was submitted twice)
+    // finds its effect and reports it instead of doing it again.
+    match &mut cmd {
         CertCommand::CreateSelfSigned { new, days } => {
-            let params = new.params(days).map_err(|e| format!("{e:#}"))?;
-            let mut store = open()?;
+            let params = new.params(*days).map_err(|e| e.to_string())?;
             if let Some(done) = already(&store, &params, EntryKind::Cert)? {
                 return Ok(done);
             }
-            Ok(Outcome::from_report(ops::create_self_signed(&mut store, &params).map_err(e)?))
         }
-        CertCommand::Request { new, from } => {
-            let params = new.params(0).map_err(|e| format!("{e:#}"))?;
-            let mut store = open()?;
-            if let Some(from) = from {
-                return Ok(Outcome::from_report(ops::create_request_from(&mut store, &from, &params).map_err(e)?));
-            }
+        CertCommand::Request { new, from: None } => {
+            let params = new.params(0).map_err(|e| e.to_string())?;
             if let Some(mut done) = already(&store, &params, EntryKind::Request)? {
                 if let Some(id) = done.outputs["id"].as_str()
                     && let Ok(r) = store.read_request(id)
@@ -272,56 +255,31 @@ fn cert(cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, String>
                 }
                 return Ok(done);
             }
-            Ok(Outcome::from_report(ops::create_request(&mut store, &params).map_err(e)?))
         }
-        CertCommand::Import { files, name, password_file } => {
-            let password = password_file.as_deref().map(ops::read_password_file).transpose().map_err(e)?;
-            let mut store = open()?;
-            Ok(Outcome::from_report(ops::import(&mut store, &ops::ImportParams { files, name, password }).map_err(e)?))
+        // A re-run may find its own half-finished export: replace it.
+        CertCommand::Export { force, .. } => *force |= rerun,
+        _ => {}
+    }
+    let deleting = match &cmd {
+        CertCommand::Delete { id, .. } => Some(id.clone()),
+        _ => None,
+    };
+    match crate::cli::action::cert(cmd, &mut store, &ctx.config, &crate::cli::action::Quiet) {
+        None => Err("not a job action".into()),
+        Some(Ok(done)) => {
+            let (messages, warnings, outputs) = done.parts();
+            Ok(Outcome { messages: messages.to_vec(), warnings: warnings.to_vec(), outputs })
         }
-        CertCommand::Export { id, format, out, include_key, include_chain, password_file, no_password, force } => {
-            let format = format.parse().map_err(|r: String| format!("format {format:?}: {r}"))?;
-            let password = password_file.as_deref().map(ops::read_password_text).transpose().map_err(e)?;
-            let store = open()?;
-            // A re-run after a crash may find its own half-finished export: replace it.
-            let force = force || rerun;
-            let params =
-                ops::ExportParams { id, format, out, include_key, include_chain, password, no_password, force };
-            Ok(Outcome::from_report(ops::export(&store, &params).map_err(e)?))
+        Some(Err(crate::cli::action::Error::Ops(ops::Error::Store(crate::store::Error::NotFound(_)))))
+            if rerun && let Some(id) = deleting =>
+        {
+            Ok(Outcome {
+                messages: vec![format!("{id}: not in the store; the interrupted run had already deleted it")],
+                warnings: Vec::new(),
+                outputs: serde_json::json!({ "id": id }),
+            })
         }
-        CertCommand::SetDefault { id, listener: Some(listener), force } => {
-            let mut store = open()?;
-            let r = ops::set_listener_default(&mut store, &ctx.config, &id, &listener, force);
-            Ok(Outcome::from_report(r.map_err(e)?))
-        }
-        CertCommand::SetDefault { id, listener: None, force } => {
-            let mut store = open()?;
-            Ok(Outcome::from_report(ops::set_default(&mut store, &id, force).map_err(e)?))
-        }
-        CertCommand::Assign { id, listeners, force } => {
-            let mut store = open()?;
-            Ok(Outcome::from_report(ops::assign(&mut store, &ctx.config, &id, &listeners, true, force).map_err(e)?))
-        }
-        CertCommand::Unassign { id, listeners } => {
-            let mut store = open()?;
-            Ok(Outcome::from_report(ops::assign(&mut store, &ctx.config, &id, &listeners, false, false).map_err(e)?))
-        }
-        CertCommand::Replace { old, new, force } => {
-            let mut store = open()?;
-            Ok(Outcome::from_report(ops::replace(&mut store, &old, &new, force).map_err(e)?))
-        }
-        CertCommand::Delete { id, force } => {
-            let mut store = open()?;
-            match ops::delete(&mut store, &ctx.config, &id, force) {
-                Err(ops::Error::Store(crate::store::Error::NotFound(_))) if rerun => Ok(Outcome {
-                    messages: vec![format!("{id}: not in the store; the interrupted run had already deleted it")],
-                    warnings: Vec::new(),
-                    outputs: serde_json::json!({ "id": id }),
-                }),
-                r => Ok(Outcome::from_report(r.map_err(e)?)),
-            }
-        }
-        _ => Err("not a job action".into()),
+        Some(Err(e)) => Err(e.to_string()),
     }
 }
 

@@ -44,6 +44,8 @@ pub mod proxy;
 pub mod snapshot;
 pub mod sni;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 pub mod watch;
 
 /// The version printed by `--version` and `status`.

@@ -595,30 +595,3 @@ pub fn read_password_text(path: &Path) -> Result<String, Error> {
     String::from_utf8(read_password_file(path)?)
         .map_err(|_| flag("--password-file", format!("{}: the password is not UTF-8", path.display())))
 }
-
-/// Stores `n` self-signed P-256 certificates named "{prefix} {i}" for `{i}.{domain}` and
-/// `*.{i}.{domain}`, straight through the store (no per-name scan of every entry), and
-/// returns their ids. For benchmarks and scale measurements, not for operators.
-#[doc(hidden)]
-pub fn fill_self_signed(store: &mut Store, n: usize, prefix: &str, domain: &str) -> Result<Vec<String>, Error> {
-    let now = OffsetDateTime::now_utc();
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        let name = format!("{prefix} {i}");
-        let sans = vec![format!("{i}.{domain}"), format!("*.{i}.{domain}")];
-        let identity = IdentityRequest { friendly_name: name.clone(), sans, ..Default::default() }.validate()?;
-        let key = KeyType::EcdsaP256.generate()?;
-        let cert = pki::self_signed(&identity, KeyType::EcdsaP256, &key, 365, now)?;
-        let key_pem = key.to_pem();
-        ids.push(store.add_cert(&NewCert {
-            friendly_name: &name,
-            source: Source::SelfSigned,
-            key_type: Some(KeyType::EcdsaP256),
-            cert_pem: &cert,
-            chain_pem: "",
-            key_pem: Some(&key_pem),
-            acme: None,
-        })?);
-    }
-    Ok(ids)
-}

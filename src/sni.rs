@@ -317,26 +317,6 @@ impl CertMap {
     }
 }
 
-/// A throwaway self-signed certificate as a `Served`, for benchmarks and tests.
-#[doc(hidden)]
-pub fn test_served(id: &str) -> Served {
-    let key_type = crate::pki::KeyType::EcdsaP256;
-    let key = key_type.generate().expect("keygen");
-    let identity = crate::pki::IdentityRequest {
-        friendly_name: id.into(),
-        sans: vec![format!("{id}.test")],
-        ..Default::default()
-    }
-    .validate()
-    .expect("valid identity");
-    let pem = crate::pki::self_signed(&identity, key_type, &key, 1, time::OffsetDateTime::now_utc()).expect("sign");
-    let der = pem::parse(pem).expect("pem").into_contents();
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let key_der = rustls_pki_types::PrivateKeyDer::try_from(key.pkcs8_der().to_vec()).expect("pkcs8");
-    let key = CertifiedKey::from_der(vec![der.into()], key_der, &provider).expect("certified key");
-    Served { id: id.into(), friendly_name: id.into(), key: Arc::new(key) }
-}
-
 impl Served {
     /// The same certificate under another id (benchmarks with many entries).
     #[doc(hidden)]
@@ -377,7 +357,7 @@ mod tests {
     use super::*;
 
     fn served(id: &str) -> Served {
-        test_served(id)
+        crate::testing::served(id)
     }
 
     fn rank(valid_now: bool, chain_complete: bool, not_after: i64, created: i64) -> Rank {

@@ -7,7 +7,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use portcullis::config::SniPolicy;
-use portcullis::sni::{CertMapBuilder, DefaultKind, Rank, test_served};
+use portcullis::sni::{CertMapBuilder, DefaultKind, Rank};
+use portcullis::testing::served as test_served;
 
 struct Counting;
 

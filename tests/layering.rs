@@ -43,10 +43,12 @@ const LAYERS: &[(&str, u8)] = &[
     // Surfaces: the command line's shape (shared with jobs), the admin listener and
     // the job runner, the daemon, the CLI.
     ("cli::args", 7),
-    ("admin", 8),
-    ("jobs", 8),
-    ("daemon", 9),
-    ("cli", 10),
+    ("cli::action", 8),
+    ("testing", 7), // helpers for benches and tests
+    ("admin", 9),
+    ("jobs", 9),
+    ("daemon", 10),
+    ("cli", 11),
 ];
 
 /// The module path of a file under `src/` ("" for lib.rs), or `None` for main.rs.

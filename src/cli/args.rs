@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::ops::CreateParams;
@@ -338,10 +337,23 @@ pub struct NewArgs {
     pub sans: Vec<String>,
 }
 
+/// A flag value that does not parse: `--key "dsa-1024": ...`.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {value:?}: {reason}")]
+pub struct FlagError {
+    pub flag: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// `--key`.
+pub fn key_type(value: &str) -> Result<KeyType, FlagError> {
+    value.parse().map_err(|reason| FlagError { flag: "--key", value: value.to_owned(), reason })
+}
+
 impl NewArgs {
-    pub fn params(&self, days: u32) -> Result<CreateParams> {
-        let key = self.key.as_deref().unwrap_or("ecdsa-p256");
-        let key_type: KeyType = key.parse().map_err(|reason: String| anyhow::anyhow!("--key {key:?}: {reason}"))?;
+    pub fn params(&self, days: u32) -> Result<CreateParams, FlagError> {
+        let key_type = key_type(self.key.as_deref().unwrap_or("ecdsa-p256"))?;
         Ok(CreateParams {
             identity: IdentityRequest {
                 friendly_name: self.name.clone(),
