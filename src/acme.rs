@@ -26,7 +26,7 @@ pub use account::describe;
 pub use challenges::{Challenges, Responder, challenge_dir};
 pub use policy::{AcmeView, Policy, Status, backoff, schedule};
 pub use renewer::renewer;
-pub use request::{Obtained, RequestParams, check_hostnames, refuse_dropped_names, renew, request};
+pub use request::{Action, Obtained, RequestParams, check_hostnames, refuse_dropped_names, renew, request};
 
 /// Where progress lines go: stderr for the CLI, the log for the daemon, a job's messages.
 pub type Progress<'a> = &'a (dyn Fn(&str) + Send + Sync);

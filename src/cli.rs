@@ -301,7 +301,7 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
         }
     });
     let outcomes = outcomes?;
-    if outcomes.iter().any(|o| o.action != "unchanged") {
+    if outcomes.iter().any(|o| o.action != crate::acme::Action::Unchanged) {
         ctx.changed();
     }
     if ctx.json {
@@ -433,7 +433,7 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
 }
 
 /// The snapshot the daemon would build from `store` with this configuration.
-fn build_snapshot(ctx: &Ctx, store: &Store) -> Result<crate::snapshot::Snapshot, String> {
+fn build_snapshot(ctx: &Ctx, store: &Store) -> Result<crate::snapshot::Snapshot, crate::snapshot::Error> {
     crate::snapshot::TlsShared::new().and_then(|shared| crate::snapshot::build(&ctx.config, store, &shared))
 }
 
@@ -546,7 +546,7 @@ fn check_config(ctx: &Ctx, strict: bool) -> Result<ExitCode> {
                 warnings.append(&mut permissions);
             }
         }
-        Err(e) => problems.push(e),
+        Err(e) => problems.push(e.to_string()),
     }
     for w in &warnings {
         eprintln!("{}: {w}", paint("warning", "33"));

@@ -50,8 +50,8 @@ pub enum Error {
     #[error("{}: {reason}", path.display())]
     Damaged { path: PathBuf, reason: String },
     /// The snapshot an answer needs could not be built (a handler's options, TLS setup).
-    #[error("{0}")]
-    Snapshot(String),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
     /// `cert import`: the files hold nothing that can be stored.
     #[error(
         "{files}: nothing to import (a private key needs its certificate, in the same import or already in the store)"
@@ -356,8 +356,8 @@ pub fn which(store: &Store, config: &Config, hostname: &str, listener: Option<&s
         None => config.listeners.first().map(|l| l.name.clone()).unwrap_or_default(),
     };
     let hostname = hostname.strip_suffix('.').unwrap_or(hostname).to_ascii_lowercase();
-    let shared = crate::snapshot::TlsShared::new().map_err(Error::Snapshot)?;
-    let snapshot = crate::snapshot::build(config, store, &shared).map_err(Error::Snapshot)?;
+    let shared = crate::snapshot::TlsShared::new()?;
+    let snapshot = crate::snapshot::build(config, store, &shared)?;
     let l = snapshot.listener(&name).ok_or_else(|| flag("--listener", format!("{name:?} is not configured")))?;
     let sni = (!hostname.is_empty()).then_some(hostname.as_str());
     let selection = l.certs.lookup(sni);
@@ -490,9 +490,9 @@ fn delete_trust(store: &mut Store, fingerprint: &str, force: bool) -> Result<Rep
 /// the snapshot as served now against the snapshot without it.
 fn served_consequences(store: &Store, config: &Config, id: &str) -> Result<Vec<String>, Error> {
     use crate::sni::Selection;
-    let shared = crate::snapshot::TlsShared::new().map_err(Error::Snapshot)?;
-    let now = crate::snapshot::build(config, store, &shared).map_err(Error::Snapshot)?;
-    let after = crate::snapshot::build_without(config, store, &shared, id).map_err(Error::Snapshot)?;
+    let shared = crate::snapshot::TlsShared::new()?;
+    let now = crate::snapshot::build(config, store, &shared)?;
+    let after = crate::snapshot::build_without(config, store, &shared, id)?;
     let names: Vec<String> = now.certificates.iter().find(|c| &*c.id == id).map(|c| c.sans.clone()).unwrap_or_default();
     let describe = |sel: &Selection<'_>| match sel.served() {
         Some(s) => format!("{} ({})", s.id, sel.reason()),

@@ -25,6 +25,23 @@ use crate::proxy::handler::{self, Handler};
 use crate::sni::{CertMap, CertMapBuilder, DefaultKind, Rank, Resolver, Served};
 use crate::store::{self, CertEntry, Stamp, Store};
 
+/// Why a snapshot could not be built (the last good one keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be listed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// A route's handler options (`ROUTE.handler` names the route).
+    #[error("{route}.handler: {reason}")]
+    Handler { route: String, reason: String },
+    /// rustls refused the TLS setup.
+    #[error("{0}")]
+    Tls(String),
+    /// The fallback of last resort is missing or broken.
+    #[error("the factory default certificate {} cannot be served", store::FACTORY_ID)]
+    FactoryDefault,
+}
+
 /// A routed handler.
 pub struct Route {
     pub hosts: Vec<HostPattern>,
@@ -155,11 +172,11 @@ pub struct TlsShared {
 }
 
 impl TlsShared {
-    pub fn new() -> Result<Self, String> {
+    pub fn new() -> Result<Self, Error> {
         Ok(Self {
             // Rotating ticket keys (AWS-LC ticketer: a new key every 6 hours, the old one
             // still accepted), and a bounded stateful cache for TLS 1.2 session ids.
-            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| e.to_string())?,
+            ticketer: rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| Error::Tls(e.to_string()))?,
             sessions: rustls::server::ServerSessionMemoryCache::new(20_000),
         })
     }
@@ -298,7 +315,7 @@ pub struct EntryCache {
 
 impl EntryCache {
     /// Brings the cache up to date with the store; returns the problems seen.
-    fn refresh(&mut self, store: &Store) -> Result<Vec<String>, String> {
+    fn refresh(&mut self, store: &Store) -> Result<Vec<String>, Error> {
         let mut problems = Vec::new();
         let mut permissions = Vec::new();
         let trust = store.trust_stamp();
@@ -309,7 +326,7 @@ impl EntryCache {
             self.trust = Some(trust);
         }
         let mut pool = None;
-        let ids = store.cert_ids().map_err(|e| e.to_string())?;
+        let ids = store.cert_ids()?;
         self.entries.retain(|id, _| ids.contains(id));
         for id in ids {
             let stamp = store.entry_stamp(&id);
@@ -324,7 +341,7 @@ impl EntryCache {
             let pool = match &pool {
                 Some(p) => p,
                 None => {
-                    let (p, bad) = store.trust_pool().map_err(|e| e.to_string())?;
+                    let (p, bad) = store.trust_pool()?;
                     self.trust_problems = bad.iter().map(ToString::to_string).collect();
                     pool.insert(p)
                 }
@@ -394,12 +411,12 @@ impl EntryCache {
 
 /// Builds a snapshot. Configuration errors (a route's handler options) fail the build;
 /// an unreadable store entry is skipped and reported in `problems`.
-pub fn build(config: &Config, store: &Store, shared: &TlsShared) -> Result<Snapshot, String> {
+pub fn build(config: &Config, store: &Store, shared: &TlsShared) -> Result<Snapshot, Error> {
     build_cached(config, store, shared, &mut EntryCache::default())
 }
 
 /// [`build`] as if certificate `id` were not in the store: what deleting it would serve.
-pub fn build_without(config: &Config, store: &Store, shared: &TlsShared, id: &str) -> Result<Snapshot, String> {
+pub fn build_without(config: &Config, store: &Store, shared: &TlsShared, id: &str) -> Result<Snapshot, Error> {
     let mut cache = EntryCache::default();
     let problems = cache.refresh(store)?;
     cache.entries.remove(id);
@@ -412,7 +429,7 @@ pub fn build_cached(
     store: &Store,
     shared: &TlsShared,
     cache: &mut EntryCache,
-) -> Result<Snapshot, String> {
+) -> Result<Snapshot, Error> {
     let problems = cache.refresh(store)?;
     assemble(config, store, store.state(), shared, cache, problems)
 }
@@ -424,7 +441,7 @@ fn assemble(
     shared: &TlsShared,
     cache: &EntryCache,
     mut problems: Vec<String>,
-) -> Result<Snapshot, String> {
+) -> Result<Snapshot, Error> {
     let entries = &cache.entries;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let rank = |c: &Cached| Rank {
@@ -498,8 +515,7 @@ fn assemble(
         let map = match fallback {
             Some((i, kind)) => builder.build_with(i, kind),
             None => {
-                let (s, _, _) = served(store::FACTORY_ID, l.send_root)
-                    .ok_or_else(|| format!("the factory default certificate {} cannot be served", store::FACTORY_ID))?;
+                let (s, _, _) = served(store::FACTORY_ID, l.send_root).ok_or(Error::FactoryDefault)?;
                 builder.build(s, DefaultKind::Factory)
             }
         };
@@ -507,7 +523,8 @@ fn assemble(
 
         let mut routes = Vec::new();
         for r in config.routes.iter().filter(|r| r.listener == l.name) {
-            let handler = handler::build(&r.handler).map_err(|e| format!("{}.handler: {e}", r.origin))?;
+            let handler =
+                handler::build(&r.handler).map_err(|reason| Error::Handler { route: r.origin.clone(), reason })?;
             routes.push(Route { hosts: r.hosts.clone(), handler, metrics: RouteMetrics::new(&r.label) });
         }
         let (route_table, shadowed) = RouteTable::new(routes.iter().map(|r| r.hosts.as_slice()));
@@ -524,7 +541,7 @@ fn assemble(
         let resolver = Resolver { map: Arc::clone(&certs), counters: SniCounters::new(&l.name) };
         let mut tls = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| e.to_string())?
+            .map_err(|e| Error::Tls(e.to_string()))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(resolver));
         if has_http {

@@ -25,8 +25,56 @@ pub struct Obtained {
     pub hostnames: Vec<String>,
     pub serial: String,
     pub not_after: String,
-    /// "issued", "renewed" or "unchanged" (already valid; nothing ordered).
-    pub action: &'static str,
+    pub action: Action,
+}
+
+/// What happened to the certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Issued,
+    Renewed,
+    /// Issued again for new hostnames (the configuration changed them).
+    Reissued,
+    /// Already valid: nothing ordered.
+    Unchanged,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Issued => "issued",
+            Self::Renewed => "renewed",
+            Self::Reissued => "reissued",
+            Self::Unchanged => "unchanged",
+        })
+    }
+}
+
+impl Obtained {
+    fn new(id: String, friendly_name: String, hostnames: Vec<String>, info: &CertInfo, action: Action) -> Self {
+        Self { id, friendly_name, hostnames, serial: info.serial.clone(), not_after: rfc3339(info.not_after), action }
+    }
+}
+
+/// The store entry an order's certificate becomes (new, or the renewal of one).
+fn acme_entry<'a>(
+    name: &'a str,
+    key_type: KeyType,
+    cert_pem: &'a str,
+    chain_pem: &'a str,
+    key_pem: &'a str,
+    meta: AcmeMeta,
+) -> NewCert<'a> {
+    NewCert {
+        friendly_name: name,
+        source: Source::Acme,
+        key_type: Some(key_type),
+        cert_pem,
+        chain_pem,
+        key_pem: Some(key_pem),
+        acme: Some(meta),
+    }
 }
 
 /// `acme request`: what to order.
@@ -147,14 +195,13 @@ pub async fn request(
                 rfc3339(entry.info.not_after),
                 rfc3339(s.renew_at)
             ));
-            return Ok(Obtained {
-                id: entry.id.clone(),
-                friendly_name: entry.meta.friendly_name.clone(),
+            return Ok(Obtained::new(
+                entry.id.clone(),
+                entry.meta.friendly_name.clone(),
                 hostnames,
-                serial: entry.info.serial.clone(),
-                not_after: rfc3339(entry.info.not_after),
-                action: "unchanged",
-            });
+                &entry.info,
+                Action::Unchanged,
+            ));
         }
         return renew(acme, store_dir, &entry.id, true, responder, progress).await;
     }
@@ -174,15 +221,7 @@ pub async fn request(
         let listeners = params.listeners.clone();
         blocking(move || {
             let mut store = Store::open(&store_dir)?;
-            let id = store.add_cert(&NewCert {
-                friendly_name: &name,
-                source: Source::Acme,
-                key_type: Some(key_type),
-                cert_pem: &cert_pem,
-                chain_pem: &chain_pem,
-                key_pem: Some(&key_pem),
-                acme: Some(meta),
-            })?;
+            let id = store.add_cert(&acme_entry(&name, key_type, &cert_pem, &chain_pem, &key_pem, meta))?;
             store.assign(&id, &listeners, true)?;
             Ok(id)
         })
@@ -192,14 +231,7 @@ pub async fn request(
     if !params.listeners.is_empty() {
         progress(&format!("served on listener(s) {}", params.listeners.join(", ")));
     }
-    Ok(Obtained {
-        id,
-        friendly_name: name,
-        hostnames,
-        serial: info.serial,
-        not_after: rfc3339(info.not_after),
-        action: "issued",
-    })
+    Ok(Obtained::new(id, name, hostnames, &info, Action::Issued))
 }
 
 /// Renews ACME entry `id` now (`force`), or only if it is due. On failure the entry's
@@ -248,14 +280,13 @@ async fn renew_as(
     let s = schedule(&meta, &entry.info, &policy, now);
     if !force && !reissue && s.status == Status::Valid {
         progress(&format!("{}: not due; renewal starts {}", entry.id, rfc3339(s.renew_at)));
-        return Ok(Obtained {
-            id: entry.id.clone(),
-            friendly_name: entry.meta.friendly_name.clone(),
-            hostnames: meta.hostnames.clone(),
-            serial: entry.info.serial.clone(),
-            not_after: rfc3339(entry.info.not_after),
-            action: "unchanged",
-        });
+        return Ok(Obtained::new(
+            entry.id.clone(),
+            entry.meta.friendly_name.clone(),
+            meta.hostnames.clone(),
+            &entry.info,
+            Action::Unchanged,
+        ));
     }
     let key_type = entry.meta.key_type.unwrap_or(acme.key_type);
     let key = match (acme.reuse_key, entry.private_key()) {
@@ -280,30 +311,12 @@ async fn renew_as(
             let name2 = name.clone();
             blocking(move || {
                 let mut store = Store::open_existing(&store_dir)?;
-                store.renew_entry(
-                    &id2,
-                    &NewCert {
-                        friendly_name: &name2,
-                        source: Source::Acme,
-                        key_type: Some(key_type),
-                        cert_pem: &cert_pem,
-                        chain_pem: &chain_pem,
-                        key_pem: Some(&key_pem),
-                        acme: Some(meta),
-                    },
-                )?;
+                store.renew_entry(&id2, &acme_entry(&name2, key_type, &cert_pem, &chain_pem, &key_pem, meta))?;
                 Ok(())
             })
             .await?;
             progress(&format!("renewed {id}: serial {}, valid until {}", info.serial, rfc3339(info.not_after)));
-            Ok(Obtained {
-                id,
-                friendly_name: name,
-                hostnames,
-                serial: info.serial,
-                not_after: rfc3339(info.not_after),
-                action: if reissue { "reissued" } else { "renewed" },
-            })
+            Ok(Obtained::new(id, name, hostnames, &info, if reissue { Action::Reissued } else { Action::Renewed }))
         }
         Err(e) => {
             let message = format!("{e:#}").replace('\n', " ");

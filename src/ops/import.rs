@@ -53,9 +53,27 @@ enum KeySource {
     None,
 }
 
-/// `cert import`: reads every file first (nothing is written if any fails), classifies
-/// the certificates, links keys, then stores trust certificates, identities and keys.
+/// `cert import`: reads every file first (nothing is written if any fails), plans what
+/// each certificate and key becomes, refuses what could not be served, then stores
+/// trust certificates, identities and keys.
 pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Imported>, Error> {
+    let found = read(params)?;
+    let mut report = Report::new(Imported::default());
+    let plan = plan(store, params, found, &mut report)?;
+    plan.refuse_unservable()?;
+    plan.write(store, &mut report)?;
+    Ok(report)
+}
+
+/// What the files hold: certificates and keys, each once.
+struct Found {
+    certs: Vec<(pki::FoundCert, pki::CertInfo)>,
+    keys: Vec<pki::FoundKey>,
+    /// Files that brought certificates (a key from one of them is part of a bundle).
+    cert_files: HashSet<String>,
+}
+
+fn read(params: &ImportParams) -> Result<Found, Error> {
     let mut found = pki::Found::default();
     for path in &params.files {
         let file = path.display().to_string();
@@ -63,12 +81,7 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
             .map_err(|error| Error::File { path: path.clone(), error })?;
         pki::read_file(&file, &bytes, params.password.as_deref(), &mut found)?;
     }
-    let now = OffsetDateTime::now_utc();
-    let mut report = Report::new(Imported::default());
-
-    // Files that brought certificates (a key from one of them is part of a bundle).
     let cert_files: HashSet<String> = found.certs.iter().map(|c| file_of(&c.origin).to_owned()).collect();
-    // Certificates, once each, with their parsed form.
     let mut seen = HashSet::new();
     let mut certs = Vec::new();
     for c in found.certs {
@@ -87,28 +100,37 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
             keys.push(k);
         }
     }
-    let (stored, _) = store.certs()?;
+    Ok(Found { certs, keys, cert_files })
+}
 
-    // Plan: leaves with their key source and name; trust certificates; keys for keyless entries.
-    struct Leaf {
-        der: Vec<u8>,
-        info: pki::CertInfo,
-        key: KeySource,
-        name: String,
-        origin: String,
-    }
-    let mut leaves: Vec<Leaf> = Vec::new();
-    let mut trust = Vec::new();
+/// An identity certificate to store, with its key source and name.
+struct Leaf {
+    der: Vec<u8>,
+    info: pki::CertInfo,
+    key: KeySource,
+    name: String,
+    origin: String,
+}
+
+/// What an import will write.
+struct Plan {
+    leaves: Vec<Leaf>,
+    trust: Vec<(Vec<u8>, pki::CertInfo, Role)>,
+    /// Keys for entries stored without one: (entry id, index in `keys`).
+    attach: Vec<(String, usize)>,
+    keys: Vec<pki::FoundKey>,
+}
+
+fn plan(store: &Store, params: &ImportParams, found: Found, report: &mut Report<Imported>) -> Result<Plan, Error> {
+    let Found { certs, keys, cert_files } = found;
+    let (stored, _) = store.certs()?;
+    let mut plan = Plan { leaves: Vec::new(), trust: Vec::new(), attach: Vec::new(), keys: Vec::new() };
     let mut used_keys = HashSet::new();
-    let mut attach: Vec<(String, usize)> = Vec::new();
     let mut names_planned: HashSet<String> = HashSet::new();
-    let leaf_count = certs
-        .iter()
-        .filter(|(c, info)| {
-            let has_key = keys.iter().any(|k| k.key.public_key_raw() == info.public_key_raw.as_slice());
-            pki::classify(info, &c.der, has_key) == Role::Leaf
-        })
-        .count();
+    let key_of =
+        |info: &pki::CertInfo| keys.iter().position(|k| k.key.public_key_raw() == info.public_key_raw.as_slice());
+    let leaf_count =
+        certs.iter().filter(|(c, info)| pki::classify(info, &c.der, key_of(info).is_some()) == Role::Leaf).count();
     if params.name.is_some() && leaf_count != 1 {
         return Err(flag(
             "--name",
@@ -118,21 +140,21 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
         ));
     }
     for (c, info) in certs {
-        let in_import = keys.iter().position(|k| k.key.public_key_raw() == info.public_key_raw.as_slice());
+        let in_import = key_of(&info);
         let stored_key = match in_import {
             Some(_) => None,
             None => store.find_key(&info.public_key_raw)?,
         };
         let role = pki::classify(&info, &c.der, in_import.is_some() || stored_key.is_some());
         if role != Role::Leaf {
-            trust.push((c.der, info, role));
+            plan.trust.push((c.der, info, role));
             continue;
         }
         if let Some(existing) = stored.iter().find(|e| e.info.fingerprint_sha256 == info.fingerprint_sha256) {
             match in_import {
                 Some(k) if !existing.key.has_key() => {
                     used_keys.insert(k);
-                    attach.push((existing.id.clone(), k));
+                    plan.attach.push((existing.id.clone(), k));
                 }
                 Some(k) => {
                     // Its key came along again (the same PKCS#12 imported twice).
@@ -158,19 +180,11 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
             (None, _) => {
                 // The key bag's name is the entry's alias; certificate bags often carry the subject.
                 let alias = in_import.and_then(|k| keys[k].alias.clone()).or_else(|| c.alias.clone());
-                let base = alias.filter(|a| !a.trim().is_empty()).unwrap_or_else(|| info.issued_to.clone());
-                let base: String = base.trim().chars().take(100).collect();
-                let expiry = format!("{base} (expires {})", &rfc3339(info.not_after)[..10]);
-                let free = |n: &str| !names_planned.contains(&n.to_lowercase()) && store.check_new_name(n).is_ok();
-                [base.clone(), expiry.clone()]
-                    .into_iter()
-                    .chain((2..).map(|i| format!("{expiry} #{i}")))
-                    .find(|n| free(n))
-                    .expect("names are unbounded")
+                free_name(store, &names_planned, alias, &info)
             }
         };
         names_planned.insert(name.to_lowercase());
-        leaves.push(Leaf { der: c.der, info, key, name, origin: c.origin });
+        plan.leaves.push(Leaf { der: c.der, info, key, name, origin: c.origin });
     }
     // Keys for certificates already in the store without one.
     for (i, k) in keys.iter().enumerate() {
@@ -180,7 +194,7 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
         match stored.iter().find(|e| e.info.public_key_raw.as_slice() == k.key.public_key_raw()) {
             Some(entry) if !entry.key.has_key() => {
                 used_keys.insert(i);
-                attach.push((entry.id.clone(), i));
+                plan.attach.push((entry.id.clone(), i));
             }
             Some(entry) => {
                 report.notes.push(format!("{}: the private key of {} is already in the store", k.origin, entry.id))
@@ -202,47 +216,94 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
             }
         }
     }
-    if leaves.is_empty() && trust.is_empty() && attach.is_empty() && report.value.already_present.is_empty() {
+    if plan.leaves.is_empty()
+        && plan.trust.is_empty()
+        && plan.attach.is_empty()
+        && report.value.already_present.is_empty()
+    {
         let files: Vec<String> = params.files.iter().map(|p| p.display().to_string()).collect();
         return Err(Error::NothingToImport { files: files.join(", ") });
     }
+    plan.keys = keys;
+    Ok(plan)
+}
 
-    // Refuse what the data plane could not serve, before anything is written.
-    for leaf in &leaves {
-        let refuse =
-            |why: String| Error::Refused(format!("{}: {}: {why}; nothing imported", leaf.origin, leaf.info.subject));
-        if leaf.info.sans.len() > pki::MAX_SANS {
-            return Err(refuse(format!(
-                "{} subject alternative names, more than the {} a served certificate may carry",
-                leaf.info.sans.len(),
-                pki::MAX_SANS
-            )));
-        }
-        let key = match &leaf.key {
-            KeySource::Import(k) => Some(&keys[*k].key),
+/// A name for an imported entry: its alias or subject, else with its expiry date, else
+/// numbered; free in the store and in this import.
+fn free_name(store: &Store, planned: &HashSet<String>, alias: Option<String>, info: &pki::CertInfo) -> String {
+    let base = alias.filter(|a| !a.trim().is_empty()).unwrap_or_else(|| info.issued_to.clone());
+    let base: String = base.trim().chars().take(100).collect();
+    let expiry = format!("{base} (expires {})", &rfc3339(info.not_after)[..10]);
+    let free = |n: &str| !planned.contains(&n.to_lowercase()) && store.check_new_name(n).is_ok();
+    [base, expiry.clone()]
+        .into_iter()
+        .chain((2..).map(|i| format!("{expiry} #{i}")))
+        .find(|n| free(n))
+        .expect("names are unbounded")
+}
+
+impl Plan {
+    fn key<'a>(&'a self, leaf: &'a Leaf) -> Option<&'a PrivateKey> {
+        match &leaf.key {
+            KeySource::Import(k) => Some(&self.keys[*k].key),
             KeySource::Stored(_, key) => Some(key),
             KeySource::Request(_) | KeySource::None => None,
-        };
-        if let Some(key) = key {
-            pki::check_servable(&leaf.der, key).map_err(|e| refuse(format!("TLS cannot serve it: {e}")))?;
         }
     }
 
-    // Write: trust pool first, so the new entries' chains are complete when read back.
-    for (der, info, role) in trust {
-        let added = store.add_trust(&der)?;
-        report.value.trust.push(TrustView {
-            role: role.as_str(),
-            subject: info.subject.clone(),
-            fingerprint_sha256: info.fingerprint_sha256.clone(),
-            added,
-        });
+    /// Refuses what the data plane could not serve, before anything is written.
+    fn refuse_unservable(&self) -> Result<(), Error> {
+        for leaf in &self.leaves {
+            let refuse = |why: String| {
+                Error::Refused(format!("{}: {}: {why}; nothing imported", leaf.origin, leaf.info.subject))
+            };
+            if leaf.info.sans.len() > pki::MAX_SANS {
+                return Err(refuse(format!(
+                    "{} subject alternative names, more than the {} a served certificate may carry",
+                    leaf.info.sans.len(),
+                    pki::MAX_SANS
+                )));
+            }
+            if let Some(key) = self.key(leaf) {
+                pki::check_servable(&leaf.der, key).map_err(|e| refuse(format!("TLS cannot serve it: {e}")))?;
+            }
+        }
+        Ok(())
     }
-    for leaf in leaves {
+
+    /// Writes the trust pool first, so the new entries' chains are complete when read
+    /// back; then the identities, then the keys for entries stored without one.
+    fn write(self, store: &mut Store, report: &mut Report<Imported>) -> Result<(), Error> {
+        let now = OffsetDateTime::now_utc();
+        for (der, info, role) in &self.trust {
+            let added = store.add_trust(der)?;
+            report.value.trust.push(TrustView {
+                role: role.as_str(),
+                subject: info.subject.clone(),
+                fingerprint_sha256: info.fingerprint_sha256.clone(),
+                added,
+            });
+        }
+        for leaf in &self.leaves {
+            let id = self.write_leaf(store, leaf, report)?;
+            let entry = store.read_cert(&id)?;
+            report.value.certificates.push(CertView::new(&entry, store.state(), now));
+        }
+        for (id, k) in self.attach {
+            store.attach_key(&id, &self.keys[k].key.to_pem())?;
+            report.notes.push(format!("{id}: private key from {} attached", self.keys[k].origin));
+            report.value.keys_attached.push(id);
+        }
+        for id in &report.value.already_present {
+            report.notes.push(format!("{id}: this certificate is already in the store"));
+        }
+        Ok(())
+    }
+
+    /// Stores one identity (answering its request if it has one); returns its id.
+    fn write_leaf(&self, store: &mut Store, leaf: &Leaf, report: &mut Report<Imported>) -> Result<String, Error> {
         let cert_pem = store::pem_cert(&leaf.der);
         let key_pem = match &leaf.key {
-            KeySource::Import(k) => Some(keys[*k].key.to_pem()),
-            KeySource::Stored(_, key) => Some(key.to_pem()),
             KeySource::Request(id) => {
                 let path = store.request_dir(id).join("key.pem");
                 Some(
@@ -250,7 +311,7 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
                         .map_err(|error| Error::File { path, error })?,
                 )
             }
-            KeySource::None => None,
+            _ => self.key(leaf).map(PrivateKey::to_pem),
         };
         let new = NewCert {
             friendly_name: &leaf.name,
@@ -279,19 +340,8 @@ pub fn import(store: &mut Store, params: &ImportParams) -> Result<Report<Importe
             )),
             _ => {}
         }
-        let _ = &leaf.info;
-        let entry = store.read_cert(&id)?;
-        report.value.certificates.push(CertView::new(&entry, store.state(), now));
+        Ok(id)
     }
-    for (id, k) in attach {
-        store.attach_key(&id, &keys[k].key.to_pem())?;
-        report.notes.push(format!("{id}: private key from {} attached", keys[k].origin));
-        report.value.keys_attached.push(id);
-    }
-    for id in &report.value.already_present {
-        report.notes.push(format!("{id}: this certificate is already in the store"));
-    }
-    Ok(report)
 }
 
 /// The file part of an import origin, "FILE (FORMAT)".

@@ -254,7 +254,11 @@ pub struct InUse {
 
 /// `snapshot`: what the daemon would serve from this store (built by the caller, which
 /// may need it too), or why it cannot be built.
-pub fn status(store: &Store, config: &Config, snapshot: &Result<Snapshot, String>) -> Result<Status, Error> {
+pub fn status(
+    store: &Store,
+    config: &Config,
+    snapshot: &Result<Snapshot, crate::snapshot::Error>,
+) -> Result<Status, Error> {
     let now = OffsetDateTime::now_utc();
     let (certs, mut problems) = list_certs(store, now, &crate::acme::policy::Policy::of(config.acme.as_ref()))?;
     let (requests, bad_requests) = list_requests(store)?;
@@ -302,7 +306,7 @@ pub fn status(store: &Store, config: &Config, snapshot: &Result<Snapshot, String
     let listeners = match snapshot {
         Ok(snapshot) => listener_rows(snapshot),
         Err(e) => {
-            problems.push(e.clone());
+            problems.push(e.to_string());
             Vec::new()
         }
     };
