@@ -17,7 +17,8 @@ use super::challenges::{Challenges, Responder};
 use super::policy::{Policy, Status, backoff, schedule};
 use super::request::{RequestParams, find_entry, now_seconds, renew, request};
 use crate::config::{self, Acme as AcmeConfig};
-use crate::store::Store;
+use crate::pki::CertInfo;
+use crate::store::{AcmeMeta, Store};
 
 /// Longest sleep between passes: the CA's ARI window and clock changes are noticed.
 const CHECK_INTERVAL: Duration = Duration::from_secs(12 * 3600);
@@ -149,172 +150,213 @@ async fn pass(
     pending: &mut HashMap<Vec<String>, (u32, OffsetDateTime)>,
     ari: &mut AriCache,
 ) -> Duration {
-    let responder = Responder { challenges: challenges.clone(), on_disk: false, check: Vec::new() };
-    let log = |line: &str| tracing::info!(target: "acme", "{line}");
-    let policy = Policy::of(Some(acme));
-    let mut wake = CHECK_INTERVAL;
+    let mut pass = Pass {
+        config,
+        acme,
+        store_dir,
+        responder: Responder { challenges: challenges.clone(), on_disk: false, check: Vec::new() },
+        policy: Policy::of(Some(acme)),
+        wake: CHECK_INTERVAL,
+    };
+    pass.order_missing(pending).await;
+    pass.renew_due(ari).await;
+    pass.wake.max(Duration::from_secs(1))
+}
 
-    // Configured certificates that have no entry yet.
-    let dir = store_dir.to_owned();
-    let wanted = acme.certificates.clone();
-    let missing = blocking(move || {
-        let store = Store::open_existing(&dir)?;
-        let mut missing = Vec::new();
-        for c in wanted {
-            if find_entry(&store, &c.hostnames)?.is_none() {
-                missing.push(c);
-            }
-        }
-        Ok(missing)
-    })
-    .await;
-    for c in missing.unwrap_or_else(|e| {
-        tracing::error!(error = %format!("{e:#}"), "ACME: cannot read the store");
-        Vec::new()
-    }) {
-        let key: Vec<String> = c.hostnames.clone();
-        let now = OffsetDateTime::now_utc();
-        if let Some((_, next)) = pending.get(&key)
-            && *next > now
-        {
-            wake = wake.min((*next - now).unsigned_abs());
-            continue;
-        }
-        // Checked against [[listener]] when the configuration was loaded.
-        let listeners = c.listeners.clone().filter(|l| config.check_listeners(l).is_ok()).unwrap_or_default();
-        // The configuration declares the names: editing it is the operator's --replace.
-        let params = RequestParams {
-            hostnames: c.hostnames.clone(),
-            key_type: c.key_type,
-            name: c.name.clone(),
-            listeners,
-            replace: true,
-        };
-        match request(acme, store_dir, &params, &responder, &log).await {
-            Ok(o) => {
-                pending.remove(&key);
-                tracing::info!(id = %o.id, hostnames = %o.hostnames.join(","), "ACME certificate issued");
-            }
-            Err(e) => {
-                let failures = pending.get(&key).map_or(1, |p| p.0 + 1);
-                // A day is the renewal threshold of nothing yet: back off as for a 90-day certificate.
-                let wait = backoff(failures, policy.renew_before);
-                pending.insert(key.clone(), (failures, now + wait));
-                wake = wake.min(wait);
-                let message = format!("{e:#}").replace('\n', " ");
-                tracing::error!(hostnames = %key.join(","), error = %message, "ACME order failed");
-                if failures == 1 {
-                    let alert = crate::alerts::Alert {
-                        kind: "order-failed",
-                        id: String::new(),
-                        friendly_name: c.name.clone().unwrap_or_else(|| key[0].clone()),
-                        hostnames: key.clone(),
-                        not_after: None,
-                        error: message,
-                    };
-                    crate::alerts::send(&config.alerts, &alert).await;
-                }
-            }
-        }
+/// One pass of the renewer: what it works with, and when it wants to run again.
+struct Pass<'a> {
+    config: &'a config::Config,
+    acme: &'a AcmeConfig,
+    store_dir: &'a Path,
+    responder: Responder,
+    policy: Policy,
+    /// The earliest moment something falls due (a renewal, a retry, an alert).
+    wake: Duration,
+}
+
+fn log_line(line: &str) {
+    tracing::info!(target: "acme", "{line}");
+}
+
+impl Pass<'_> {
+    fn soon(&mut self, after: Duration) {
+        self.wake = self.wake.min(after);
     }
 
-    // Every ACME entry: renew what is due, alert on failures.
-    let dir = store_dir.to_owned();
-    let entries = blocking(move || {
-        let store = Store::open_existing(&dir)?;
-        let mut out = Vec::new();
-        for id in store.cert_ids()? {
-            if store.read_meta(&id).is_ok_and(|m| m.acme.is_some())
-                && let Ok(e) = store.read_cert(&id)
-            {
-                let der = e.leaf_der();
-                out.push((e.id, e.meta, e.info, der));
+    /// Orders the configured certificates that have no entry yet (with backoff per set
+    /// of hostnames; the first failure alerts).
+    async fn order_missing(&mut self, pending: &mut HashMap<Vec<String>, (u32, OffsetDateTime)>) {
+        // Configured certificates that have no entry yet.
+        let dir = self.store_dir.to_owned();
+        let wanted = self.acme.certificates.clone();
+        let missing = blocking(move || {
+            let store = Store::open_existing(&dir)?;
+            let mut missing = Vec::new();
+            for c in wanted {
+                if find_entry(&store, &c.hostnames)?.is_none() {
+                    missing.push(c);
+                }
             }
-        }
-        Ok(out)
-    })
-    .await
-    .unwrap_or_default();
-    let mut account = None;
-    for (id, meta, info, der) in entries {
-        let Some(mut am) = meta.acme.clone() else { continue };
-        let now = OffsetDateTime::now_utc();
-        let s = schedule(&am, &info, &policy, now);
-        // After a failure (also of a forced or ARI-early renewal) the backoff decides.
-        let mut attempt_at = match am.next_attempt {
-            Some(next) if am.failures > 0 => next,
-            _ => s.renew_at,
-        };
-        // RFC 9773: the CA may want it renewed earlier (e.g. ahead of a revocation).
-        if now < attempt_at
-            && am.failures == 0
-            && let Some(at) = ari.window(&mut account, acme, store_dir, &der).await
-            && at < attempt_at
-        {
-            if at <= now {
-                tracing::info!(%id, "the CA's suggested renewal window (ARI) has started");
-            }
-            attempt_at = at;
-        }
-        if now < attempt_at {
-            // Scheduled renewals are spread (many certificates issued together); a retry
-            // keeps its backoff time.
-            let spread = if am.failures > 0 {
-                Duration::ZERO
-            } else {
-                let (renew_threshold, _) = policy.thresholds(info.not_before, info.not_after);
-                jitter((renew_threshold / 20).min(Duration::from_secs(600)))
-            };
-            wake = wake.min((attempt_at - now).unsigned_abs() + spread);
-        } else {
-            match renew(acme, store_dir, &id, true, &responder, &log).await {
-                Ok(_) => continue,
-                Err(e) => tracing::error!(%id, error = %format!("{e:#}"), "ACME renewal failed"),
-            }
-            // Re-read what renew() recorded.
-            let (dir, id2) = (store_dir.to_owned(), id.clone());
-            if let Ok(m) = blocking(move || Ok(Store::open_existing(&dir)?.read_meta(&id2)?)).await
-                && let Some(a) = m.acme
-            {
-                am = a;
-            }
-            if let Some(next) = am.next_attempt {
-                wake = wake.min((next - OffsetDateTime::now_utc()).max(time::Duration::SECOND).unsigned_abs());
-            }
-        }
-        if am.failures > 0 {
+            Ok(missing)
+        })
+        .await;
+        for c in missing.unwrap_or_else(|e| {
+            tracing::error!(error = %format!("{e:#}"), "ACME: cannot read the store");
+            Vec::new()
+        }) {
+            let key: Vec<String> = c.hostnames.clone();
             let now = OffsetDateTime::now_utc();
-            let s = schedule(&am, &info, &policy, now);
-            let kind = if matches!(s.status, Status::Error | Status::Expired) { "error" } else { "renewal-failed" };
-            let daily = am.last_alert.is_none_or(|t| now - t >= time::Duration::DAY);
-            let escalated = am.last_alert_kind.as_deref() != Some(kind) && kind == "error";
-            let first = am.last_alert_kind.is_none();
-            if first || escalated || (kind == "error" && daily) {
-                let alert = crate::alerts::Alert {
-                    kind,
-                    id: id.clone(),
-                    friendly_name: meta.friendly_name.clone(),
-                    hostnames: am.hostnames.clone(),
-                    not_after: Some(info.not_after),
-                    error: am.last_result.clone().unwrap_or_default(),
-                };
-                if crate::alerts::send(&config.alerts, &alert).await {
-                    am.last_alert = Some(now_seconds());
-                    am.last_alert_kind = Some(kind.to_owned());
-                    let (dir, id2, am2) = (store_dir.to_owned(), id.clone(), am.clone());
-                    if let Err(e) = blocking(move || Ok(Store::open_existing(&dir)?.update_acme(&id2, &am2)?)).await {
-                        tracing::error!(%id, error = %format!("{e:#}"), "recording the alert");
+            if let Some((_, next)) = pending.get(&key)
+                && *next > now
+            {
+                self.soon((*next - now).unsigned_abs());
+                continue;
+            }
+            // Checked against [[listener]] when the configuration was loaded.
+            let listeners = c.listeners.clone().filter(|l| self.config.check_listeners(l).is_ok()).unwrap_or_default();
+            // The configuration declares the names: editing it is the operator's --replace.
+            let params = RequestParams {
+                hostnames: c.hostnames.clone(),
+                key_type: c.key_type,
+                name: c.name.clone(),
+                listeners,
+                replace: true,
+            };
+            match request(self.acme, self.store_dir, &params, &self.responder, &log_line).await {
+                Ok(o) => {
+                    pending.remove(&key);
+                    tracing::info!(id = %o.id, hostnames = %o.hostnames.join(","), "ACME certificate issued");
+                }
+                Err(e) => {
+                    let failures = pending.get(&key).map_or(1, |p| p.0 + 1);
+                    // A day is the renewal threshold of nothing yet: back off as for a 90-day certificate.
+                    let wait = backoff(failures, self.policy.renew_before);
+                    pending.insert(key.clone(), (failures, now + wait));
+                    self.soon(wait);
+                    let message = format!("{e:#}").replace('\n', " ");
+                    tracing::error!(hostnames = %key.join(","), error = %message, "ACME order failed");
+                    if failures == 1 {
+                        let alert = crate::alerts::Alert {
+                            kind: "order-failed",
+                            id: String::new(),
+                            friendly_name: c.name.clone().unwrap_or_else(|| key[0].clone()),
+                            hostnames: key.clone(),
+                            not_after: None,
+                            error: message,
+                        };
+                        crate::alerts::send(&self.config.alerts, &alert).await;
                     }
                 }
             }
-            if kind == "error" {
-                let next_daily = am.last_alert.map_or(now, |t| t + time::Duration::DAY);
-                wake = wake.min((next_daily - now).max(time::Duration::SECOND).unsigned_abs());
+        }
+    }
+
+    /// Renews every ACME entry that is due (or that the CA's renewal information wants
+    /// earlier), and alerts on failing ones.
+    async fn renew_due(&mut self, ari: &mut AriCache) {
+        // Every ACME entry: renew what is due, alert on failures.
+        let dir = self.store_dir.to_owned();
+        let entries = blocking(move || {
+            let store = Store::open_existing(&dir)?;
+            let mut out = Vec::new();
+            for id in store.cert_ids()? {
+                if store.read_meta(&id).is_ok_and(|m| m.acme.is_some())
+                    && let Ok(e) = store.read_cert(&id)
+                {
+                    let der = e.leaf_der();
+                    out.push((e.id, e.meta, e.info, der));
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap_or_default();
+        let mut account = None;
+        for (id, meta, info, der) in entries {
+            let Some(mut am) = meta.acme.clone() else { continue };
+            let now = OffsetDateTime::now_utc();
+            let s = schedule(&am, &info, &self.policy, now);
+            // After a failure (also of a forced or ARI-early renewal) the backoff decides.
+            let mut attempt_at = match am.next_attempt {
+                Some(next) if am.failures > 0 => next,
+                _ => s.renew_at,
+            };
+            // RFC 9773: the CA may want it renewed earlier (e.g. ahead of a revocation).
+            if now < attempt_at
+                && am.failures == 0
+                && let Some(at) = ari.window(&mut account, self.acme, self.store_dir, &der).await
+                && at < attempt_at
+            {
+                if at <= now {
+                    tracing::info!(%id, "the CA's suggested renewal window (ARI) has started");
+                }
+                attempt_at = at;
+            }
+            if now < attempt_at {
+                // Scheduled renewals are spread (many certificates issued together); a retry
+                // keeps its backoff time.
+                let spread = if am.failures > 0 {
+                    Duration::ZERO
+                } else {
+                    let (renew_threshold, _) = self.policy.thresholds(info.not_before, info.not_after);
+                    jitter((renew_threshold / 20).min(Duration::from_secs(600)))
+                };
+                self.soon((attempt_at - now).unsigned_abs() + spread);
             } else {
-                // Wake when the failure turns into the error state.
-                wake = wake.min((s.error_at - now).max(time::Duration::SECOND).unsigned_abs());
+                match renew(self.acme, self.store_dir, &id, true, &self.responder, &log_line).await {
+                    Ok(_) => continue,
+                    Err(e) => tracing::error!(%id, error = %format!("{e:#}"), "ACME renewal failed"),
+                }
+                // Re-read what renew() recorded.
+                let (dir, id2) = (self.store_dir.to_owned(), id.clone());
+                if let Ok(m) = blocking(move || Ok(Store::open_existing(&dir)?.read_meta(&id2)?)).await
+                    && let Some(a) = m.acme
+                {
+                    am = a;
+                }
+                if let Some(next) = am.next_attempt {
+                    self.soon((next - OffsetDateTime::now_utc()).max(time::Duration::SECOND).unsigned_abs());
+                }
+            }
+            if am.failures > 0 {
+                self.alert(&id, &meta.friendly_name, &info, &mut am).await;
             }
         }
     }
-    wake.max(Duration::from_secs(1))
+
+    /// A failing renewal: the first failure alerts ("renewal-failed"), the error state
+    /// alerts when it begins and then daily ("error"); sets when to look again.
+    async fn alert(&mut self, id: &str, friendly_name: &str, info: &CertInfo, am: &mut AcmeMeta) {
+        let now = OffsetDateTime::now_utc();
+        let s = schedule(am, info, &self.policy, now);
+        let kind = if matches!(s.status, Status::Error | Status::Expired) { "error" } else { "renewal-failed" };
+        let daily = am.last_alert.is_none_or(|t| now - t >= time::Duration::DAY);
+        let escalated = am.last_alert_kind.as_deref() != Some(kind) && kind == "error";
+        let first = am.last_alert_kind.is_none();
+        if first || escalated || (kind == "error" && daily) {
+            let alert = crate::alerts::Alert {
+                kind,
+                id: id.to_owned(),
+                friendly_name: friendly_name.to_owned(),
+                hostnames: am.hostnames.clone(),
+                not_after: Some(info.not_after),
+                error: am.last_result.clone().unwrap_or_default(),
+            };
+            if crate::alerts::send(&self.config.alerts, &alert).await {
+                am.last_alert = Some(now_seconds());
+                am.last_alert_kind = Some(kind.to_owned());
+                let (dir, id2, am2) = (self.store_dir.to_owned(), id.to_owned(), am.clone());
+                if let Err(e) = blocking(move || Ok(Store::open_existing(&dir)?.update_acme(&id2, &am2)?)).await {
+                    tracing::error!(%id, error = %format!("{e:#}"), "recording the alert");
+                }
+            }
+        }
+        if kind == "error" {
+            let next_daily = am.last_alert.map_or(now, |t| t + time::Duration::DAY);
+            self.soon((next_daily - now).max(time::Duration::SECOND).unsigned_abs());
+        } else {
+            // Wake when the failure turns into the error state.
+            self.soon((s.error_at - now).max(time::Duration::SECOND).unsigned_abs());
+        }
+    }
 }
