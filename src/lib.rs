@@ -2,27 +2,25 @@
 //!
 //! # Layout
 //!
-//! The modules mirror the boxes of DESIGN.md (docs/ARCHITECTURE.md has the map).
-//! Control plane:
+//! Layers from the bottom (docs/ARCHITECTURE.md has the map; tests/layering.rs keeps
+//! imports going downward only, with no circle):
 //!
-//! - [`config`]: the configuration file, `portcullis.toml → FileConfig → Config`.
-//! - [`store`]: the on-disk certificate store: atomic writes, the writers' lock,
-//!   permissions, `state.toml`, the factory default certificate.
-//! - [`pki`]: keys, self-signed certificates, CSRs, reading certificates back. Pure: no
-//!   file system.
-//! - [`ops`]: one function per admin action, shared by the CLI and the job runner.
-//! - [`acme`]: ACME account, orders over HTTP-01, renewal policy, the daemon's renewer;
-//!   [`alerts`]: mail and command alerts about failing renewals.
-//! - [`jobs`]: admin jobs by file drop, parsed by the CLI's parser, run through `ops`.
-//! - [`cli`]: argument parsing and rendering; the only place that prints.
-//!
-//! Data plane and daemon:
-//!
-//! - [`snapshot`]: the immutable `Snapshot` built from `Config` + `Store`.
-//! - [`sni`]: `CertMap` and the rustls resolver. [`proxy`]: listeners and handlers.
-//! - [`admin`]: `/metrics`, `/healthz`, `/status` (HTML) and `/status.json`.
-//!   [`watch`]: reload on file changes. [`notify`]: systemd's readiness protocol.
-//! - [`daemon`]: `portcullis run`.
+//! - leaves, importing nothing of the crate: [`http`] (bodies, `bind_tcp`, the one
+//!   `accept` with back-off), [`metrics`] (names and handles), [`input`] (bounded reads),
+//!   [`notify`] (systemd's readiness protocol);
+//! - foundations: [`pki`] (keys, certificates, CSRs, formats; no file system), [`config`]
+//!   (`portcullis.toml → Config`), [`store`] (the on-disk certificate store);
+//! - small pieces: [`alerts`], `acme::policy`, `acme::challenges`, `jobs::result`, [`watch`];
+//! - the snapshot's ingredients: [`sni`] (`CertMap`, the rustls resolver) and
+//!   `proxy::handler` (the handler plugins);
+//! - the contract: [`snapshot`] (`Snapshot`, built whole, published by the daemon's
+//!   `Publisher`, read through a `Reader`);
+//! - side by side, never importing each other: the data plane [`proxy`] and the control
+//!   plane [`ops`] (one function per admin action) and [`acme`] (orders, renewals);
+//! - surfaces: `cli::args` and `cli::action` (the command line, shared with jobs),
+//!   [`admin`] (`/metrics`, `/healthz`, `/status`, `/status.json`), [`jobs`] (admin jobs by
+//!   file drop), [`daemon`] (`portcullis run`, both runtimes), [`cli`] (the only place
+//!   that prints). [`testing`] holds helpers for benchmarks and tests.
 //!
 //! **Invariant:** `pki` never touches the file system; files are written only through
 //! `store::atomic` (store entries, exports, ACME tokens, job results).

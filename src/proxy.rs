@@ -1,11 +1,13 @@
 //! The data plane: listeners, the per-connection path (passthrough peek, TLS handshake,
 //! routing to a handler), the plain-HTTP redirect listener, and draining on shutdown.
 //!
-//! Per connection: one `ArcSwap` load at accept; the connection keeps that snapshot until
-//! it closes. No lock is taken; the certificate is chosen by the snapshot's `CertMap`.
+//! Per connection: one `snapshot::Reader` load at accept; the connection keeps that
+//! snapshot until it closes. No lock is taken; the certificate is chosen by the
+//! snapshot's `CertMap`.
 //!
-//! **Invariant:** `proxy` and `sni` never import `store`, `cli` or `config` loading; they
-//! see only `Snapshot`.
+//! **Layering** (tests/layering.rs): the data plane sees the store and the configuration
+//! only as the `Snapshot`; it imports neither the control plane (`ops`, `acme` beyond
+//! `acme::challenges`) nor a surface.
 
 pub mod handler;
 

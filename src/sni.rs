@@ -6,7 +6,7 @@
 //! validated when the map is built, never when it is read.
 //!
 //! **Invariant:** this module never touches the store or the config files; it sees only
-//! what `snapshot` hands it.
+//! what `snapshot` hands it (tests/layering.rs keeps it below `snapshot`).
 
 use std::collections::HashMap;
 use std::fmt;

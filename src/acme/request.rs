@@ -1,6 +1,6 @@
 //! The store transactions of ACME: `acme request` (issue, or nothing if a valid entry
 //! covers the names), `acme renew` and reissue for new names; each ends in one order
-//! ([`super::order::issue`]) and one store write (a new entry, or the entry renewed in
+//! (`order::issue`) and one store write (a new entry, or the entry renewed in
 //! place with its id and assignments), and records failures with their backoff.
 
 use std::path::Path;
