@@ -335,6 +335,26 @@ handler = {{ type = "static", body = "hello\n" }}
     assert!(eventually(5, || active() == 0.0), "slots still held: {}", active());
 }
 
+/// The daemon with `config`, under an open-file limit of `n` (soft and hard), logging
+/// to daemon.log.
+fn daemon_with_nofile(env: &Env, config: &std::path::Path, n: u32) -> common::Proc {
+    let log = fs::File::create(env.path("daemon.log")).unwrap();
+    common::Proc(
+        Command::new("prlimit")
+            .arg(format!("--nofile={n}"))
+            .arg("--")
+            .arg(common::BIN)
+            .arg("--config")
+            .arg(config)
+            .arg("--store")
+            .arg(env.store())
+            .arg("run")
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// User plus system CPU time of a process, in clock ticks (1/100 s).
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -352,20 +372,7 @@ fn the_admin_listener_is_capped_timed_and_answers_only_its_own_names() {
     );
     let path = env.write("portcullis.toml", &config);
     // 256 descriptors in all, as a tight LimitNOFILE would give.
-    let log = fs::File::create(env.path("daemon.log")).unwrap();
-    let _daemon = common::Proc(
-        Command::new("prlimit")
-            .args(["--nofile=256", "--"])
-            .arg(common::BIN)
-            .arg("--config")
-            .arg(&path)
-            .arg("--store")
-            .arg(env.store())
-            .arg("run")
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let _daemon = daemon_with_nofile(&env, &path, 256);
     common::wait_port(https);
     common::wait_port(admin);
 
@@ -727,20 +734,7 @@ fn out_of_descriptors_no_listener_spins() {
          [[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{https}\"]\nmax_connections = 10000\nhandshake_timeout_secs = 60\n"
     );
     let path = env.write("portcullis.toml", &config);
-    let log = fs::File::create(env.path("daemon.log")).unwrap();
-    let daemon = common::Proc(
-        Command::new("prlimit")
-            .args(["--nofile=96", "--"])
-            .arg(common::BIN)
-            .arg("--config")
-            .arg(&path)
-            .arg("--store")
-            .arg(env.store())
-            .arg("run")
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let daemon = daemon_with_nofile(&env, &path, 96);
     for port in [https, plain, admin] {
         common::wait_port(port);
     }
