@@ -181,7 +181,7 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
     let policy = crate::acme::Policy::of(ctx.config.acme.as_ref());
     if let AcmeCommand::Status = cmd {
         let store = ctx.read_store()?;
-        let mut views = crate::acme::policy::status(&store, &policy, OffsetDateTime::now_utc())?;
+        let mut views = crate::acme::policy::store_views(&store, &policy, OffsetDateTime::now_utc())?;
         // Configured certificates never issued yet (an order failing, or not tried yet).
         for c in ctx.config.acme.iter().flat_map(|a| &a.certificates) {
             if !views.iter().any(|v| crate::config::same_names(&v.hostnames, &c.hostnames)) {
@@ -265,7 +265,7 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
             (None, Some((None, force))) => {
                 let ids: Vec<String> = {
                     let store = Store::open(&store_dir)?;
-                    crate::acme::policy::status(&store, &policy, OffsetDateTime::now_utc())?
+                    crate::acme::policy::store_views(&store, &policy, OffsetDateTime::now_utc())?
                         .into_iter()
                         .map(|v| v.id)
                         .collect()

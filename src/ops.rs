@@ -21,7 +21,7 @@ pub mod views;
 pub use export::{ExportParams, ExportedView, export};
 pub use import::{ImportParams, Imported, TrustView, import};
 pub use views::{
-    CertView, InUse, RequestView, Shown, Status, TrustCert, list_certs, list_requests, list_trust, show, show_csr,
+    CertView, InUse, NodeStatus, RequestView, Shown, TrustCert, list_certs, list_requests, list_trust, show, show_csr,
     status,
 };
 

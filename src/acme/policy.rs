@@ -169,7 +169,7 @@ pub fn view_at(
 }
 
 /// Every ACME certificate in the store, for `acme status`.
-pub fn status(store: &Store, policy: &Policy, now: OffsetDateTime) -> Result<Vec<AcmeView>> {
+pub fn store_views(store: &Store, policy: &Policy, now: OffsetDateTime) -> Result<Vec<AcmeView>> {
     let (entries, _) = store.certs()?;
     Ok(entries.iter().filter_map(|e| view(&e.id, &e.meta, &e.info, policy, now)).collect())
 }

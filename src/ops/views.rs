@@ -228,7 +228,7 @@ pub fn show(store: &Store, key: &str, now: OffsetDateTime) -> Result<Shown, Erro
 
 /// `status`: the node's identity and the certificates it serves.
 #[derive(Clone, Debug, Serialize)]
-pub struct Status {
+pub struct NodeStatus {
     pub version: &'static str,
     pub hostname: String,
     pub store: String,
@@ -258,7 +258,7 @@ pub fn status(
     store: &Store,
     config: &Config,
     snapshot: &Result<Snapshot, crate::snapshot::Error>,
-) -> Result<Status, Error> {
+) -> Result<NodeStatus, Error> {
     let now = OffsetDateTime::now_utc();
     let (certs, mut problems) = list_certs(store, now, &crate::acme::policy::Policy::of(config.acme.as_ref()))?;
     let (requests, bad_requests) = list_requests(store)?;
@@ -310,7 +310,7 @@ pub fn status(
             Vec::new()
         }
     };
-    Ok(Status {
+    Ok(NodeStatus {
         version: crate::VERSION,
         hostname: crate::hostname().unwrap_or_default(),
         store: store.root().display().to_string(),
