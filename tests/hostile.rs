@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Env, free_port, openssl_ok};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 
 /// Runs the real binary under an address-space limit of 1 GiB.
 fn limited(env: &Env, args: &[&str]) -> common::Run {
@@ -141,61 +141,12 @@ fn devices_fifos_and_links_are_refused_as_input_with_a_clear_error() {
     assert!(r.stdout.contains("is a symbolic link, which is refused here"), "{r:?}");
 }
 
-/// A rustls client that accepts any certificate: these tests look at what the server
-/// does with the bytes, and read the certificate with `openssl x509` afterwards.
-#[derive(Debug)]
-struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// A client configuration that accepts any certificate (HTTP/1.1 by ALPN).
-fn any_cert_client() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
 /// Handshakes with `sni`, sending the ClientHello fragmented over TLS records at byte
 /// offsets `cuts` of its body; returns the served certificate's CN (by openssl).
 fn split_hello_cn(port: u16, sni: &str, cuts: &[usize]) -> Option<String> {
     let mut conn =
-        rustls::ClientConnection::new(any_cert_client(), ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
+        rustls::ClientConnection::new(common::any_cert_client(), ServerName::try_from(sni.to_owned()).unwrap())
+            .unwrap();
     let mut hello = Vec::new();
     conn.write_tls(&mut hello).unwrap();
     let body = &hello[5..];
@@ -415,7 +366,8 @@ fn open(s: &TcpStream) -> bool {
 
 /// A TLS connection to 127.0.0.1:`port` with `sni`, any certificate accepted.
 fn tls(port: u16, sni: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let conn = rustls::ClientConnection::new(any_cert_client(), ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
+    let conn = rustls::ClientConnection::new(common::any_cert_client(), ServerName::try_from(sni.to_owned()).unwrap())
+        .unwrap();
     let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     rustls::StreamOwned::new(conn, tcp)

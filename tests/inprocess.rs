@@ -15,6 +15,8 @@
 // The configuration is written by hand.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,10 +27,7 @@ use portcullis::ops::{self, CreateParams};
 use portcullis::pki::{IdentityRequest, KeyType, Subject};
 use portcullis::snapshot::{self, Publisher, Snapshot, TlsShared};
 use portcullis::store::{FACTORY_NAME, Store};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -143,7 +142,7 @@ impl Harness {
     async fn try_connect(&self, sni: &str) -> std::io::Result<Tls> {
         let tcp = TcpStream::connect(self.addr).await?;
         let server_name = ServerName::try_from(sni.to_owned()).expect("a DNS name");
-        TlsConnector::from(any_cert_client()).connect(server_name, tcp).await
+        TlsConnector::from(common::any_cert_client()).connect(server_name, tcp).await
     }
 
     /// A TLS connection with `sni`; panics if the handshake fails.
@@ -171,59 +170,6 @@ fn load_config(dir: &std::path::Path, toml: &str) -> Config {
 /// Runs a test body, failing it if it takes longer than [`TEST_LIMIT`].
 async fn bounded<T>(body: impl Future<Output = T>) -> T {
     tokio::time::timeout(TEST_LIMIT, body).await.expect("test timed out")
-}
-
-/// Accepts any certificate (no chain, name or date checks) but checks the handshake
-/// signatures, so the server proved it holds the key of the certificate it sent.
-#[derive(Debug)]
-struct AnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// A client that accepts any certificate and offers HTTP/1.1 by ALPN.
-fn any_cert_client() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .expect("default protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
 }
 
 /// The leaf certificate the server sent, as DER.
