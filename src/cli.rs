@@ -233,8 +233,7 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
     let (params, renew_target) = match &cmd {
         AcmeCommand::Request { hostnames, key, name, listeners, replace } => {
             let params =
-                action::acme_request(hostnames, key.as_deref(), name.clone(), listeners, *replace, &ctx.config)
-                    .map_err(|e| anyhow::anyhow!(e))?;
+                action::acme_request(hostnames, key.as_deref(), name.clone(), listeners, *replace, &ctx.config)?;
             (Some(params), None)
         }
         AcmeCommand::Renew { id, force } => (None, Some((id.clone(), *force))),

@@ -68,6 +68,56 @@ fn is_job_name(name: &str) -> bool {
     name.ends_with(".toml") && !name.starts_with('.') && name.len() > ".toml".len()
 }
 
+/// Why a job file was refused: the line when it is known, the field to blame when there
+/// is one, and why ("line 3: key: ...").
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}{reason}", line.map_or_else(String::new, |l| format!("line {l}: ")), field.as_deref().map_or_else(String::new, |f| format!("{f}: ")))]
+pub struct ParseError {
+    pub line: Option<usize>,
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+impl ParseError {
+    fn new(line: Option<usize>, field: Option<&str>, reason: impl Into<String>) -> Self {
+        Self { line, field: field.map(str::to_owned), reason: reason.into() }
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// The job file could not be read.
+    #[error("{}: {error}", path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    /// The command refused or failed (as the CLI would say it).
+    #[error(transparent)]
+    Command(#[from] crate::cli::action::Error),
+    /// An ACME order failed: the CA's problem verbatim, then the order's progress.
+    #[error("{message} (progress: {})", progress.join("; "))]
+    Acme { message: String, progress: Vec<String> },
+    /// Something the daemon's configuration lacks for this action.
+    #[error("{0}")]
+    Config(&'static str),
+    /// The store could not be opened, or a re-run check could not read it.
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    /// The action is not one jobs run, or its task died.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// Why `job submit` refused a file; names the file or directory.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("{}: {reason}", path.display())]
+    Refused { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+}
+
 /// A parsed job: its action and the CLI command it runs.
 pub struct Parsed {
     pub action: String,
@@ -75,23 +125,24 @@ pub struct Parsed {
 }
 
 /// Parses a job file's text; errors name the field and, where known, the line.
-pub fn parse(text: &str, jobs_dir: &Path) -> Result<Parsed, String> {
+pub fn parse(text: &str, jobs_dir: &Path) -> Result<Parsed, ParseError> {
     let table: toml::Table = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(1, |s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        format!("line {line}: {}", e.message().trim())
+        ParseError::new(Some(line), None, e.message().trim())
     })?;
     let line_of = |key: &str| {
         text.lines()
             .position(|l| l.trim_start().strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')))
-            .map_or(String::new(), |i| format!("line {}: ", i + 1))
+            .map(|i| i + 1)
     };
     let action = match table.get("action") {
         Some(toml::Value::String(a)) => a.clone(),
-        Some(_) => return Err(format!("{}action: must be a string", line_of("action"))),
-        None => return Err("action: missing; one of ".to_owned() + &action_names()),
+        Some(_) => return Err(ParseError::new(line_of("action"), Some("action"), "must be a string")),
+        None => return Err(ParseError::new(None, Some("action"), format!("missing; one of {}", action_names()))),
     };
     let Some((_, words)) = ACTIONS.iter().find(|(a, _)| *a == action) else {
-        return Err(format!("{}unknown action {action:?}; one of {}", line_of("action"), action_names()));
+        let why = format!("unknown action {action:?}; one of {}", action_names());
+        return Err(ParseError::new(line_of("action"), None, why));
     };
     let mut argv: Vec<String> = vec!["portcullis".into()];
     argv.extend(words.iter().map(|w| (*w).to_owned()));
@@ -102,16 +153,18 @@ pub fn parse(text: &str, jobs_dir: &Path) -> Result<Parsed, String> {
             continue;
         }
         if matches!(key.as_str(), "password" | "passphrase" | "pass") {
-            return Err(format!(
-                "{}{key}: passwords are accepted only through password_file (a file only the daemon can read), \
+            return Err(ParseError::new(
+                line_of(key),
+                Some(key),
+                "passwords are accepted only through password_file (a file only the daemon can read), \
                  so they never sit in job files or results",
-                line_of(key)
             ));
         }
         if matches!(key.as_str(), "config" | "store" | "json") {
-            return Err(format!(
-                "{}{key}: not a job field (the daemon's own configuration and store are used)",
-                line_of(key)
+            return Err(ParseError::new(
+                line_of(key),
+                Some(key),
+                "not a job field (the daemon's own configuration and store are used)",
             ));
         }
         let values: Vec<String> = match value {
@@ -128,10 +181,13 @@ pub fn parse(text: &str, jobs_dir: &Path) -> Result<Parsed, String> {
                 .map(|v| match v {
                     toml::Value::String(s) => Ok(s.clone()),
                     toml::Value::Integer(i) => Ok(i.to_string()),
-                    _ => Err(format!("{}{key}: arrays hold strings", line_of(key))),
+                    _ => Err(ParseError::new(line_of(key), Some(key), "arrays hold strings")),
                 })
                 .collect::<Result<_, _>>()?,
-            _ => return Err(format!("{}{key}: expected a string, number, boolean or array of strings", line_of(key))),
+            _ => {
+                let why = "expected a string, number, boolean or array of strings";
+                return Err(ParseError::new(line_of(key), Some(key), why));
+            }
         };
         let values: Vec<String> = if PATHS.contains(&key.as_str()) {
             values.into_iter().map(|v| jobs_dir.join(v).display().to_string()).collect()
@@ -154,7 +210,7 @@ pub fn parse(text: &str, jobs_dir: &Path) -> Result<Parsed, String> {
     argv.extend(flags);
     use clap::Parser;
     let cli = Cli::try_parse_from(&argv).map_err(|e| clap_message(&e, &line_of))?;
-    let command = cli.command.ok_or("no command")?;
+    let command = cli.command.ok_or_else(|| ParseError::new(None, None, "no command"))?;
     Ok(Parsed { action, command })
 }
 
@@ -163,7 +219,7 @@ fn action_names() -> String {
 }
 
 /// clap's error in job terms: fields instead of flags, the line where it is known.
-fn clap_message(e: &clap::Error, line_of: &dyn Fn(&str) -> String) -> String {
+fn clap_message(e: &clap::Error, line_of: &dyn Fn(&str) -> Option<usize>) -> ParseError {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     let arg = match e.get(ContextKind::InvalidArg) {
         Some(ContextValue::String(s)) => Some(s.clone()),
@@ -174,13 +230,15 @@ fn clap_message(e: &clap::Error, line_of: &dyn Fn(&str) -> String) -> String {
         a.trim_start_matches("--").split([' ', '=', '<']).next().unwrap_or_default().replace('-', "_").to_lowercase()
     });
     match (e.kind(), field) {
-        (ErrorKind::UnknownArgument, Some(f)) => format!("{}unknown field `{f}` for this action", line_of(&f)),
-        (ErrorKind::MissingRequiredArgument, Some(f)) => format!("missing field `{f}`"),
+        (ErrorKind::UnknownArgument, Some(f)) => {
+            ParseError::new(line_of(&f), None, format!("unknown field `{f}` for this action"))
+        }
+        (ErrorKind::MissingRequiredArgument, Some(f)) => ParseError::new(None, None, format!("missing field `{f}`")),
         (_, f) => {
             let first = e.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
             match f {
-                Some(f) => format!("{}{f}: {first}", line_of(&f)),
-                None => first,
+                Some(f) => ParseError::new(line_of(&f), Some(&f), first),
+                None => ParseError::new(None, None, first),
             }
         }
     }
@@ -203,10 +261,11 @@ pub struct Context {
 }
 
 /// Runs `parsed`. `rerun`: the job was cut off by a crash and may have had its effect.
-async fn execute(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, String> {
+async fn execute(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, Error> {
     match parsed.command {
         Command::Acme(AcmeCommand::Request { hostnames, key, name, listeners, replace }) => {
-            let acme = ctx.config.acme.as_ref().ok_or("no [acme] section in the daemon's configuration")?;
+            let acme =
+                ctx.config.acme.as_ref().ok_or(Error::Config("no [acme] section in the daemon's configuration"))?;
             let params =
                 crate::cli::action::acme_request(&hostnames, key.as_deref(), name, &listeners, replace, &ctx.config)?;
             let responder =
@@ -221,32 +280,32 @@ async fn execute(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, 
                     warnings: Vec::new(),
                     outputs: serde_json::to_value(&o).unwrap_or_default(),
                 }),
-                Err(e) => Err(format!("{e:#} (progress: {})", messages.join("; "))),
+                Err(e) => Err(Error::Acme { message: format!("{e:#}"), progress: messages }),
             }
         }
         Command::Cert(cmd) => {
             let ctx = ctx.clone();
-            tokio::task::spawn_blocking(move || cert(*cmd, &ctx, rerun).map_err(|e| e.replace('\n', " ")))
+            tokio::task::spawn_blocking(move || cert(*cmd, &ctx, rerun))
                 .await
-                .map_err(|e| format!("job task failed: {e}"))?
+                .map_err(|e| Error::Internal(format!("job task failed: {e}")))?
         }
-        _ => Err("not a job action".into()),
+        _ => Err(Error::Internal("not a job action".into())),
     }
 }
 
-fn cert(mut cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, String> {
-    let mut store = Store::open(&ctx.store_dir).map_err(|e| e.to_string())?;
+fn cert(mut cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, Error> {
+    let mut store = Store::open(&ctx.store_dir)?;
     // A job run twice (a crash cut it off after its effect, or it was submitted twice)
     // finds its effect and reports it instead of doing it again.
     match &mut cmd {
         CertCommand::CreateSelfSigned { new, days } => {
-            let params = new.params(*days).map_err(|e| e.to_string())?;
+            let params = new.params(*days).map_err(crate::cli::action::Error::from)?;
             if let Some(done) = already(&store, &params, EntryKind::Cert)? {
                 return Ok(done);
             }
         }
         CertCommand::Request { new, from: None } => {
-            let params = new.params(0).map_err(|e| e.to_string())?;
+            let params = new.params(0).map_err(crate::cli::action::Error::from)?;
             if let Some(mut done) = already(&store, &params, EntryKind::Request)? {
                 if let Some(id) = done.outputs["id"].as_str()
                     && let Ok(r) = store.read_request(id)
@@ -265,7 +324,7 @@ fn cert(mut cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, Str
         _ => None,
     };
     match crate::cli::action::cert(cmd, &mut store, &ctx.config, &crate::cli::action::Quiet) {
-        None => Err("not a job action".into()),
+        None => Err(Error::Internal("not a job action".into())),
         Some(Ok(done)) => {
             let (messages, warnings, outputs) = done.parts();
             Ok(Outcome { messages: messages.to_vec(), warnings: warnings.to_vec(), outputs })
@@ -279,7 +338,7 @@ fn cert(mut cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, Str
                 outputs: serde_json::json!({ "id": id }),
             })
         }
-        Some(Err(e)) => Err(e.to_string()),
+        Some(Err(e)) => Err(e.into()),
     }
 }
 
@@ -287,7 +346,7 @@ fn cert(mut cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, Str
 /// effect of an earlier run of this job (cut off by a crash, or submitted twice): report
 /// it instead of creating a second one. A different entry with that name is the usual
 /// "name taken" error.
-fn already(store: &Store, params: &ops::CreateParams, kind: EntryKind) -> Result<Option<Outcome>, String> {
+fn already(store: &Store, params: &ops::CreateParams, kind: EntryKind) -> Result<Option<Outcome>, Error> {
     let name = params.identity.friendly_name.trim();
     let Some((k, id)) = store.find_by_name(name) else { return Ok(None) };
     if k != kind {
@@ -506,11 +565,11 @@ async fn run_one(dir: &Path, name: &str, ctx: &Context, rerun: bool, recent: &Re
     let started = OffsetDateTime::now_utc();
     let stem = name.trim_end_matches(".toml").to_owned();
     let (action, outcome) = match crate::input::read_text(&path, crate::input::MAX_TOML, Links::Refuse)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|error| Error::Read { path: path.clone(), error })
     {
         Err(e) => (String::new(), Err(e)),
         Ok(text) => match parse(&text, dir) {
-            Err(e) => (text_action(&text), Err(e)),
+            Err(e) => (text_action(&text), Err(e.into())),
             Ok(parsed) => {
                 let action = parsed.action.clone();
                 tracing::info!(job = %stem, %action, rerun, "job started");
@@ -523,7 +582,8 @@ async fn run_one(dir: &Path, name: &str, ctx: &Context, rerun: bool, recent: &Re
     };
     let (status, error, o) = match outcome {
         Ok(o) => (JobStatus::Done, None, o),
-        Err(e) => (JobStatus::Failed, Some(e), Outcome::default()),
+        // One line: a result's error is read as one.
+        Err(e) => (JobStatus::Failed, Some(e.to_string().replace('\n', " ")), Outcome::default()),
     };
     let result = JobResult {
         job: stem,
@@ -578,38 +638,33 @@ fn finish(dir: &Path, job_file: &Path, name: &str, result: &JobResult, recent: &
 
 /// `job submit`: validates `file` locally and drops it into incoming/ atomically;
 /// returns the job name.
-pub fn submit(dir: &Path, file: &Path) -> Result<String, String> {
+pub fn submit(dir: &Path, file: &Path) -> Result<String, SubmitError> {
+    let refuse = |path: &Path, reason: String| SubmitError::Refused { path: path.to_owned(), reason };
     let text = crate::input::read_text(file, crate::input::MAX_TOML, Links::Follow)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    parse(&text, dir).map_err(|e| format!("{}: {e}", file.display()))?;
+        .map_err(|e| refuse(file, e.to_string()))?;
+    parse(&text, dir).map_err(|e| refuse(file, e.to_string()))?;
     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("job.toml");
     let stem = name.strip_suffix(".toml").unwrap_or(name).trim_start_matches('.');
     if stem.is_empty() || !stem.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-        return Err(format!("{}: use a file name of letters, digits, - _ and . for the job", file.display()));
+        return Err(refuse(file, "use a file name of letters, digits, - _ and . for the job".into()));
     }
     for d in [DONE, FAILED] {
         let r = dir.join(d).join(format!("{stem}.result.json"));
         if r.exists() {
-            return Err(format!(
-                "{}: a job named {stem} already ran ({}); rename the file",
-                file.display(),
-                r.display()
-            ));
+            return Err(refuse(file, format!("a job named {stem} already ran ({}); rename the file", r.display())));
         }
     }
     let target = dir.join(INCOMING).join(format!("{stem}.toml"));
     if !dir.join(INCOMING).is_dir() {
-        return Err(format!(
-            "{}: no such directory; is the daemon running with this [jobs] dir?",
-            dir.join(INCOMING).display()
-        ));
+        let why = "no such directory; is the daemon running with this [jobs] dir?";
+        return Err(refuse(&dir.join(INCOMING), why.into()));
     }
     // 0644: readable by the daemon's user even when root submits; no secrets in jobs.
     crate::store::write_export(&target, text.as_bytes(), false, false).map_err(|e| match e {
         crate::store::Error::Io { error, .. } if error.kind() == std::io::ErrorKind::AlreadyExists => {
-            format!("{}: a job of that name is waiting", target.display())
+            refuse(&target, "a job of that name is waiting".into())
         }
-        e => e.to_string(),
+        e => SubmitError::Store(e),
     })?;
     Ok(stem.to_owned())
 }
@@ -669,8 +724,10 @@ mod tests {
     #[test]
     fn bad_jobs_are_named() {
         let dir = Path::new("/jobs");
-        let e = |t: &str| parse(t, dir).err().unwrap();
+        let e = |t: &str| parse(t, dir).err().unwrap().to_string();
         assert!(e("action = \"launch\"\n").contains("unknown action \"launch\""));
+        let typed = parse("action = \"delete\"\nid = \"x\"\npass = \"x\"\n", dir).err().unwrap();
+        assert_eq!((typed.line, typed.field.as_deref()), (Some(3), Some("pass")));
         let m = e("action = \"delete\"\nid = \"x\"\ncolour = \"red\"\n");
         assert!(m.contains("line 3: unknown field `colour`"), "{m}");
         let m = e("action = \"export\"\nid = \"x\"\nformat = \"p12\"\nout = \"x.p12\"\npassword = \"hunter2\"\n");

@@ -19,6 +19,9 @@ pub enum Error {
     Flag(#[from] FlagError),
     #[error(transparent)]
     Ops(#[from] ops::Error),
+    /// `--hostname` values an ACME order cannot prove.
+    #[error("{0}")]
+    Hostnames(String),
 }
 
 /// What a command did, with its notes and warnings.
@@ -135,9 +138,9 @@ pub fn acme_request(
     listeners: &[String],
     replace: bool,
     config: &Config,
-) -> Result<crate::acme::RequestParams, String> {
-    let key_type = key.map(|k| super::args::key_type(k).map_err(|e| e.to_string())).transpose()?;
-    let hostnames = crate::acme::check_hostnames(hostnames).map_err(|e| format!("{e:#}"))?;
-    let listeners = ops::checked_listeners(config, listeners).map_err(|e| e.to_string())?;
+) -> Result<crate::acme::RequestParams, Error> {
+    let key_type = key.map(super::args::key_type).transpose()?;
+    let hostnames = crate::acme::check_hostnames(hostnames).map_err(|e| Error::Hostnames(format!("{e:#}")))?;
+    let listeners = ops::checked_listeners(config, listeners)?;
     Ok(crate::acme::RequestParams { hostnames, key_type, name, listeners, replace })
 }
