@@ -32,8 +32,8 @@ pub enum Error {
     #[error(transparent)]
     Store(#[from] store::Error),
     /// A route's handler options (`ROUTE.handler` names the route).
-    #[error("{route}.handler: {reason}")]
-    Handler { route: String, reason: String },
+    #[error("{route}.handler: {source}")]
+    Handler { route: String, source: handler::OptionError },
     /// rustls refused the TLS setup.
     #[error("{0}")]
     Tls(String),
@@ -524,7 +524,7 @@ fn assemble(
         let mut routes = Vec::new();
         for r in config.routes.iter().filter(|r| r.listener == l.name) {
             let handler =
-                handler::build(&r.handler).map_err(|reason| Error::Handler { route: r.origin.clone(), reason })?;
+                handler::build(&r.handler).map_err(|source| Error::Handler { route: r.origin.clone(), source })?;
             routes.push(Route { hosts: r.hosts.clone(), handler, metrics: RouteMetrics::new(&r.label) });
         }
         let (route_table, shadowed) = RouteTable::new(routes.iter().map(|r| r.hosts.as_slice()));

@@ -91,10 +91,23 @@ pub enum Handler {
     Passthrough(Arc<Passthrough>),
 }
 
+/// A handler table that does not build: the key to blame (when one is) and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{reason}", key.map_or_else(String::new, |k| format!("{k}: ")))]
+pub struct OptionError {
+    pub key: Option<&'static str>,
+    pub reason: String,
+}
+
+/// The error for `key`.
+fn bad(key: &'static str, reason: impl Into<String>) -> OptionError {
+    OptionError { key: Some(key), reason: reason.into() }
+}
+
 /// A handler type: its name in config and its constructor.
 pub struct Plugin {
     pub name: &'static str,
-    pub build: fn(&toml::Table) -> Result<Handler, String>,
+    pub build: fn(&toml::Table) -> Result<Handler, OptionError>,
 }
 
 /// Every compiled-in handler type.
@@ -107,20 +120,27 @@ pub static REGISTRY: &[Plugin] = &[
 ];
 
 /// Builds the handler a route's table describes.
-pub fn build(table: &toml::Table) -> Result<Handler, String> {
+pub fn build(table: &toml::Table) -> Result<Handler, OptionError> {
     let ty = table.get("type").and_then(toml::Value::as_str).unwrap_or_default();
     let plugin = REGISTRY.iter().find(|p| p.name == ty).ok_or_else(|| {
         let names: Vec<&str> = REGISTRY.iter().map(|p| p.name).collect();
-        format!("type {ty:?} is not a handler (expected one of: {})", names.join(", "))
+        // Said as before typing: "type \"x\" is not a handler".
+        OptionError {
+            key: None,
+            reason: format!("type {ty:?} is not a handler (expected one of: {})", names.join(", ")),
+        }
     })?;
     (plugin.build)(table)
 }
 
-/// Deserialises a handler's options (everything but `type`), naming the bad key.
-fn options<T: DeserializeOwned>(table: &toml::Table) -> Result<T, String> {
+/// Deserialises a handler's options (everything but `type`); serde's message names the
+/// bad key.
+fn options<T: DeserializeOwned>(table: &toml::Table) -> Result<T, OptionError> {
     let mut t = table.clone();
     t.remove("type");
-    toml::Value::Table(t).try_into().map_err(|e: toml::de::Error| e.message().trim().to_owned())
+    toml::Value::Table(t)
+        .try_into()
+        .map_err(|e: toml::de::Error| OptionError { key: None, reason: e.message().trim().to_owned() })
 }
 
 /// Options of the stream handlers (`tcp_proxy`, `passthrough`): one upstream.
@@ -138,9 +158,9 @@ fn default_connect_timeout() -> u64 {
 
 impl StreamOptions {
     /// Parses and checks the options; returns the upstream and the connect timeout.
-    fn parse(table: &toml::Table) -> Result<(String, std::time::Duration), String> {
+    fn parse(table: &toml::Table) -> Result<(String, std::time::Duration), OptionError> {
         let o: Self = options(table)?;
-        check_upstreams(std::slice::from_ref(&o.upstream)).map_err(|e| e.replacen("upstreams", "upstream", 1))?;
+        check_upstreams(std::slice::from_ref(&o.upstream)).map_err(|e| OptionError { key: Some("upstream"), ..e })?;
         Ok((o.upstream, std::time::Duration::from_secs(o.connect_timeout_secs.max(1))))
     }
 }
@@ -155,16 +175,16 @@ async fn dial(upstream: &str, timeout: std::time::Duration) -> std::io::Result<t
 }
 
 /// Upstream addresses: host:port, resolved when connecting.
-fn check_upstreams(upstreams: &[String]) -> Result<(), String> {
+fn check_upstreams(upstreams: &[String]) -> Result<(), OptionError> {
     if upstreams.is_empty() {
-        return Err("upstreams: needs at least one host:port".into());
+        return Err(bad("upstreams", "needs at least one host:port"));
     }
     for u in upstreams {
         let Some((host, port)) = u.rsplit_once(':') else {
-            return Err(format!("upstreams: {u:?} is not host:port"));
+            return Err(bad("upstreams", format!("{u:?} is not host:port")));
         };
         if host.is_empty() || port.parse::<u16>().is_err() {
-            return Err(format!("upstreams: {u:?} is not host:port"));
+            return Err(bad("upstreams", format!("{u:?} is not host:port")));
         }
     }
     Ok(())

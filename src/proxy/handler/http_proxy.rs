@@ -20,7 +20,7 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 
-use super::{BoxFuture, Handler, HttpConn, HttpHandler};
+use super::{BoxFuture, Handler, HttpConn, HttpHandler, OptionError};
 use crate::http::Body;
 
 #[derive(Deserialize)]
@@ -121,18 +121,19 @@ struct HttpProxy {
     queue_timeout: Duration,
 }
 
-pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
+pub(super) fn build(table: &toml::Table) -> Result<Handler, OptionError> {
     let o: Options = super::options(table)?;
     super::check_upstreams(&o.upstreams)?;
     if o.max_connections == 0 {
-        return Err("max_connections: must be at least 1".into());
+        return Err(super::bad("max_connections", "must be at least 1"));
     }
     Ok(Handler::Http(Arc::new(HttpProxy {
         upstreams: o
             .upstreams
             .into_iter()
             .map(|authority| {
-                let host = HeaderValue::from_str(&authority).map_err(|e| format!("upstream {authority:?}: {e}"))?;
+                let host = HeaderValue::from_str(&authority)
+                    .map_err(|e| OptionError { key: None, reason: format!("upstream {authority:?}: {e}") })?;
                 let slots = slots_for(&authority, o.max_connections);
                 Ok(Arc::new(Upstream {
                     authority,
@@ -142,7 +143,7 @@ pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
                     slots,
                 }))
             })
-            .collect::<Result<_, String>>()?,
+            .collect::<Result<_, OptionError>>()?,
         next: AtomicUsize::new(0),
         connect_timeout: Duration::from_secs(o.connect_timeout_secs.max(1)),
         response_timeout: Duration::from_secs(o.response_timeout_secs.max(1)),

@@ -15,7 +15,7 @@ pub struct Passthrough {
     connect_timeout: Duration,
 }
 
-pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
+pub(super) fn build(table: &toml::Table) -> Result<Handler, super::OptionError> {
     let (upstream, connect_timeout) = super::StreamOptions::parse(table)?;
     Ok(Handler::Passthrough(Arc::new(Passthrough { upstream, connect_timeout })))
 }

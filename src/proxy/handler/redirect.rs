@@ -23,15 +23,15 @@ struct Redirect {
     status: StatusCode,
 }
 
-pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
+pub(super) fn build(table: &toml::Table) -> Result<Handler, super::OptionError> {
     let o: Options = super::options(table)?;
     if !(o.to.starts_with("https://") || o.to.starts_with("http://")) {
-        return Err(format!("to: {:?} must start with https:// or http://", o.to));
+        return Err(super::bad("to", format!("{:?} must start with https:// or http://", o.to)));
     }
     if ![301, 302, 303, 307, 308].contains(&o.status) {
-        return Err(format!("status: {} is not a redirect status (301, 302, 303, 307, 308)", o.status));
+        return Err(super::bad("status", format!("{} is not a redirect status (301, 302, 303, 307, 308)", o.status)));
     }
-    let status = StatusCode::from_u16(o.status).map_err(|e| e.to_string())?;
+    let status = StatusCode::from_u16(o.status).map_err(|e| super::bad("status", e.to_string()))?;
     Ok(Handler::Http(std::sync::Arc::new(Redirect { to: o.to.trim_end_matches('/').to_owned(), status })))
 }
 

@@ -31,11 +31,14 @@ struct Static {
     content_type: hyper::header::HeaderValue,
 }
 
-pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
+pub(super) fn build(table: &toml::Table) -> Result<Handler, super::OptionError> {
     let o: Options = super::options(table)?;
-    let status = StatusCode::from_u16(o.status).map_err(|_| format!("status: {} is not an HTTP status", o.status))?;
-    let content_type =
-        o.content_type.parse().map_err(|_| format!("content_type: {:?} is not a header value", o.content_type))?;
+    let status = StatusCode::from_u16(o.status)
+        .map_err(|_| super::bad("status", format!("{} is not an HTTP status", o.status)))?;
+    let content_type = o
+        .content_type
+        .parse()
+        .map_err(|_| super::bad("content_type", format!("{:?} is not a header value", o.content_type)))?;
     Ok(Handler::Http(std::sync::Arc::new(Static { status, body: Bytes::from(o.body), content_type })))
 }
 

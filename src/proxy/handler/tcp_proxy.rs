@@ -12,7 +12,7 @@ pub(super) struct TcpProxy {
     connect_timeout: Duration,
 }
 
-pub(super) fn build(table: &toml::Table) -> Result<Handler, String> {
+pub(super) fn build(table: &toml::Table) -> Result<Handler, super::OptionError> {
     let (upstream, connect_timeout) = super::StreamOptions::parse(table)?;
     Ok(Handler::Stream(Arc::new(TcpProxy { upstream, connect_timeout })))
 }
