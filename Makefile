@@ -1,8 +1,8 @@
 # The test command of README.md. It installs the system packages the tests use as
 # oracles and peers when missing (openssl, curl, python3 for a test backend, testssl.sh,
 # pebble as the ACME server, aiosmtpd as the SMTP server, python3-websockets as WebSocket
-# peers, nghttp as an HTTP/2 client, chromium for the status page, systemd-analyze for
-# the unit file), then runs
+# peers, python3-cryptography as an independent AES-GCM for sealed values, nghttp as an
+# HTTP/2 client, chromium for the status page, systemd-analyze for the unit file), then runs
 # every test against the real binary, built with the failpoints feature so crash-safety
 # tests can stop it mid-write.
 # command:package pairs
@@ -22,6 +22,7 @@ deps:
 	@missing=""; for cp in $(APT_PACKAGES); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
 	/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing="$$missing python3-aiosmtpd"; \
 	/usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || missing="$$missing python3-websockets"; \
+	/usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || missing="$$missing python3-cryptography"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

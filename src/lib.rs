@@ -39,6 +39,7 @@ pub mod notify;
 pub mod ops;
 pub mod pki;
 pub mod proxy;
+pub mod seal;
 pub mod snapshot;
 pub mod sni;
 pub mod store;

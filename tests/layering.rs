@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("notify", 0),
     // Foundations.
     ("pki", 1),
+    ("seal", 1), // the cluster key (sealed secrets)
     ("config", 2),
     ("store", 2),
     // Small pure pieces.
