@@ -29,6 +29,12 @@ pub enum Error {
     Read { path: PathBuf, error: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    /// Nothing but whitespace: a write caught half-way (truncated, not yet written) or a
+    /// mistake. Taken as "built-in defaults" it would close every configured listener.
+    #[error(
+        "{path}: the file is empty (a write in progress, or a mistake); delete it to run with the built-in defaults"
+    )]
+    Empty { path: PathBuf },
     #[error("{path}{}: {key}: {message}", line.map_or(String::new(), |l| format!(":{l}")))]
     Invalid { path: PathBuf, line: Option<usize>, key: String, message: String },
 }
@@ -883,6 +889,9 @@ fn read_config(path: &Path) -> std::io::Result<String> {
 /// Parses one file, naming it, the line and the column on error.
 fn parse_file(path: &Path) -> Result<file::FileConfig, Error> {
     let text = read_config(path).map_err(|error| Error::Read { path: path.to_owned(), error })?;
+    if text.trim().is_empty() {
+        return Err(Error::Empty { path: path.to_owned() });
+    }
     toml::from_str(&text).map_err(|e| {
         let (line, column) = e.span().map_or((1, 1), |span| line_col(&text, span.start));
         Error::Syntax { path: path.to_owned(), line, column, message: e.message().trim().to_owned() }

@@ -143,6 +143,31 @@ fn listener_addresses_follow_the_config() {
     assert_eq!(get(port), "ok");
 }
 
+/// A config file caught empty (an editor or `>` truncates it before writing, and the
+/// watcher reads in between) is refused: taken as "built-in defaults" it would close
+/// every configured listener. The last good configuration keeps serving.
+#[test]
+fn an_emptied_config_file_is_refused_not_taken_as_defaults() {
+    let env = Env::initialised();
+    let (port, admin) = (free_port(), free_port());
+    let config = |body: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{port}\"]\n[[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"{body}\" }}\n"
+        )
+    };
+    let _daemon = env.daemon(&config("one"), &[port, admin]);
+    let cfg = env.path("portcullis.toml");
+    let get = || curl(&["-k", &format!("https://127.0.0.1:{port}/")]).1;
+    std::fs::write(&cfg, "\n  \n").unwrap();
+    within(5, "the refusal logged", &env, || env.daemon_log().contains("the file is empty"));
+    assert_eq!(get(), "one", "still serving the last good configuration");
+    let r = env.run(&["--config", cfg.to_str().unwrap(), "check-config"]);
+    assert_eq!(r.code, Some(1), "{r:?}");
+    assert!(r.stderr.contains("portcullis.toml: the file is empty"), "{r:?}");
+    std::fs::write(&cfg, config("two")).unwrap();
+    within(5, "the written file applied", &env, || get() == "two");
+}
+
 /// Under continuous load (parallel clients, a new TLS connection and a request each):
 /// ten certificate replacements and ten config edits, with no failed handshake or
 /// request, each new certificate served within a second.
