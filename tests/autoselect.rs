@@ -80,6 +80,16 @@ fn every_stored_certificate_is_served_by_sni_without_assign() {
     assert_eq!(status["listeners"][0]["fallback_reason"], "factory default");
     let (_, page) = curl(&[&format!("http://127.0.0.1:{admin}/status")]);
     assert!(page.contains("all certificates (auto-selection)"), "{page}");
+    // `status` lists what is served by SNI as in use, with no assignment to show it.
+    let cfg = env.path("portcullis.toml");
+    let s: serde_json::Value =
+        serde_json::from_str(env.run(&["--config", cfg.to_str().unwrap(), "--json", "status"]).ok()).unwrap();
+    let in_use: Vec<&serde_json::Value> = s["in_use"].as_array().unwrap().iter().collect();
+    for i in [0, 49] {
+        let row = in_use.iter().find(|u| u["id"] == format!("site-{i}")).unwrap_or_else(|| panic!("site-{i}: {s:#}"));
+        assert_eq!(row["role"], "served by SNI");
+    }
+    assert_eq!(in_use.len(), 51, "the default and the 50 sites: {s:#}");
 }
 
 #[test]

@@ -296,6 +296,16 @@ pub fn status(
             }
         }
     }
+    // Auto-selection: a listener without assignments serves every certificate that wins
+    // one of its names, which state.toml does not list.
+    if let Ok(snapshot) = snapshot {
+        let served = snapshot.served_ids();
+        for c in certs.iter().filter(|c| served.contains(c.id.as_str())) {
+            if !in_use.iter().any(|u| u.id == c.id) {
+                in_use.push(in_use_of(c, "served by SNI".into()));
+            }
+        }
+    }
     for c in &certs {
         for w in &c.warnings {
             if in_use.iter().any(|u| u.id == c.id) {
