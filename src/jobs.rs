@@ -304,8 +304,16 @@ fn cert(mut cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, Err
                 return Ok(done);
             }
         }
-        CertCommand::Request { new, from: None } => {
-            let params = new.params(0).map_err(crate::cli::action::Error::from)?;
+        CertCommand::Request { new, from } => {
+            let mut params = new.params(0).map_err(crate::cli::action::Error::from)?;
+            // `--from` without `--san` asks for the source certificate's names.
+            if let Some(from) = from.as_deref()
+                && params.identity.sans.is_empty()
+                && let Ok((EntryKind::Cert, id)) = store.resolve(from)
+                && let Ok(source) = store.read_cert(&id)
+            {
+                params.identity.sans = source.info.sans;
+            }
             if let Some(mut done) = already(&store, &params, EntryKind::Request)? {
                 if let Some(id) = done.outputs["id"].as_str()
                     && let Ok(r) = store.read_request(id)

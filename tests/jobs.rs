@@ -312,14 +312,14 @@ fn unfinished_files_are_not_picked_up() {
     assert_eq!(result(&env, "half", 30)["status"], "done");
 }
 
-#[test]
-fn a_job_cut_off_after_its_effect_is_reported_not_repeated() {
-    let env = Env::initialised();
+/// Runs `job` in a daemon that dies right after the job's effect, before its result
+/// (failpoint `job-executed`), then starts a daemon again; returns its result and the
+/// daemon.
+fn cut_off_then_rerun(env: &Env, name: &str, job: &str) -> (serde_json::Value, Proc) {
     let (admin, tls) = (free_port(), free_port());
-    let cfg = config(&env, admin, tls);
+    let cfg = config(env, admin, tls);
     let mut daemon = env.daemon_env(&cfg, &[admin, tls], &[("PORTCULLIS_FAILPOINT", "job-executed")]);
-    drop_job(&env, "crash", "action = \"create-self-signed\"\nname = \"Once\"\nsan = [\"once.example.com\"]\n");
-    // The certificate is created, then the process dies before writing the result.
+    drop_job(env, name, job);
     let deadline = Instant::now() + Duration::from_secs(30);
     while daemon.0.try_wait().unwrap().is_none() {
         assert!(
@@ -330,16 +330,50 @@ fn a_job_cut_off_after_its_effect_is_reported_not_repeated() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(env.path("jobs/processing/crash.toml").exists());
+    assert!(env.path(&format!("jobs/processing/{name}.toml")).exists());
     assert!(names_in(&env.path("jobs/done")).is_empty());
-    let _daemon = env.daemon(&cfg, &[admin, tls]);
-    let r = result(&env, "crash", 30);
+    let daemon = env.daemon(&cfg, &[admin, tls]);
+    (result(env, name, 30), daemon)
+}
+
+#[test]
+fn a_job_cut_off_after_its_effect_is_reported_not_repeated() {
+    let env = Env::initialised();
+    let job = "action = \"create-self-signed\"\nname = \"Once\"\nsan = [\"once.example.com\"]\n";
+    let (r, _daemon) = cut_off_then_rerun(&env, "crash", job);
     assert_eq!(r["status"], "done", "{r:#}");
     assert_eq!(r["rerun"], true);
     assert!(r["messages"][0].as_str().unwrap().contains("already exists with these names; not created again"), "{r:#}");
     let once = env.list().into_iter().filter(|c| c["friendly_name"] == "Once").count();
     assert_eq!(once, 1);
     assert!(emptied(&env.path("jobs/processing")));
+}
+
+/// The same for a renewal CSR made from a certificate's key (`request --from`), whose
+/// names come from that certificate: the re-run finds the request it made.
+#[test]
+fn a_request_from_a_certificate_cut_off_is_reported_not_repeated() {
+    let env = Env::initialised();
+    env.run(&[
+        "cert",
+        "create-self-signed",
+        "--name",
+        "Site",
+        "--san",
+        "site.example.com",
+        "--san",
+        "*.site.example.com",
+    ])
+    .ok();
+    let job = "action = \"request\"\nname = \"Site 2027\"\nfrom = \"site\"\n";
+    let (r, _daemon) = cut_off_then_rerun(&env, "renewal", job);
+    assert_eq!(r["status"], "done", "{r:#}");
+    assert_eq!(r["rerun"], true);
+    assert!(r["messages"][0].as_str().unwrap().contains("already exists with these names; not created again"), "{r:#}");
+    assert!(r["outputs"]["csr_pem"].as_str().unwrap().contains("BEGIN CERTIFICATE REQUEST"), "{r:#}");
+    let out = env.run(&["--json", "cert", "list", "--requests"]).ok().to_owned();
+    let requests: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(requests.iter().filter(|q| q["friendly_name"] == "Site 2027").count(), 1, "{out}");
 }
 
 #[test]
