@@ -300,7 +300,7 @@ fn cert(mut cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, Err
     match &mut cmd {
         CertCommand::CreateSelfSigned { new, days } => {
             let params = new.params(*days).map_err(crate::cli::action::Error::from)?;
-            if let Some(done) = already(&store, &params, EntryKind::Cert)? {
+            if let Some(done) = already(&store, &params, EntryKind::Cert) {
                 return Ok(done);
             }
         }
@@ -314,7 +314,7 @@ fn cert(mut cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, Err
             {
                 params.identity.sans = source.info.sans;
             }
-            if let Some(mut done) = already(&store, &params, EntryKind::Request)? {
+            if let Some(mut done) = already(&store, &params, EntryKind::Request) {
                 if let Some(id) = done.outputs["id"].as_str()
                     && let Ok(r) = store.read_request(id)
                 {
@@ -354,16 +354,14 @@ fn cert(mut cmd: CertCommand, ctx: &Context, rerun: bool) -> Result<Outcome, Err
 /// effect of an earlier run of this job (cut off by a crash, or submitted twice): report
 /// it instead of creating a second one. A different entry with that name is the usual
 /// "name taken" error.
-fn already(store: &Store, params: &ops::CreateParams, kind: EntryKind) -> Result<Option<Outcome>, Error> {
+fn already(store: &Store, params: &ops::CreateParams, kind: EntryKind) -> Option<Outcome> {
     let name = params.identity.friendly_name.trim();
-    let Some((k, id)) = store.find_by_name(name) else { return Ok(None) };
+    let (k, id) = store.find_by_name(name)?;
     if k != kind {
-        return Ok(None);
+        return None;
     }
-    let mut wanted: Vec<String> = match params.identity.validate() {
-        Ok(identity) => identity.sans.iter().map(|s| s.to_string().to_lowercase()).collect(),
-        Err(_) => return Ok(None),
-    };
+    let identity = params.identity.validate().ok()?;
+    let mut wanted: Vec<String> = identity.sans.iter().map(|s| s.to_string().to_lowercase()).collect();
     let mut have: Vec<String> = match kind {
         EntryKind::Cert => store.read_cert(&id).map(|e| e.info.sans).unwrap_or_default(),
         EntryKind::Request => store.read_request(&id).map(|r| r.meta.sans).unwrap_or_default(),
@@ -374,13 +372,13 @@ fn already(store: &Store, params: &ops::CreateParams, kind: EntryKind) -> Result
     wanted.sort();
     have.sort();
     if wanted != have {
-        return Ok(None);
+        return None;
     }
-    Ok(Some(Outcome {
+    Some(Outcome {
         messages: vec![format!("{id} ({name}) already exists with these names; not created again")],
         warnings: Vec::new(),
         outputs: serde_json::json!({ "id": id, "friendly_name": name, "already_present": true }),
-    }))
+    })
 }
 
 /// The job runner: recovers processing/, then runs incoming/ in name order whenever
