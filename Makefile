@@ -2,19 +2,21 @@
 # oracles and peers when missing (openssl, curl, python3 for a test backend, testssl.sh,
 # pebble as the ACME server, aiosmtpd as the SMTP server, python3-websockets as WebSocket
 # peers, python3-cryptography as an independent AES-GCM for sealed values, nghttp as an
-# HTTP/2 client, chromium for the status page, systemd-analyze for the unit file), then runs
+# HTTP/2 client, chromium for the status page, systemd-analyze for the unit file, etcd for
+# the cluster tests and protoc, which the etcd client's build needs), then runs
 # every test against the real binary, built with the failpoints feature so crash-safety
 # tests can stop it mid-write.
 # command:package pairs
 APT_PACKAGES := openssl:openssl curl:curl python3:python3 testssl:testssl.sh pebble:pebble pebble-challtestsrv:pebble \
-	nghttp:nghttp2-client chromium:chromium systemd-analyze:systemd
+	nghttp:nghttp2-client chromium:chromium systemd-analyze:systemd \
+	etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler
 
 .PHONY: test lint deps
 
 test: deps
 	cargo test --features failpoints
 
-lint:
+lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --features failpoints -- -D warnings
 

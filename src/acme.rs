@@ -23,9 +23,9 @@ pub mod request;
 use anyhow::{Result, anyhow};
 
 pub use account::describe;
-pub use challenges::{Challenges, Responder, challenge_dir};
+pub use challenges::{Challenges, ClusterTokens, Responder, challenge_dir};
 pub use policy::{AcmeView, Policy, Status, backoff, schedule};
-pub use renewer::renewer;
+pub use renewer::{ClusterRole, renewer};
 pub use request::{Action, Obtained, RequestParams, check_hostnames, refuse_dropped_names, renew, request};
 
 /// Where progress lines go: stderr for the CLI, the log for the daemon, a job's messages.

@@ -19,6 +19,7 @@ use action::Done;
 
 pub mod action;
 pub mod args;
+mod cluster;
 
 pub use args::{AcmeCommand, CertCommand, Cli, Command, JobCommand, NewArgs};
 
@@ -143,6 +144,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::CheckConfig { strict }) => check_config(&ctx, strict),
         Some(Command::Cert(cmd)) => cert(&ctx, *cmd),
         Some(Command::Acme(cmd)) => acme(&ctx, cmd),
+        Some(Command::Cluster(cmd)) => cluster::command(&ctx, cmd),
         Some(Command::Completions { .. }) => unreachable!("handled before loading the configuration"),
         Some(Command::Job(JobCommand::Submit { file, wait, timeout })) => {
             let source = ctx.config.source.as_ref().map_or("the configuration".into(), |p| p.display().to_string());
@@ -245,9 +247,22 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
         let name = p.name.clone().unwrap_or_else(|| p.hostnames[0].clone());
         crate::acme::refuse_dropped_names(&store, &name, &p.hostnames)?;
     }
-    let store_dir = store.root().to_owned();
+    let mut store_dir = store.root().to_owned();
     drop(store);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // On a cluster the order runs on a scratch copy and every node answers its challenges.
+    let cluster = match &ctx.config.cluster {
+        Some(c) => Some(rt.block_on(async {
+            let cluster = crate::cluster::Cluster::connect(c).await?;
+            let work = crate::cluster::Work::begin(&cluster, &ctx.store_dir).await?;
+            let lease = cluster.grant(300).await?;
+            Ok::<_, crate::cluster::Error>((cluster, work, lease))
+        })?),
+        None => None,
+    };
+    if let Some((_, work, _)) = &cluster {
+        store_dir = work.dir().to_owned();
+    }
     let quiet = ctx.json;
     let progress = move |line: &str| {
         if !quiet {
@@ -255,7 +270,15 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
         }
     };
     let outcomes: Result<Vec<crate::acme::Obtained>> = rt.block_on(async {
-        let responder = cli_responder(acme_config, &store_dir).await?;
+        let responder = match &cluster {
+            Some((c, _, lease)) => crate::acme::Responder {
+                challenges: crate::acme::Challenges::new(None),
+                on_disk: false,
+                check: Vec::new(),
+                cluster: Some(crate::acme::ClusterTokens { cluster: c.clone(), lease: *lease }),
+            },
+            None => cli_responder(acme_config, &store_dir).await?,
+        };
         match (params, renew_target) {
             (Some(p), _) => Ok(vec![crate::acme::request(acme_config, &store_dir, &p, &responder, &progress).await?]),
             (None, Some((Some(id), force))) => {
@@ -299,6 +322,10 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
             (None, None) => unreachable!("one of them is set"),
         }
     });
+    if let Some((c, work, _)) = cluster {
+        // Failures are recorded too (the renewal status), so commit either way.
+        rt.block_on(work.commit(&c, None, &ctx.store_dir))?;
+    }
     let outcomes = outcomes?;
     if outcomes.iter().any(|o| o.action != crate::acme::Action::Unchanged) {
         ctx.changed();
@@ -344,7 +371,7 @@ async fn cli_responder(acme: &crate::config::Acme, store_dir: &std::path::Path) 
             Err(e) => anyhow::bail!("acme.http_listen {addr}: cannot bind: {e}"),
         }
     }
-    Ok(crate::acme::Responder { challenges, on_disk: true, check })
+    Ok(crate::acme::Responder { challenges, on_disk: true, check, cluster: None })
 }
 
 fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
@@ -422,9 +449,17 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
             }
         }
         write => {
-            let mut store = ctx.open_store()?;
-            if let Some(done) = action::cert(write, &mut store, &ctx.config, &Notices) {
-                print_done(ctx, &done?)?;
+            let done = match &ctx.config.cluster {
+                Some(c) => cluster::write(ctx, c, |store| {
+                    action::cert(write, store, &ctx.config, &Notices).transpose().map_err(Into::into)
+                })?,
+                None => {
+                    let mut store = ctx.open_store()?;
+                    action::cert(write, &mut store, &ctx.config, &Notices).transpose()?
+                }
+            };
+            if let Some(done) = done {
+                print_done(ctx, &done)?;
             }
         }
     }

@@ -6,7 +6,7 @@
 //! store under ./portcullis-data. Relative paths in a file are relative to that file.
 //!
 //! Sections: `[store]`, `[admin]`, `[runtime]`, `[http]`, `[acme]` (with
-//! `[[acme.certificate]]`), `[alerts]` (with `[alerts.smtp]`), `[jobs]`, `[[listener]]`
+//! `[[acme.certificate]]`), `[alerts]` (with `[alerts.smtp]`), `[jobs]`, `[cluster]`, `[[listener]]`
 //! and `[[route]]`. A route's handler table is validated by the handler plugin named by
 //! its `type` (see `proxy::handler`).
 
@@ -52,6 +52,7 @@ mod file {
         pub acme: Option<Acme>,
         pub alerts: Option<Alerts>,
         pub jobs: Option<Jobs>,
+        pub cluster: Option<Cluster>,
         #[serde(default)]
         pub listener: Vec<Listener>,
         #[serde(default)]
@@ -118,6 +119,22 @@ mod file {
         pub ca_bundle: Option<String>,
         pub from: String,
         pub to: Vec<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct Cluster {
+        pub etcd: Vec<String>,
+        pub prefix: Option<String>,
+        pub node: Option<String>,
+        pub ca_file: Option<String>,
+        pub cert_file: Option<String>,
+        pub key_file: Option<String>,
+        pub username: Option<String>,
+        pub password_file: Option<String>,
+        pub secret_key_file: String,
+        #[serde(default)]
+        pub previous_secret_key_files: Vec<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -364,6 +381,27 @@ pub struct Config {
     pub alerts: Alerts,
     /// `[jobs] dir`: admin jobs by file drop.
     pub jobs_dir: Option<PathBuf>,
+    /// `[cluster]`: etcd is the source of truth and the store a materialised copy.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]` (docs/CLUSTER.md).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    /// `http://host:port` or `https://host:port`, one per etcd member.
+    pub endpoints: Vec<String>,
+    /// Every key of this cluster lives under it; one etcd can hold several clusters.
+    pub prefix: String,
+    /// This node's name: unique in the cluster (defaults to the host name).
+    pub node: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub secret_key_file: PathBuf,
+    /// Older cluster keys, kept to read values sealed before a rotation.
+    pub previous_secret_key_files: Vec<PathBuf>,
 }
 
 /// The page the built-in configuration serves.
@@ -396,6 +434,7 @@ impl Config {
             acme: None,
             alerts: Alerts::default(),
             jobs_dir: None,
+            cluster: None,
         }
     }
 
@@ -441,7 +480,7 @@ impl Config {
                     section_files.insert(stringify!($field), fragment.clone());
                 } )* };
             }
-            replace!(store, admin, runtime, http, acme, alerts, jobs);
+            replace!(store, admin, runtime, http, acme, alerts, jobs, cluster);
             listener_files.extend((0..f.listener.len()).map(|i| (fragment.clone(), i)));
             route_files.extend((0..f.route.len()).map(|i| (fragment.clone(), i)));
             raw.listener.extend(f.listener);
@@ -498,6 +537,55 @@ impl Config {
             && let Some(a) = alerts_config(alerts, base, &invalid, &mut errors)
         {
             config.alerts = a;
+        }
+        if let Some(c) = raw.cluster {
+            let before = errors.len();
+            if c.etcd.is_empty() {
+                errors.push(invalid("cluster.etcd".into(), "needs at least one endpoint".into()));
+            }
+            for e in &c.etcd {
+                if !(e.starts_with("http://") || e.starts_with("https://")) || e.parse::<http::Uri>().is_err() {
+                    errors.push(invalid("cluster.etcd".into(), format!("{e:?} is not an http:// or https:// URL")));
+                }
+            }
+            let prefix = c.prefix.unwrap_or_else(|| "/portcullis".into());
+            if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.len() > 200 {
+                errors.push(invalid(
+                    "cluster.prefix".into(),
+                    format!("{prefix:?}: starts with '/', does not end with one, at most 200 bytes"),
+                ));
+            }
+            let node = c.node.or_else(crate::hostname).unwrap_or_default();
+            if node.is_empty()
+                || node.len() > 64
+                || !node.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                errors.push(invalid("cluster.node".into(), format!("{node:?}: 1-64 of A-Z a-z 0-9 - _ .")));
+            }
+            if c.cert_file.is_some() != c.key_file.is_some() {
+                errors.push(invalid("cluster.cert_file".into(), "cert_file and key_file go together".into()));
+            }
+            if c.username.is_some() != c.password_file.is_some() {
+                errors.push(invalid("cluster.username".into(), "username and password_file go together".into()));
+            }
+            if c.secret_key_file.trim().is_empty() {
+                errors.push(invalid("cluster.secret_key_file".into(), "must not be empty".into()));
+            }
+            if errors.len() == before {
+                let path = |p: Option<String>| p.map(|p| base.join(p));
+                config.cluster = Some(Cluster {
+                    endpoints: c.etcd,
+                    prefix,
+                    node,
+                    ca_file: path(c.ca_file),
+                    cert_file: path(c.cert_file),
+                    key_file: path(c.key_file),
+                    username: c.username,
+                    password_file: path(c.password_file),
+                    secret_key_file: base.join(c.secret_key_file),
+                    previous_secret_key_files: c.previous_secret_key_files.iter().map(|p| base.join(p)).collect(),
+                });
+            }
         }
         if let Some(jobs) = raw.jobs {
             if jobs.dir.trim().is_empty() {

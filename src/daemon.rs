@@ -384,13 +384,45 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         }
     };
     let kick_renewer = Arc::new(tokio::sync::Notify::new());
-    control.spawn(crate::acme::renewer(
-        store_dir.clone(),
-        config_rx,
-        challenges.clone(),
-        Arc::clone(&kick_renewer),
-        shutdown.clone(),
-    ));
+    let cluster_status = Arc::new(crate::cluster::Status::default());
+    match config.cluster.clone() {
+        None => control.spawn(crate::acme::renewer(
+            store_dir.clone(),
+            config_rx,
+            challenges.clone(),
+            Arc::clone(&kick_renewer),
+            None,
+            shutdown.clone(),
+        )),
+        Some(cfg) => {
+            // Serving never waits for etcd: the store copy is served as it is, and the
+            // sync, the lease and the renewer start once etcd can be reached.
+            let (status, dir, challenges, kick, shutdown) = (
+                Arc::clone(&cluster_status),
+                store_dir.clone(),
+                challenges.clone(),
+                Arc::clone(&kick_renewer),
+                shutdown.clone(),
+            );
+            eprintln!("cluster: node {} of {} on etcd {}", cfg.node, cfg.prefix, cfg.endpoints.join(","));
+            control.spawn(async move {
+                let cluster = loop {
+                    match crate::cluster::Cluster::connect(&cfg).await {
+                        Ok(c) => break c,
+                        Err(e) => tracing::warn!(error = %e, "cluster: cannot connect; serving the store copy"),
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        () = shutdown.cancelled() => return,
+                    }
+                };
+                tokio::spawn(crate::cluster::sync(cluster.clone(), dir.clone(), Arc::clone(&status), shutdown.clone()));
+                tokio::spawn(crate::cluster::membership(cluster.clone(), Arc::clone(&status), shutdown.clone()));
+                let role = crate::acme::ClusterRole { cluster, status };
+                crate::acme::renewer(dir, config_rx, challenges, kick, Some(role), shutdown).await;
+            });
+        }
+    }
     let admin_tcp = admin::bind(config.admin_listen)
         .with_context(|| format!("[admin] listen: cannot bind {}", config.admin_listen))?;
     eprintln!("listening: admin on http://{} (/status, /status.json, /metrics, /healthz)", config.admin_listen);

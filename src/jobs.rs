@@ -104,6 +104,9 @@ pub enum Error {
     /// The store could not be opened, or a re-run check could not read it.
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+    /// On a cluster: etcd refused or did not answer; nothing was written.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::Error),
     /// The action is not one jobs run, or its task died.
     #[error("{0}")]
     Internal(String),
@@ -258,18 +261,40 @@ pub struct Context {
     pub config: Arc<Config>,
     pub store_dir: PathBuf,
     pub challenges: crate::acme::Challenges,
+    /// On a cluster: where ACME tokens go.
+    pub tokens: Option<crate::acme::ClusterTokens>,
 }
 
 /// Runs `parsed`. `rerun`: the job was cut off by a crash and may have had its effect.
+/// On a cluster it runs on a scratch copy read from etcd and commits what changed.
 async fn execute(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, Error> {
+    let Some(cfg) = ctx.config.cluster.as_ref() else { return execute_here(parsed, ctx, rerun).await };
+    let cluster = crate::cluster::Cluster::connect(cfg).await?;
+    let work = crate::cluster::Work::begin(&cluster, &ctx.store_dir).await?;
+    let lease = cluster.grant(300).await?;
+    let here = Context {
+        store_dir: work.dir().to_owned(),
+        tokens: Some(crate::acme::ClusterTokens { cluster: cluster.clone(), lease }),
+        ..ctx.clone()
+    };
+    let out = execute_here(parsed, &here, rerun).await;
+    work.commit(&cluster, None, &ctx.store_dir).await?;
+    out
+}
+
+async fn execute_here(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, Error> {
     match parsed.command {
         Command::Acme(AcmeCommand::Request { hostnames, key, name, listeners, replace }) => {
             let acme =
                 ctx.config.acme.as_ref().ok_or(Error::Config("no [acme] section in the daemon's configuration"))?;
             let params =
                 crate::cli::action::acme_request(&hostnames, key.as_deref(), name, &listeners, replace, &ctx.config)?;
-            let responder =
-                crate::acme::Responder { challenges: ctx.challenges.clone(), on_disk: false, check: Vec::new() };
+            let responder = crate::acme::Responder {
+                challenges: ctx.challenges.clone(),
+                on_disk: false,
+                check: Vec::new(),
+                cluster: ctx.tokens.clone(),
+            };
             let lines = Mutex::new(Vec::new());
             let progress = |l: &str| lines.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(l.to_owned());
             let r = crate::acme::request(acme, &ctx.store_dir, &params, &responder, &progress).await;
@@ -392,8 +417,12 @@ pub async fn runner(
     mut wake: tokio::sync::mpsc::UnboundedReceiver<()>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let ctx =
-        || Context { config: configs.borrow().clone(), store_dir: store_dir.clone(), challenges: challenges.clone() };
+    let ctx = || Context {
+        config: configs.borrow().clone(),
+        store_dir: store_dir.clone(),
+        challenges: challenges.clone(),
+        tokens: None,
+    };
     if let Err(e) = ensure_dirs(&dir) {
         tracing::error!(dir = %dir.display(), error = %e, "jobs: cannot create the job directories");
         return;

@@ -29,6 +29,7 @@ pub mod acme;
 pub mod admin;
 pub mod alerts;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod http;

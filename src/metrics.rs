@@ -25,6 +25,11 @@ pub mod names {
     pub const ACME_ORDERS: &str = "portcullis_acme_orders_total";
     pub const JOBS: &str = "portcullis_jobs_total";
     pub const ACME_RENEWAL_FAILING: &str = "portcullis_acme_renewal_failing";
+    pub const CLUSTER_CONNECTED: &str = "portcullis_cluster_connected";
+    pub const CLUSTER_APPLIED_REVISION: &str = "portcullis_cluster_applied_revision";
+    pub const CLUSTER_LAG: &str = "portcullis_cluster_revision_lag";
+    pub const CLUSTER_IS_RENEWER: &str = "portcullis_cluster_is_renewer";
+    pub const CLUSTER_SYNC_ERRORS: &str = "portcullis_cluster_sync_errors_total";
 
     pub const LISTENER: &str = "listener";
     pub const RESULT: &str = "result";
@@ -49,6 +54,11 @@ pub fn describe() {
         "Certificate selections by outcome: matched, no_sni_default, no_sni_rejected, unknown_sni_default, unknown_sni_rejected"
     );
     describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open now");
+    describe_gauge!(CLUSTER_CONNECTED, "1 while the cluster sync is watching etcd");
+    describe_gauge!(CLUSTER_APPLIED_REVISION, "The etcd revision this node's store copy reflects");
+    describe_gauge!(CLUSTER_LAG, "Newest etcd revision seen minus the applied one");
+    describe_gauge!(CLUSTER_IS_RENEWER, "1 while this node is the cluster's elected renewer");
+    describe_counter!(CLUSTER_SYNC_ERRORS, "Cluster sync failures (etcd unreachable, no quorum, unreadable values)");
     describe_counter!(CONNECTIONS, "Client connections accepted");
     describe_counter!(CONNECTIONS_REFUSED, "Connections closed at accept because the listener was at max_connections");
     describe_counter!(BYTES, "Bytes from (in) and to (out) clients");

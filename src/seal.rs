@@ -123,6 +123,16 @@ fn describe(bytes: &[u8]) -> String {
     }
 }
 
+/// Whether `bytes` is a sealed value (a Portcullis file never starts with these bytes).
+pub fn is_sealed(bytes: &[u8]) -> bool {
+    bytes.len() >= MAGIC.len() + ID_LEN + NONCE_LEN + 16 && bytes.starts_with(MAGIC)
+}
+
+/// The id of the key that sealed `bytes`.
+pub fn key_id_of(bytes: &[u8]) -> Option<String> {
+    is_sealed(bytes).then(|| hex::encode(&bytes[MAGIC.len()..MAGIC.len() + ID_LEN]))
+}
+
 /// The keys a node can open values with: the current one (which seals) first, then
 /// older ones kept while a rotation is under way.
 #[derive(Debug)]
@@ -140,6 +150,11 @@ impl Keyring {
     /// The key new values are sealed with.
     pub fn current(&self) -> &ClusterKey {
         &self.keys[0]
+    }
+
+    /// Whether a key of this ring has the id `id` (hex).
+    pub fn has(&self, id: &str) -> bool {
+        self.keys.iter().any(|k| k.id() == id)
     }
 
     /// Opens a value stored under `path`.

@@ -17,6 +17,7 @@
 //! a problem), a damaged or newer `state.toml` stops every command.
 
 pub(crate) mod atomic;
+pub mod mirror;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

@@ -29,9 +29,10 @@ const LAYERS: &[(&str, u8)] = &[
     // Small pure pieces.
     ("alerts", 3),
     ("acme::policy", 3),
-    ("acme::challenges", 3),
+    ("acme::challenges", 4), // publishes tokens through the cluster too
     ("jobs::result", 3),
     ("watch", 3),
+    ("cluster", 3), // etcd as the store's source of truth; the store a materialised copy
     // The snapshot's ingredients.
     ("sni", 4),
     ("proxy::handler", 4),

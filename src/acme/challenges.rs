@@ -90,6 +90,42 @@ pub struct Responder {
     pub on_disk: bool,
     /// Addresses held by another process (the daemon) to check before `set_ready`.
     pub check: Vec<SocketAddr>,
+    /// On a cluster: tokens also go to etcd, where every node answers them from.
+    pub cluster: Option<ClusterTokens>,
+}
+
+/// Where a cluster publishes tokens: etcd, tied to the publisher's lease.
+#[derive(Clone)]
+pub struct ClusterTokens {
+    pub cluster: crate::cluster::Cluster,
+    pub lease: i64,
+}
+
+impl ClusterTokens {
+    /// Publishes `token` to every node and waits (bounded) until each live node has it.
+    pub async fn publish(&self, token: &str, key_authorization: &str) -> Result<ClusterTokenGuard> {
+        let rev = self.cluster.publish_token(token, key_authorization, self.lease).await?;
+        let guard = ClusterTokenGuard { cluster: self.cluster.clone(), token: token.to_owned() };
+        if !self.cluster.wait_applied(rev, crate::cluster::TOKEN_WAIT).await {
+            tracing::warn!(token, "not every cluster node has the challenge token yet; asking the CA anyway");
+        }
+        Ok(guard)
+    }
+}
+
+/// Withdraws a cluster token when dropped.
+pub struct ClusterTokenGuard {
+    cluster: crate::cluster::Cluster,
+    token: String,
+}
+
+impl Drop for ClusterTokenGuard {
+    fn drop(&mut self) {
+        let (cluster, token) = (self.cluster.clone(), std::mem::take(&mut self.token));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { cluster.remove_token(&token).await });
+        }
+    }
 }
 
 #[cfg(test)]

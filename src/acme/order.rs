@@ -46,6 +46,7 @@ pub(super) async fn issue(
         };
         progress(&format!("order placed for {}", hostnames.join(", ")));
         let mut guards = Vec::new();
+        let mut cluster_guards = Vec::new();
         {
             let mut authzs = order.authorizations();
             while let Some(authz) = authzs.next().await {
@@ -67,6 +68,9 @@ pub(super) async fn issue(
                 let key_auth = challenge.key_authorization();
                 let token = challenge.token.clone();
                 guards.push(responder.challenges.publish(&token, key_auth.as_str(), responder.on_disk)?);
+                if let Some(c) = &responder.cluster {
+                    cluster_guards.push(c.publish(&token, key_auth.as_str()).await?);
+                }
                 for addr in &responder.check {
                     self_check(*addr, &token, key_auth.as_str()).await?;
                 }
@@ -91,6 +95,7 @@ pub(super) async fn issue(
             bail!("validation failed: {}", if why.is_empty() { format!("order is {status:?}") } else { why.join("; ") });
         }
         drop(guards);
+        drop(cluster_guards);
         progress(&format!("validated; finalizing with a new {key_type} key"));
         let identity = IdentityRequest {
             friendly_name: hostnames[0].clone(),

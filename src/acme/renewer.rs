@@ -31,15 +31,23 @@ pub async fn renewer(
     mut configs: tokio::sync::watch::Receiver<Arc<config::Config>>,
     challenges: Challenges,
     kick: Arc<tokio::sync::Notify>,
+    cluster: Option<ClusterRole>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut pending: HashMap<Vec<String>, (u32, OffsetDateTime)> = HashMap::new();
     let mut ari = AriCache::default();
+    let elected = async |c: &Option<ClusterRole>| match c {
+        Some(c) => c.status.elected.notified().await,
+        None => std::future::pending().await,
+    };
     loop {
         let config = configs.borrow_and_update().clone();
-        let wake = match &config.acme {
-            Some(acme) => pass(&config, acme, &store_dir, &challenges, &mut pending, &mut ari).await,
-            None => CHECK_INTERVAL,
+        let wake = match (&config.acme, &cluster) {
+            (Some(acme), None) => pass(&config, acme, &store_dir, &challenges, None, &mut pending, &mut ari).await,
+            (Some(acme), Some(role)) => {
+                cluster_pass(role, &config, acme, &store_dir, &challenges, &mut pending, &mut ari).await
+            }
+            (None, _) => CHECK_INTERVAL,
         };
         tracing::debug!(secs = wake.as_secs_f64(), "next ACME check");
         let deadline = tokio::time::Instant::now() + wake;
@@ -49,6 +57,7 @@ pub async fn renewer(
                 // SIGHUP and the periodic rescan: failures recorded by `acme renew`, a
                 // deleted certificate of [[acme.certificate]].
                 () = kick.notified() => break,
+                () = elected(&cluster) => break,
                 r = configs.changed() => {
                     if r.is_err() {
                         return;
@@ -142,7 +151,18 @@ fn jitter(max: Duration) -> Duration {
     max.mul_f64(f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX))
 }
 
-async fn pass(
+/// On a cluster: the node's client and what it knows (is it the renewer?).
+#[derive(Clone)]
+pub struct ClusterRole {
+    pub cluster: crate::cluster::Cluster,
+    pub status: Arc<crate::cluster::Status>,
+}
+
+/// A pass on a cluster, run only by the elected renewer: on a scratch copy read from
+/// etcd, committed at the end under its fence, so a renewer deposed meanwhile (paused
+/// past its lease, cut off) writes nothing. Other nodes look again when elected.
+async fn cluster_pass(
+    role: &ClusterRole,
     config: &config::Config,
     acme: &AcmeConfig,
     store_dir: &Path,
@@ -150,11 +170,42 @@ async fn pass(
     pending: &mut HashMap<Vec<String>, (u32, OffsetDateTime)>,
     ari: &mut AriCache,
 ) -> Duration {
+    const RETRY: Duration = Duration::from_secs(5);
+    let Some(fence) = role.status.fence() else { return CHECK_INTERVAL };
+    let work = match crate::cluster::Work::begin(&role.cluster, store_dir).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "ACME: renewals pause while etcd is unavailable");
+            return RETRY;
+        }
+    };
+    let tokens = super::challenges::ClusterTokens { cluster: role.cluster.clone(), lease: role.status.lease() };
+    let wake = pass(config, acme, work.dir(), challenges, Some(tokens), pending, ari).await;
+    match work.commit(&role.cluster, Some(&fence), store_dir).await {
+        Ok(Some(rev)) => tracing::info!(revision = rev, "ACME: renewer pass committed"),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "ACME: the renewer pass's changes were not committed");
+            return RETRY;
+        }
+    }
+    wake
+}
+
+async fn pass(
+    config: &config::Config,
+    acme: &AcmeConfig,
+    store_dir: &Path,
+    challenges: &Challenges,
+    tokens: Option<super::challenges::ClusterTokens>,
+    pending: &mut HashMap<Vec<String>, (u32, OffsetDateTime)>,
+    ari: &mut AriCache,
+) -> Duration {
     let mut pass = Pass {
         config,
         acme,
         store_dir,
-        responder: Responder { challenges: challenges.clone(), on_disk: false, check: Vec::new() },
+        responder: Responder { challenges: challenges.clone(), on_disk: false, check: Vec::new(), cluster: tokens },
         policy: Policy::of(Some(acme)),
         wake: CHECK_INTERVAL,
     };

@@ -72,6 +72,9 @@ pub enum Command {
     /// Admin jobs by file drop ([jobs] dir): submit a job file to the running daemon
     #[command(subcommand)]
     Job(JobCommand),
+    /// Several nodes serving one certificate set through etcd ([cluster]; docs/CLUSTER.md)
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Print a shell completion script
     #[command(
         after_help = "Examples:\n  portcullis completions bash > /etc/bash_completion.d/portcullis\n  portcullis completions zsh > \"${fpath[1]}/_portcullis\"\n  portcullis completions fish > ~/.config/fish/completions/portcullis.fish"
@@ -80,6 +83,30 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Push this node's store into an empty [cluster] prefix: the cluster starts from it
+    #[command(
+        after_help = "Example (on the first node, once):\n  portcullis --config /etc/portcullis/portcullis.toml cluster init\n\nRefuses a prefix that already holds keys; the other nodes run `cluster join`."
+    )]
+    Init,
+    /// Replace this node's store with the cluster's (materialise it from etcd)
+    #[command(
+        after_help = "Example (on every other node):\n  portcullis --config /etc/portcullis/portcullis.toml cluster join\n\nA running daemon keeps its copy up to date by itself; join is for a new node."
+    )]
+    Join,
+    /// Members, each node's applied revision and lag, the renewer, last errors
+    #[command(
+        after_help = "Examples:\n  portcullis --config /etc/portcullis/portcullis.toml cluster status\n  portcullis cluster status --json"
+    )]
+    Status,
+    /// Seal every private key in etcd again with the current secret_key_file (key rotation)
+    #[command(
+        after_help = "Example (after every node has the new key as secret_key_file and the old one in\nprevious_secret_key_files):\n  portcullis --config /etc/portcullis/portcullis.toml cluster rekey"
+    )]
+    Rekey,
 }
 
 #[derive(Debug, Subcommand)]
