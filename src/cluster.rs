@@ -616,12 +616,7 @@ impl Work {
         ));
         let work = Self { dir, base };
         let (dir, files) = (work.dir.clone(), work.base.files.clone());
-        blocking(move || {
-            let _lock = mirror::lock(&dir)?;
-            mirror::apply(&dir, &files, None)?;
-            Ok(())
-        })
-        .await?;
+        blocking(move || Ok(mirror::write_scratch(&dir, &files)?)).await?;
         Ok(work)
     }
 

@@ -1,5 +1,6 @@
 //! Watches the store directory and the configuration file, and tells the daemon to
-//! reload: notify events debounced (150 ms), the store's `.staging/` and `.lock` ignored.
+//! reload: notify events debounced (150 ms), the store's `.staging/`, `.lock`
+//! and a cluster node's `.cluster-work/` and `.cluster.toml` ignored.
 //! The daemon also reloads on a timer, to catch events a file system does not deliver.
 
 use std::path::{Component, Path, PathBuf};
@@ -56,8 +57,11 @@ fn deleted_entry(kind: &notify::EventKind, path: &Path) -> bool {
 fn relevant(path: &Path, config: Option<&Path>, store: &Path) -> bool {
     if path.starts_with(store) {
         // acme/ holds the account and challenge tokens, which no snapshot reads.
-        let internal = path.components().any(|c| c == Component::Normal(".staging".as_ref()))
-            || path.file_name().is_some_and(|n| n == ".lock")
+        // On a cluster node: the scratch copies of writes and the revision stamp.
+        let internal = path
+            .components()
+            .any(|c| c == Component::Normal(".staging".as_ref()) || c == Component::Normal(".cluster-work".as_ref()))
+            || path.file_name().is_some_and(|n| n == ".lock" || n == ".cluster.toml")
             || path.strip_prefix(store).is_ok_and(|rel| rel.starts_with("acme"));
         return !internal;
     }

@@ -43,7 +43,9 @@ pub async fn renewer(
     loop {
         let config = configs.borrow_and_update().clone();
         let wake = match (&config.acme, &cluster) {
-            (Some(acme), None) => pass(&config, acme, &store_dir, &challenges, None, &mut pending, &mut ari).await,
+            (Some(acme), None) => {
+                pass(&config, acme, &store_dir, &challenges, None, None, &mut pending, &mut ari).await
+            }
             (Some(acme), Some(role)) => {
                 cluster_pass(role, &config, acme, &store_dir, &challenges, &mut pending, &mut ari).await
             }
@@ -180,7 +182,8 @@ async fn cluster_pass(
         }
     };
     let tokens = super::challenges::ClusterTokens { cluster: role.cluster.clone(), lease: role.status.lease() };
-    let wake = pass(config, acme, work.dir(), challenges, Some(tokens), pending, ari).await;
+    let guard = Some((role.clone(), fence.clone()));
+    let wake = pass(config, acme, work.dir(), challenges, Some(tokens), guard, pending, ari).await;
     match work.commit(&role.cluster, Some(&fence), store_dir).await {
         Ok(Some(rev)) => tracing::info!(revision = rev, "ACME: renewer pass committed"),
         Ok(None) => {}
@@ -198,6 +201,7 @@ async fn pass(
     store_dir: &Path,
     challenges: &Challenges,
     tokens: Option<super::challenges::ClusterTokens>,
+    fence: Option<(ClusterRole, crate::cluster::Fence)>,
     pending: &mut HashMap<Vec<String>, (u32, OffsetDateTime)>,
     ari: &mut AriCache,
 ) -> Duration {
@@ -208,6 +212,7 @@ async fn pass(
         responder: Responder { challenges: challenges.clone(), on_disk: false, check: Vec::new(), cluster: tokens },
         policy: Policy::of(Some(acme)),
         wake: CHECK_INTERVAL,
+        fence,
     };
     pass.order_missing(pending).await;
     pass.renew_due(ari).await;
@@ -223,6 +228,8 @@ struct Pass<'a> {
     policy: Policy,
     /// The earliest moment something falls due (a renewal, a retry, an alert).
     wake: Duration,
+    /// On a cluster: the office this pass runs under.
+    fence: Option<(ClusterRole, crate::cluster::Fence)>,
 }
 
 fn log_line(line: &str) {
@@ -232,6 +239,19 @@ fn log_line(line: &str) {
 impl Pass<'_> {
     fn soon(&mut self, after: Duration) {
         self.wake = self.wake.min(after);
+    }
+
+    /// Before each order on a cluster: is this node still the renewer (asked of etcd)?
+    /// A renewer paused past its lease stops here instead of ordering what its
+    /// successor orders; its commit would be refused anyway.
+    async fn may_order(&self) -> bool {
+        let Some((role, fence)) = &self.fence else { return true };
+        let held = role.status.fence().as_ref() == Some(fence)
+            && role.cluster.renewer().await.ok().flatten().as_deref() == Some(fence.token.as_str());
+        if !held {
+            tracing::warn!("ACME: no longer the cluster's renewer; this pass orders nothing more");
+        }
+        held
     }
 
     /// Orders the configured certificates that have no entry yet (with backoff per set
@@ -273,6 +293,9 @@ impl Pass<'_> {
                 listeners,
                 replace: true,
             };
+            if !self.may_order().await {
+                return;
+            }
             match request(self.acme, self.store_dir, &params, &self.responder, &log_line).await {
                 Ok(o) => {
                     pending.remove(&key);
@@ -354,6 +377,9 @@ impl Pass<'_> {
                 };
                 self.soon((attempt_at - now).unsigned_abs() + spread);
             } else {
+                if !self.may_order().await {
+                    return;
+                }
                 match renew(self.acme, self.store_dir, &id, true, &self.responder, &log_line).await {
                     Ok(_) => continue,
                     Err(e) => tracing::error!(%id, error = %format!("{e:#}"), "ACME renewal failed"),

@@ -60,6 +60,13 @@ fn write_synced(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     f.sync_all()
 }
 
+/// Creates a file that needs no durability (a throwaway scratch copy): no staging, no
+/// fsync; refuses to replace anything.
+pub(crate) fn write_scratch(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    f.write_all(bytes)
+}
+
 fn staging(root: &Path) -> io::Result<PathBuf> {
     let dir = root.join(STAGING);
     create_dir(&dir)?;

@@ -179,6 +179,21 @@ pub fn apply(root: &Path, want: &BTreeMap<String, FileImage>, only: Option<&BTre
     Ok(count)
 }
 
+/// Writes `files` into the empty directory `root`: a scratch copy for one write, thrown
+/// away afterwards, so nothing is staged or synced.
+pub fn write_scratch(root: &Path, files: &BTreeMap<String, FileImage>) -> Result<(), Error> {
+    atomic::create_dir(root).map_err(io_err(root))?;
+    for (rel, f) in files {
+        let path = root.join(rel);
+        if let Some(parent) = path.parent() {
+            atomic::create_dir(parent).map_err(io_err(parent))?;
+        }
+        let mode = if f.private { KEY_MODE } else { FILE_MODE };
+        atomic::write_scratch(&path, &f.bytes, mode).map_err(io_err(&path))?;
+    }
+    Ok(())
+}
+
 /// The stamp of the copy at `root`, if it is one.
 pub fn read_stamp(root: &Path) -> Option<Stamp> {
     let text = input::read_text(&root.join(STAMP), input::MAX_TOML, Links::Refuse).ok()?;

@@ -11,6 +11,8 @@ use std::process::{Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
 
+pub mod pebble;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 /// A temp directory with a store in `store/`.

@@ -1,0 +1,144 @@
+//! Debian's `pebble` with `pebble-challtestsrv` as its DNS (every name is 127.0.0.1),
+//! its API certificate trusted through `[acme] ca_bundle`: the ACME server of the tests.
+#![allow(dead_code, clippy::disallowed_methods)]
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{Env, Proc, free_port, openssl_ok, wait_port};
+
+/// A pebble + challtestsrv pair on free loopback ports.
+pub struct Pebble {
+    pub dir: PathBuf,
+    pub acme_port: u16,
+    pub http_port: u16,
+    procs: Vec<Proc>,
+}
+
+impl Pebble {
+    /// Starts pebble issuing certificates valid for `validity_secs`; validation goes to
+    /// `http_port`.
+    pub fn start(env: &Env, validity_secs: u64, http_port: u16) -> Self {
+        let dir = env.path("pebble");
+        fs::create_dir_all(&dir).unwrap();
+        let p = |f: &str| dir.join(f).display().to_string();
+        super::openssl_self_signed(
+            &p("ca.key"),
+            &p("ca.pem"),
+            "/CN=pebble API test CA",
+            "2",
+            &["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        );
+        openssl_ok(
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &p("wfe.key"),
+                "-out",
+                &p("wfe.csr"),
+                "-subj",
+                "/CN=localhost",
+            ],
+            None,
+        );
+        fs::write(
+            dir.join("wfe.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        super::openssl_ca_sign(
+            &p("wfe.csr"),
+            &p("ca.pem"),
+            &p("ca.key"),
+            "2",
+            &p("wfe.pem"),
+            &["-extfile", &p("wfe.ext")],
+        );
+        let (acme_port, mgmt_port, dns_port, chall_mgmt) = (free_port(), free_port(), free_port(), free_port());
+        fs::write(
+            dir.join("pebble.json"),
+            format!(
+                r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme_port}", "managementListenAddress": "127.0.0.1:{mgmt_port}",
+                "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {},
+                "ocspResponderURL": "", "externalAccountBindingRequired": false,
+                "certificateValidityPeriod": {validity_secs}}}}}"#,
+                p("wfe.pem"),
+                p("wfe.key"),
+                free_port()
+            ),
+        )
+        .unwrap();
+        let log = |name: &str| fs::File::create(dir.join(name)).unwrap();
+        let dns = Proc(
+            Command::new("pebble-challtestsrv")
+                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", "", "-dns01"])
+                .arg(format!("127.0.0.1:{dns_port}"))
+                .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-management"])
+                .arg(format!("127.0.0.1:{chall_mgmt}"))
+                .stdout(log("challtestsrv.log"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("pebble-challtestsrv (make test installs pebble)"),
+        );
+        let pebble = Proc(
+            Command::new("pebble")
+                .args(["-strict", "-config"])
+                .arg(dir.join("pebble.json"))
+                .arg("-dnsserver")
+                .arg(format!("127.0.0.1:{dns_port}"))
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .env("PEBBLE_AUTHZREUSE", "0")
+                .stdout(log("pebble.log"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("pebble (make test installs it)"),
+        );
+        wait_port(acme_port);
+        Self { dir, acme_port, http_port, procs: vec![dns, pebble] }
+    }
+
+    pub fn acme_section(&self, extra: &str) -> String {
+        format!(
+            "[acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\ncontact = [\"mailto:ops@example.test\"]\nagree_tos = true\n\
+             ca_bundle = \"{}\"\nhttp_listen = \"127.0.0.1:{}\"\n{extra}\n",
+            self.acme_port,
+            self.dir.join("ca.pem").display(),
+            self.http_port
+        )
+    }
+
+    pub fn stop(&mut self) {
+        self.procs.clear();
+    }
+}
+
+/// The serial (lowercase hex) and issuer of the certificate served for `sni`.
+pub fn served(port: u16, sni: &str) -> Option<(String, String)> {
+    let connect = format!("127.0.0.1:{port}");
+    let (_, out, _) = super::openssl(&["s_client", "-connect", &connect, "-servername", sni, "-showcerts"], Some(""));
+    let start = out.find("-----BEGIN CERTIFICATE-----")?;
+    let end = out.find("-----END CERTIFICATE-----")? + "-----END CERTIFICATE-----".len();
+    let text = openssl_ok(&["x509", "-noout", "-serial", "-issuer"], Some(&out[start..end]));
+    let serial = text.lines().find_map(|l| l.strip_prefix("serial="))?.trim_start_matches('0').to_ascii_lowercase();
+    let issuer = text.lines().find_map(|l| l.strip_prefix("issuer="))?.trim().to_owned();
+    Some((serial, issuer))
+}
+
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
