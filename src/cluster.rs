@@ -627,7 +627,19 @@ impl Work {
     /// Commits what changed in the scratch copy, then brings the node's own copy up to
     /// date so the change is served here at once. `None`: nothing changed.
     pub async fn commit(
-        self,
+        mut self,
+        cluster: &Cluster,
+        fence: Option<&Fence>,
+        store_dir: &Path,
+    ) -> Result<Option<i64>, Error> {
+        self.checkpoint(cluster, fence, store_dir).await
+    }
+
+    /// Commits what changed so far and goes on from there: a long task (the renewer's
+    /// pass) publishes each finished certificate at once, and a later failure loses
+    /// nothing committed before it.
+    pub async fn checkpoint(
+        &mut self,
         cluster: &Cluster,
         fence: Option<&Fence>,
         store_dir: &Path,
@@ -635,7 +647,16 @@ impl Work {
         let dir = self.dir.clone();
         let files = blocking(move || Ok(mirror::read_all(&dir)?)).await?;
         let rev = cluster.commit(&self.base, &files, fence).await?;
-        if rev.is_some() {
+        if let Some(rev) = rev {
+            // Every key the transaction wrote now has its revision.
+            for (rel, f) in &files {
+                if self.base.files.get(rel) != Some(f) {
+                    self.base.mods.insert(rel.clone(), rev);
+                }
+            }
+            self.base.mods.retain(|rel, _| files.contains_key(rel));
+            self.base.files = files;
+            self.base.revision = rev;
             refresh(cluster, store_dir).await?;
         }
         Ok(rev)
@@ -730,19 +751,30 @@ async fn sync_once(
     }
     let from = image.as_ref().map_or(0, |i| i.revision) + 1;
     let options = WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify();
-    let mut stream = cluster.call("", cluster.client.watch_client().watch(cluster.key(""), Some(options))).await?;
+    let stream = cluster.call("", cluster.client.watch_client().watch(cluster.key(""), Some(options))).await?;
+    let (mut requests, mut responses) = stream.split();
     status.connected.store(true, Ordering::Relaxed);
     status.publish_metrics();
+    // A quiet cluster sends nothing: ask for a progress notification every few seconds,
+    // and take silence past two of them as a dead connection.
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut heard = tokio::time::Instant::now();
     loop {
-        // Progress notifications arrive every few seconds on a quiet cluster; silence
-        // longer than that is a dead connection.
-        let msg = match tokio::time::timeout(Duration::from_secs(15), stream.message()).await {
-            Err(_) => {
-                return Err(Error::Timeout { endpoints: cluster.endpoints(), outcome: "the watch is re-created" });
+        let msg = tokio::select! {
+            r = responses.message() => r.map_err(|e| cluster.etcd(e))?,
+            _ = tick.tick() => {
+                if heard.elapsed() > Duration::from_secs(12) {
+                    return Err(Error::Timeout { endpoints: cluster.endpoints(), outcome: "the watch is re-created" });
+                }
+                let _ = requests.request_progress().await;
+                continue;
             }
-            Ok(r) => r.map_err(|e| cluster.etcd(e))?,
         };
+        heard = tokio::time::Instant::now();
         let Some(resp) = msg else { return Ok(()) };
+        if resp.created() {
+            continue;
+        }
         if resp.canceled() {
             if resp.compact_revision() > 0 {
                 tracing::warn!(
@@ -787,13 +819,17 @@ async fn sync_once(
             }
         }
         if touched.is_empty() && tokens.is_empty() {
-            // Node reports, elections and progress notifications: nothing to apply.
+            // Node reports, elections, progress notifications (every event up to the
+            // header's revision has been delivered): nothing to apply.
             if resp.events().is_empty() && header > img.revision {
                 img.revision = header;
+            } else {
+                img.revision = rev;
             }
             continue;
         }
-        img.revision = rev.max(header);
+        // Resume from the last event seen: a header may run ahead of events not yet sent.
+        img.revision = rev;
         write_tokens(store_dir, &tokens, false)?;
         if !touched.is_empty() {
             let (dir, prefix, files, r) =

@@ -174,7 +174,7 @@ async fn cluster_pass(
 ) -> Duration {
     const RETRY: Duration = Duration::from_secs(5);
     let Some(fence) = role.status.fence() else { return CHECK_INTERVAL };
-    let work = match crate::cluster::Work::begin(&role.cluster, store_dir).await {
+    let mut work = match crate::cluster::Work::begin(&role.cluster, store_dir).await {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, "ACME: renewals pause while etcd is unavailable");
@@ -182,8 +182,9 @@ async fn cluster_pass(
         }
     };
     let tokens = super::challenges::ClusterTokens { cluster: role.cluster.clone(), lease: role.status.lease() };
-    let guard = Some((role.clone(), fence.clone()));
-    let wake = pass(config, acme, work.dir(), challenges, Some(tokens), guard, pending, ari).await;
+    let dir = work.dir().to_owned();
+    let on_cluster = OnCluster { role: role.clone(), fence: fence.clone(), work: &mut work, home: store_dir };
+    let wake = pass(config, acme, &dir, challenges, Some(tokens), Some(on_cluster), pending, ari).await;
     match work.commit(&role.cluster, Some(&fence), store_dir).await {
         Ok(Some(rev)) => tracing::info!(revision = rev, "ACME: renewer pass committed"),
         Ok(None) => {}
@@ -201,7 +202,7 @@ async fn pass(
     store_dir: &Path,
     challenges: &Challenges,
     tokens: Option<super::challenges::ClusterTokens>,
-    fence: Option<(ClusterRole, crate::cluster::Fence)>,
+    cluster: Option<OnCluster<'_>>,
     pending: &mut HashMap<Vec<String>, (u32, OffsetDateTime)>,
     ari: &mut AriCache,
 ) -> Duration {
@@ -212,7 +213,7 @@ async fn pass(
         responder: Responder { challenges: challenges.clone(), on_disk: false, check: Vec::new(), cluster: tokens },
         policy: Policy::of(Some(acme)),
         wake: CHECK_INTERVAL,
-        fence,
+        cluster,
     };
     pass.order_missing(pending).await;
     pass.renew_due(ari).await;
@@ -228,8 +229,17 @@ struct Pass<'a> {
     policy: Policy,
     /// The earliest moment something falls due (a renewal, a retry, an alert).
     wake: Duration,
-    /// On a cluster: the office this pass runs under.
-    fence: Option<(ClusterRole, crate::cluster::Fence)>,
+    /// On a cluster: the office this pass runs under and its scratch copy.
+    cluster: Option<OnCluster<'a>>,
+}
+
+/// A renewer pass on a cluster: who holds the office, and the scratch copy it works on
+/// for the node's store at `home`.
+struct OnCluster<'a> {
+    role: ClusterRole,
+    fence: crate::cluster::Fence,
+    work: &'a mut crate::cluster::Work,
+    home: &'a Path,
 }
 
 fn log_line(line: &str) {
@@ -244,10 +254,16 @@ impl Pass<'_> {
     /// Before each order on a cluster: is this node still the renewer (asked of etcd)?
     /// A renewer paused past its lease stops here instead of ordering what its
     /// successor orders; its commit would be refused anyway.
-    async fn may_order(&self) -> bool {
-        let Some((role, fence)) = &self.fence else { return true };
-        let held = role.status.fence().as_ref() == Some(fence)
-            && role.cluster.renewer().await.ok().flatten().as_deref() == Some(fence.token.as_str());
+    /// Commits what the last order changed first, so each certificate is served on every
+    /// node as soon as it is issued.
+    async fn may_order(&mut self) -> bool {
+        let Some(c) = self.cluster.as_mut() else { return true };
+        if let Err(e) = c.work.checkpoint(&c.role.cluster, Some(&c.fence), c.home).await {
+            tracing::error!(error = %e, "ACME: the renewer's last change was not committed; this pass stops");
+            return false;
+        }
+        let held = c.role.status.fence().as_ref() == Some(&c.fence)
+            && c.role.cluster.renewer().await.ok().flatten().as_deref() == Some(c.fence.token.as_str());
         if !held {
             tracing::warn!("ACME: no longer the cluster's renewer; this pass orders nothing more");
         }
