@@ -28,6 +28,7 @@ pub async fn serve(
     snapshot: Reader,
     reloads: Arc<ArcSwap<ReloadStatus>>,
     jobs: crate::jobs::result::Recent,
+    cluster: Option<(String, Arc<crate::cluster::Status>)>,
     shutdown: CancellationToken,
 ) {
     STARTED.get_or_init(std::time::Instant::now);
@@ -48,11 +49,12 @@ pub async fn serve(
         let reloads = Arc::clone(&reloads);
         let jobs = Arc::clone(&jobs);
         let node = node.clone();
+        let cluster = cluster.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let resp = if allowed_host(&req, node.as_deref()) {
-                    answer(req.uri().path(), &prometheus, &snapshot, &reloads, &jobs)
+                    answer(req.uri().path(), &prometheus, &snapshot, &reloads, &jobs, cluster.as_ref())
                 } else {
                     text(
                         StatusCode::MISDIRECTED_REQUEST,
@@ -107,11 +109,13 @@ fn answer(
     snapshot: &Reader,
     reloads: &ArcSwap<ReloadStatus>,
     jobs: &crate::jobs::result::Recent,
+    cluster: Option<&(String, Arc<crate::cluster::Status>)>,
 ) -> Response<Body> {
     match path {
         "/status.json" | "/status" => {
             let uptime = STARTED.get().map_or(0, |t| t.elapsed().as_secs());
-            let status = daemon_status(&snapshot.load(), &reloads.load(), jobs, uptime);
+            let mut status = daemon_status(&snapshot.load(), &reloads.load(), jobs, uptime);
+            status.cluster = cluster.map(|(node, c)| c.view(node));
             let (body, kind) = if path == "/status" {
                 (status_page::render(&status).into_bytes(), "text/html; charset=utf-8")
             } else {

@@ -586,7 +586,7 @@ impl Status {
 }
 
 /// The cluster as `/status.json` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatusView {
     pub node: String,
     pub connected: bool,

@@ -432,6 +432,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         snapshot.clone(),
         Arc::clone(&reloads),
         Arc::clone(&recent_jobs),
+        config.cluster.as_ref().map(|c| (c.node.clone(), Arc::clone(&cluster_status))),
         shutdown.clone(),
     ));
 

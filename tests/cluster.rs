@@ -387,6 +387,26 @@ fn a_change_on_one_node_is_served_by_all_and_keys_stay_sealed() {
     assert_eq!(nodes.len(), 3, "{status}");
     assert!(nodes.iter().all(|n| n["lag"] == 0), "{status}");
 
+    // The status page, in a real browser, and /status.json show the cluster.
+    let dom = common::chromium(&c.env, &["--dump-dom", &format!("http://127.0.0.1:{}/status", c.nodes[1].admin)]);
+    let table = &dom[dom.find("<table id=\"cluster\">").unwrap_or_else(|| panic!("no cluster table:\n{dom}"))..];
+    let table = &table[..table.find("</table>").unwrap()];
+    assert!(table.contains("<td>n1</td>") && table.contains("in sync"), "{table}");
+    let views: Vec<serde_json::Value> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let (ok, body) = common::curl(&[&format!("http://127.0.0.1:{}/status.json", n.admin)]);
+            assert!(ok);
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["cluster"].clone()
+        })
+        .collect();
+    assert!(
+        views.iter().all(|v| v["connected"] == true && v["applied_revision"] == views[0]["applied_revision"]),
+        "{views:?}"
+    );
+    assert_eq!(views.iter().filter(|v| v["is_renewer"] == true).count(), 1, "{views:?}");
+
     // No private key in clear in etcd: not as PEM, not as the PEM body of any key file.
     let eps = c.etcd.endpoints();
     let (ok, dump, err) = etcdctl(&eps, &["get", "--prefix", "/portcullis"]);
@@ -564,10 +584,14 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     let hosts: Vec<String> = (0..10).map(|i| format!("c{i}.test")).collect();
     let certs: String =
         hosts.iter().map(|h| format!("[[acme.certificate]]\nhostnames = [\"{h}\"]\n")).collect::<Vec<_>>().concat();
+    let alerts = env.path("alerts.txt");
     let acme = |node: &Node| {
         format!(
-            "[acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\ncontact = [\"mailto:ops@example.test\"]\nagree_tos = true\n\
+            "[alerts]\nalert_command = \"echo \\\"$PORTCULLIS_ALERT_KIND $PORTCULLIS_ALERT_ID {}\\\" >> {}\"\n\
+             [acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\ncontact = [\"mailto:ops@example.test\"]\nagree_tos = true\n\
              ca_bundle = \"{}\"\nhttp_listen = \"127.0.0.1:{}\"\n{certs}",
+            node.name,
+            alerts.display(),
             pebble.acme_port,
             pebble.dir.join("ca.pem").display(),
             node.http
@@ -649,4 +673,19 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     let list = c.nodes[other].cli(&["--json", "cert", "list"]).json();
     let acme_entries = list.as_array().unwrap().iter().filter(|e| e["source"] == "acme").count();
     assert_eq!(acme_entries, 10, "{list}");
+
+    // Quorum loss: nobody renews, yet certificates entering their error window alert.
+    let _ = fs::remove_file(&alerts);
+    c.etcd.kill(1);
+    c.etcd.kill(2);
+    wait_for(20, "no renewer without quorum", || c.renewers().is_empty().then_some(()));
+    let frozen = orders(&pebble);
+    let line = wait_for(40, "an error alert from a node cut off", || {
+        fs::read_to_string(&alerts).ok().and_then(|t| t.lines().find(|l| l.starts_with("error c")).map(str::to_owned))
+    });
+    println!("alert while cut off: {line}");
+    assert_eq!(orders(&pebble), frozen, "an order without quorum");
+    for n in c.nodes.iter().filter(|n| n.daemon.is_some()) {
+        assert!(acme_serials(n, &hosts).is_some(), "{} stopped serving", n.name);
+    }
 }

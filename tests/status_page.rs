@@ -6,29 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Env, free_port};
-
-/// Chromium's flags for a closed network and a root user (see the machine notes).
-fn chromium(env: &Env, args: &[&str]) -> String {
-    let profile = env.path("chromium-profile");
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .output()
-        .expect("chromium (make test installs it)");
-    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{Env, chromium, free_port};
 
 /// The `<td>` texts of the row `data-id="ID"` in chromium's serialised DOM.
 fn row(dom: &str, id: &str) -> Vec<String> {

@@ -36,6 +36,7 @@ pub async fn renewer(
 ) {
     let mut pending: HashMap<Vec<String>, (u32, OffsetDateTime)> = HashMap::new();
     let mut ari = AriCache::default();
+    let mut cut_off_alerts = HashMap::new();
     let elected = async |c: &Option<ClusterRole>| match c {
         Some(c) => c.status.elected.notified().await,
         None => std::future::pending().await,
@@ -46,8 +47,17 @@ pub async fn renewer(
             (Some(acme), None) => {
                 pass(&config, acme, &store_dir, &challenges, None, None, &mut pending, &mut ari).await
             }
-            (Some(acme), Some(role)) => {
+            (Some(acme), Some(role)) if role.status.fence().is_some() => {
                 cluster_pass(role, &config, acme, &store_dir, &challenges, &mut pending, &mut ari).await
+            }
+            (Some(acme), Some(role)) => {
+                // Not the renewer: look again now and then (election wakes it at once).
+                if role.status.connected.load(std::sync::atomic::Ordering::Relaxed) {
+                    Duration::from_secs(30)
+                } else {
+                    alert_cut_off(&config, acme, &store_dir, &role.cluster, &mut cut_off_alerts).await;
+                    Duration::from_secs(5)
+                }
             }
             (None, _) => CHECK_INTERVAL,
         };
@@ -151,6 +161,62 @@ fn jitter(max: Duration) -> Duration {
     let mut b = [0u8; 4];
     let _ = aws_lc_rs::rand::fill(&mut b);
     max.mul_f64(f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX))
+}
+
+/// Cut off from etcd, no node renews or records anything, yet a certificate in its
+/// error window must still alert: each node cut off checks its own copy and alerts at
+/// most daily per certificate (remembered in memory; nothing can be written). The
+/// renewer's own daily alerts, recorded in the store, count too.
+async fn alert_cut_off(
+    config: &config::Config,
+    acme: &AcmeConfig,
+    store_dir: &Path,
+    cluster: &crate::cluster::Cluster,
+    sent: &mut HashMap<String, OffsetDateTime>,
+) {
+    let policy = Policy::of(Some(acme));
+    let dir = store_dir.to_owned();
+    let entries = blocking(move || {
+        let store = Store::open_read_only(&dir)?;
+        let mut out = Vec::new();
+        for id in store.cert_ids()? {
+            if let Ok(e) = store.read_cert(&id)
+                && let Some(am) = e.meta.acme.clone()
+            {
+                out.push((e.id, e.meta.friendly_name, e.info, am));
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .unwrap_or_default();
+    let now = OffsetDateTime::now_utc();
+    for (id, friendly_name, info, am) in entries {
+        let s = schedule(&am, &info, &policy, now);
+        if !matches!(s.status, Status::Error | Status::Expired) {
+            continue;
+        }
+        let last = sent.get(&id).copied().max(am.last_alert.filter(|_| am.last_alert_kind.as_deref() == Some("error")));
+        if last.is_some_and(|t| now - t < time::Duration::DAY) {
+            continue;
+        }
+        let alert = crate::alerts::Alert {
+            kind: "error",
+            id: id.clone(),
+            friendly_name,
+            hostnames: am.hostnames.clone(),
+            not_after: Some(info.not_after),
+            error: format!(
+                "renewals are paused: node {} is cut off from etcd ({}), and no renewer can write",
+                cluster.node(),
+                cluster.endpoints()
+            ),
+        };
+        tracing::warn!(%id, "ACME: certificate in its error window while cut off from etcd");
+        if crate::alerts::send(&config.alerts, &alert).await {
+            sent.insert(id, now);
+        }
+    }
 }
 
 /// On a cluster: the node's client and what it knows (is it the renewer?).
@@ -315,6 +381,7 @@ impl Pass<'_> {
             match request(self.acme, self.store_dir, &params, &self.responder, &log_line).await {
                 Ok(o) => {
                     pending.remove(&key);
+                    self.soon(Duration::from_secs(1));
                     tracing::info!(id = %o.id, hostnames = %o.hostnames.join(","), "ACME certificate issued");
                 }
                 Err(e) => {
@@ -397,7 +464,11 @@ impl Pass<'_> {
                     return;
                 }
                 match renew(self.acme, self.store_dir, &id, true, &self.responder, &log_line).await {
-                    Ok(_) => continue,
+                    Ok(_) => {
+                        // The next pass schedules the new certificate's renewal.
+                        self.soon(Duration::from_secs(1));
+                        continue;
+                    }
                     Err(e) => tracing::error!(%id, error = %format!("{e:#}"), "ACME renewal failed"),
                 }
                 // Re-read what renew() recorded.

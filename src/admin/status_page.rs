@@ -59,6 +59,27 @@ pub fn render(s: &DaemonStatus) -> String {
         generation = s.reload.generation,
     );
 
+    if let Some(c) = &s.cluster {
+        let (class, state) =
+            if c.connected { ("", "in sync") } else { ("bad", "cut off from etcd: serving its last copy") };
+        let _ = write!(
+            h,
+            "<h2>Cluster</h2><div class=wrap><table id=cluster><tr><th>Node<th>etcd<th>Applied revision<th>Lag\
+             <th>Renewer<th>Sync errors<th>Last error</tr><tr><td>{node}<td class='{class}'>{state}<td>{applied}<td>{lag}\
+             <td>{renewer}<td>{errors}<td>{last}</tr></table></div>",
+            node = esc(&c.node),
+            applied = c.applied_revision,
+            lag = c.lag,
+            renewer = if c.is_renewer {
+                "this node".to_owned()
+            } else {
+                esc(c.renewer.as_deref().and_then(|r| r.split(' ').next()).unwrap_or("none elected"))
+            },
+            errors = c.sync_errors,
+            last = esc(c.last_error.as_deref().unwrap_or("–")),
+        );
+    }
+
     h.push_str(
         "<h2>Listeners</h2><div class=wrap><table id=listeners><tr><th>Name<th>Addresses<th>Certificates\
          <th>Fallback (no SNI, unknown name)</tr>",

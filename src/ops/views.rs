@@ -477,6 +477,9 @@ pub struct DaemonStatus {
     /// The last admin jobs, newest last.
     #[serde(default)]
     pub jobs: Vec<crate::jobs::result::JobResult>,
+    /// On a cluster node: its sync, applied revision and role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::StatusView>,
 }
 
 /// The daemon's status from its current snapshot, reload record and last jobs.
@@ -543,6 +546,7 @@ pub fn daemon_status(
         problems: snapshot.problems.iter().chain(&snapshot.permissions).cloned().collect(),
         acme,
         jobs: jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().cloned().collect(),
+        cluster: None,
     }
 }
 

@@ -434,3 +434,25 @@ pub fn any_cert_client() -> std::sync::Arc<rustls::ClientConfig> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     std::sync::Arc::new(config)
 }
+
+/// Chromium's flags for a closed network and a root user (see the machine notes).
+pub fn chromium(env: &Env, args: &[&str]) -> String {
+    let profile = env.path("chromium-profile");
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("chromium (make test installs it)");
+    assert!(out.status.success(), "chromium: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
