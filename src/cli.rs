@@ -275,7 +275,7 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
                 challenges: crate::acme::Challenges::new(None),
                 on_disk: false,
                 check: Vec::new(),
-                cluster: Some(crate::acme::ClusterTokens { cluster: c.clone(), lease: *lease }),
+                cluster: Some(crate::acme::ClusterTokens { cluster: c.clone(), lease: *lease, fence: None }),
             },
             None => cli_responder(acme_config, &store_dir).await?,
         };

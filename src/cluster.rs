@@ -11,6 +11,7 @@
 //! P/nodes/<node>       each node's applied revision and last error, tied to its lease
 //! P/renewer            the elected renewer ("<node> <lease>"), tied to its lease
 //! P/changed            rewritten by every store write: its revision is the last change
+//! P/orders/<id>        an order in progress (URL and key, sealed), for a successor
 //! ```
 //!
 //! Every write (CLI, job, renewer) runs on a scratch copy materialised from one read at
@@ -405,6 +406,35 @@ impl Cluster {
             return Err(Error::Conflict { endpoints: self.endpoints(), key: "a private key".into() });
         }
         Ok(count)
+    }
+
+    /// Records an order in progress (`P/orders/<id>`: its URL and key, sealed), so a
+    /// renewer that takes over resumes it instead of ordering again. Guarded by `fence`.
+    pub async fn record_order(&self, id: &str, record: &[u8], fence: Option<&Fence>) -> Result<(), Error> {
+        let key = self.key(&format!("orders/{id}"));
+        let put = TxnOp::put(key.clone(), self.keys.current().seal(&key, record), None);
+        let txn = match fence {
+            Some(f) => Txn::new()
+                .when([Compare::value(self.key("renewer"), CompareOp::Equal, f.token.clone())])
+                .and_then([put]),
+            None => Txn::new().and_then([put]),
+        };
+        let resp = self.call("the order may be recorded", self.client.kv_client().txn(txn)).await?;
+        if resp.succeeded() { Ok(()) } else { Err(Error::Fenced { endpoints: self.endpoints() }) }
+    }
+
+    /// The order recorded under `id`, unsealed.
+    pub async fn recorded_order(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
+        let key = self.key(&format!("orders/{id}"));
+        let resp = self.call("", self.client.kv_client().get(key.clone(), None)).await?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some(self.keys.open(&key, kv.value())?)),
+        }
+    }
+
+    pub async fn forget_order(&self, id: &str) {
+        let _ = self.call("", self.client.kv_client().delete(self.key(&format!("orders/{id}")), None)).await;
     }
 
     /// A lease of `ttl` seconds.

@@ -416,6 +416,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
                         () = shutdown.cancelled() => return,
                     }
                 };
+                challenges.set_remote(cluster.clone());
                 tokio::spawn(crate::cluster::sync(cluster.clone(), dir.clone(), Arc::clone(&status), shutdown.clone()));
                 tokio::spawn(crate::cluster::membership(cluster.clone(), Arc::clone(&status), shutdown.clone()));
                 let role = crate::acme::ClusterRole { cluster, status };

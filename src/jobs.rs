@@ -274,7 +274,7 @@ async fn execute(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, 
     let lease = cluster.grant(300).await?;
     let here = Context {
         store_dir: work.dir().to_owned(),
-        tokens: Some(crate::acme::ClusterTokens { cluster: cluster.clone(), lease }),
+        tokens: Some(crate::acme::ClusterTokens { cluster: cluster.clone(), lease, fence: None }),
         ..ctx.clone()
     };
     let out = execute_here(parsed, &here, rerun).await;

@@ -400,32 +400,9 @@ pub async fn redirect_loop(
         tracker.spawn(async move {
             let _slot = slot;
             let service = service_fn(|req: Request<Incoming>| {
-                if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/") {
-                    let resp = match challenges.answer(token) {
-                        Some(key_authorization) => text(StatusCode::OK, key_authorization),
-                        None => text(StatusCode::NOT_FOUND, "no such challenge\n"),
-                    };
-                    return std::future::ready(Ok::<_, std::convert::Infallible>(resp));
-                }
-                let mut req = req;
-                let host = match request_host(&mut req) {
-                    Ok(Some(host)) => host.to_owned(),
-                    _ => {
-                        let resp = text(StatusCode::BAD_REQUEST, "400 Bad Request: missing or malformed Host\n");
-                        return std::future::ready(Ok::<_, std::convert::Infallible>(resp));
-                    }
-                };
-                let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                let (open, close) = if host.contains(':') { ("[", "]") } else { ("", "") }; // IPv6
-                let location = match redirect_port() {
-                    443 => format!("https://{open}{host}{close}{path}"),
-                    port => format!("https://{open}{host}{close}:{port}{path}"),
-                };
-                let mut resp = text(StatusCode::MOVED_PERMANENTLY, format!("moved to {location}\n"));
-                if let Ok(v) = location.parse() {
-                    resp.headers_mut().insert(hyper::header::LOCATION, v);
-                }
-                std::future::ready(Ok::<_, std::convert::Infallible>(resp))
+                let challenges = challenges.clone();
+                let redirect_port = redirect_port.clone();
+                async move { Ok::<_, std::convert::Infallible>(plain_answer(req, &challenges, redirect_port()).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -436,6 +413,36 @@ pub async fn redirect_loop(
             let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
         });
     }
+}
+
+/// The plain-HTTP answer: an HTTP-01 key authorization (from this node, or on a cluster
+/// from etcd when this node's copy lags), else a redirect to https.
+async fn plain_answer(
+    mut req: Request<Incoming>,
+    challenges: &crate::acme::challenges::Challenges,
+    redirect_port: u16,
+) -> Response<Body> {
+    if let Some(token) = req.uri().path().strip_prefix("/.well-known/acme-challenge/") {
+        return match challenges.answer_or_fetch(token).await {
+            Some(key_authorization) => text(StatusCode::OK, key_authorization),
+            None => text(StatusCode::NOT_FOUND, "no such challenge\n"),
+        };
+    }
+    let host = match request_host(&mut req) {
+        Ok(Some(host)) => host.to_owned(),
+        _ => return text(StatusCode::BAD_REQUEST, "400 Bad Request: missing or malformed Host\n"),
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let (open, close) = if host.contains(':') { ("[", "]") } else { ("", "") }; // IPv6
+    let location = match redirect_port {
+        443 => format!("https://{open}{host}{close}{path}"),
+        port => format!("https://{open}{host}{close}:{port}{path}"),
+    };
+    let mut resp = text(StatusCode::MOVED_PERMANENTLY, format!("moved to {location}\n"));
+    if let Ok(v) = location.parse() {
+        resp.headers_mut().insert(hyper::header::LOCATION, v);
+    }
+    resp
 }
 
 /// A TCP stream that counts bytes locally and adds them to the listener's counters

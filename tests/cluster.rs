@@ -24,6 +24,12 @@ use common::{BIN, Env, Proc, free_port, metric, openssl_ok};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// The binary the nodes run: this build's, or `PORTCULLIS_TEST_BIN` (a release build,
+/// to measure propagation as deployed; docs/PERFORMANCE.md).
+fn bin() -> String {
+    std::env::var("PORTCULLIS_TEST_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
@@ -121,7 +127,7 @@ impl Node {
     }
 
     fn cli(&self, args: &[&str]) -> common::Run {
-        let out = Command::new(BIN).arg("--config").arg(self.config()).args(args).output().unwrap();
+        let out = Command::new(bin()).arg("--config").arg(self.config()).args(args).output().unwrap();
         common::Run {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -131,7 +137,7 @@ impl Node {
 
     fn start(&mut self) {
         let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("daemon.log")).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .arg("--config")
             .arg(self.config())
             .arg("run")
@@ -179,11 +185,10 @@ impl Cluster {
         fs::write(&key, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n").unwrap();
         fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let mut nodes = Vec::new();
-        for i in 0..3 {
+        for (i, http) in http.into_iter().enumerate() {
             let dir = env.path(&format!("n{i}"));
             fs::create_dir_all(&dir).unwrap();
-            let node =
-                Node { name: format!("n{i}"), dir, tls: free_port(), admin: free_port(), http: http[i], daemon: None };
+            let node = Node { name: format!("n{i}"), dir, tls: free_port(), admin: free_port(), http, daemon: None };
             let text = format!(
                 "[store]\ndir = \"store\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{}\"]\n\
                  [[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"hello\\n\" }}\n\
@@ -432,7 +437,8 @@ fn a_change_on_one_node_is_served_by_all_and_keys_stay_sealed() {
         &format!("secret_key_file = \"{}\"", other.display()),
     );
     fs::write(bad_dir.join("portcullis.toml"), text.replace("node = \"n2\"", "node = \"intruder\"")).unwrap();
-    let out = Command::new(BIN).arg("--config").arg(bad_dir.join("portcullis.toml")).args(["cluster", "join"]).output();
+    let out =
+        Command::new(bin()).arg("--config").arg(bad_dir.join("portcullis.toml")).args(["cluster", "join"]).output();
     let out = out.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -637,8 +643,13 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     );
     assert!(took < Duration::from_secs(10 + 8), "{took:?}");
     let r3 = next_round(&c, &hosts, &r2, 60);
-    assert!(before <= 21 && orders(&pebble) <= 31, "at most one extra order: {} orders", orders(&pebble));
-    assert_eq!(orders(&pebble) - before, 10, "the new renewer orders each certificate once");
+    // The order in flight was recorded: the new renewer resumes it instead of ordering
+    // again, so round 3 takes no extra order (at most one if the kill beat the record).
+    let round3 = orders(&pebble) - before;
+    println!("failover: round 3 took {round3} new orders after the kill (+1 in flight)");
+    assert!((9..=10).contains(&round3), "round 3 took {round3} orders after the kill");
+    let resumed = c.nodes.iter().filter(|n| n.daemon.is_some()).any(|n| n.log().contains("resuming the order"));
+    assert!(resumed || round3 == 10, "neither resumed nor ordered again");
 
     // Fencing: the new renewer is stopped in the middle of round 4 past its lease; a
     // third node takes over; resumed, the old one's writes are refused.
@@ -668,7 +679,8 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     }
     // One extra order at most: the one the paused renewer had in flight.
     let round4 = orders(&pebble) - before;
-    assert!((10..=11).contains(&round4), "round 4 took {round4} orders");
+    println!("fencing: round 4 took {round4} orders after the pause (+1 in flight)");
+    assert!((9..=10).contains(&round4), "round 4 took {round4} orders");
     // Nothing duplicated: one entry per certificate.
     let list = c.nodes[other].cli(&["--json", "cert", "list"]).json();
     let acme_entries = list.as_array().unwrap().iter().filter(|e| e["source"] == "acme").count();

@@ -16,6 +16,9 @@ use anyhow::{Context, Result, bail};
 pub struct Challenges {
     tokens: Arc<Mutex<HashMap<String, String>>>,
     dir: Option<PathBuf>,
+    /// On a cluster node, once connected: where a token this node's copy lacks (it
+    /// lags behind) is read from.
+    remote: Arc<std::sync::OnceLock<crate::cluster::Cluster>>,
 }
 
 /// `store/acme/challenges/`.
@@ -30,7 +33,22 @@ fn valid_token(token: &str) -> bool {
 
 impl Challenges {
     pub fn new(dir: Option<PathBuf>) -> Self {
-        Self { tokens: Arc::default(), dir }
+        Self { tokens: Arc::default(), dir, remote: Arc::default() }
+    }
+
+    /// On a cluster node: tokens missing here are read from etcd.
+    pub fn set_remote(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.remote.set(cluster);
+    }
+
+    /// [`Self::answer`], falling back to a linearizable read from etcd on a cluster node
+    /// (bounded by the cluster's call deadline).
+    pub async fn answer_or_fetch(&self, token: &str) -> Option<String> {
+        if let Some(a) = self.answer(token) {
+            return Some(a);
+        }
+        let cluster = self.remote.get()?;
+        cluster.token(token).await.filter(|v| v.len() <= 1024)
     }
 
     /// The key authorization for `token`, if an order is waiting for it.
@@ -99,6 +117,8 @@ pub struct Responder {
 pub struct ClusterTokens {
     pub cluster: crate::cluster::Cluster,
     pub lease: i64,
+    /// The renewer's office, which its order records are guarded by.
+    pub fence: Option<crate::cluster::Fence>,
 }
 
 impl ClusterTokens {

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
-use instant_acme::{AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy};
+use instant_acme::{
+    AuthorizationStatus, ChallengeStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
+};
 
 use super::Progress;
 use super::account::{account, account_path, describe, problem};
@@ -21,30 +23,47 @@ pub(super) async fn issue(
     store_dir: &Path,
     hostnames: &[String],
     key_type: KeyType,
-    key: &PrivateKey,
+    key: &mut PrivateKey,
     responder: &Responder,
     progress: Progress<'_>,
 ) -> Result<String> {
+    let record_id = record_id(hostnames);
     // Every order is counted, whoever placed it and however it ended.
     let r: Result<String> = async {
         let account = account(acme, store_dir, progress).await?;
-        let ids: Vec<Identifier> = hostnames.iter().map(|h| Identifier::Dns(h.clone())).collect();
-        let mut order = match account.new_order(&NewOrder::new(&ids)).await {
-            Err(instant_acme::Error::Api(p))
-                if p.r#type.as_deref().is_some_and(|t| t.ends_with(":accountDoesNotExist")) =>
-            {
-                // The CA forgot the account (a test CA restarted, or it was deactivated).
-                progress("the CA does not know the stored account; creating a new one");
-                let _ = std::fs::remove_file(account_path(store_dir));
-                Box::pin(super::account::account(acme, store_dir, progress))
-                    .await?
-                    .new_order(&NewOrder::new(&ids))
-                    .await
-                    .map_err(|e| anyhow!("placing the order: {}", describe(&e)))?
+        // On a cluster: an order a previous renewer left unfinished is resumed, with its key.
+        let mut resumed = None;
+        if let Some(c) = &responder.cluster
+            && let Ok(Some(bytes)) = c.cluster.recorded_order(&record_id).await
+            && let Ok(rec) = serde_json::from_slice::<OrderRecord>(&bytes)
+        {
+            match (account.order(rec.url.clone()).await, PrivateKey::from_pem(&rec.key_pem)) {
+                (Ok(mut o), Ok(k)) => {
+                    if matches!(o.state().status, OrderStatus::Invalid) {
+                        progress("the recorded order is invalid; placing a new one");
+                    } else {
+                        progress(&format!("resuming the order {} a previous renewer placed", rec.url));
+                        *key = k;
+                        resumed = Some(o);
+                    }
+                }
+                _ => progress("the recorded order cannot be resumed; placing a new one"),
             }
-            r => r.map_err(|e| anyhow!("placing the order: {}", describe(&e)))?,
+        }
+        let ids: Vec<Identifier> = hostnames.iter().map(|h| Identifier::Dns(h.clone())).collect();
+        let mut order = if let Some(o) = resumed {
+            o
+        } else {
+            let o = place(&account, &ids, acme, store_dir, progress).await?;
+            if let Some(c) = &responder.cluster {
+                let rec = OrderRecord { url: o.url().to_owned(), key_pem: key.to_pem() };
+                c.cluster.record_order(&record_id, &serde_json::to_vec(&rec)?, c.fence.as_ref()).await?;
+            }
+            o
         };
-        progress(&format!("order placed for {}", hostnames.join(", ")));
+        if matches!(order.state().status, OrderStatus::Pending) {
+            progress(&format!("order placed for {}", hostnames.join(", ")));
+        }
         let mut guards = Vec::new();
         let mut cluster_guards = Vec::new();
         {
@@ -74,15 +93,26 @@ pub(super) async fn issue(
                 for addr in &responder.check {
                     self_check(*addr, &token, key_auth.as_str()).await?;
                 }
-                challenge.set_ready().await.map_err(|e| anyhow!("{name}: {}", describe(&e)))?;
+                // A resumed order's challenge may have been submitted already.
+                if challenge.status == ChallengeStatus::Pending {
+                    challenge.set_ready().await.map_err(|e| anyhow!("{name}: {}", describe(&e)))?;
+                }
                 progress(&format!("{name}: HTTP-01 challenge ready, waiting for the CA to fetch it"));
             }
         }
-        let status = order
-            .poll_ready(&RetryPolicy::new().initial_delay(Duration::from_millis(500)).timeout(Duration::from_secs(120)))
-            .await
-            .map_err(|e| anyhow!("validation: {}", describe(&e)))?;
-        if status != OrderStatus::Ready {
+        // A resumed order may be finalized already: then only the download is left.
+        let finalized = matches!(order.state().status, OrderStatus::Processing | OrderStatus::Valid);
+        let status = if finalized {
+            order.state().status
+        } else {
+            order
+                .poll_ready(
+                    &RetryPolicy::new().initial_delay(Duration::from_millis(500)).timeout(Duration::from_secs(120)),
+                )
+                .await
+                .map_err(|e| anyhow!("validation: {}", describe(&e)))?
+        };
+        if !finalized && status != OrderStatus::Ready {
             let mut why = Vec::new();
             let mut authzs = order.authorizations();
             while let Some(Ok(authz)) = authzs.next().await {
@@ -96,16 +126,18 @@ pub(super) async fn issue(
         }
         drop(guards);
         drop(cluster_guards);
-        progress(&format!("validated; finalizing with a new {key_type} key"));
-        let identity = IdentityRequest {
-            friendly_name: hostnames[0].clone(),
-            subject: Subject { common_name: Some(hostnames[0].clone()), ..Subject::default() },
-            sans: hostnames.to_vec(),
+        if !finalized {
+            progress(&format!("validated; finalizing with a new {key_type} key"));
+            let identity = IdentityRequest {
+                friendly_name: hostnames[0].clone(),
+                subject: Subject { common_name: Some(hostnames[0].clone()), ..Subject::default() },
+                sans: hostnames.to_vec(),
+            }
+            .validate()?;
+            let csr_pem = pki::certificate_request(&identity, key_type, key)?;
+            let csr = pem::parse(&csr_pem).map_err(|e| anyhow!("CSR: {e}"))?;
+            order.finalize_csr(csr.contents()).await.map_err(|e| anyhow!("finalizing: {}", describe(&e)))?;
         }
-        .validate()?;
-        let csr_pem = pki::certificate_request(&identity, key_type, key)?;
-        let csr = pem::parse(&csr_pem).map_err(|e| anyhow!("CSR: {e}"))?;
-        order.finalize_csr(csr.contents()).await.map_err(|e| anyhow!("finalizing: {}", describe(&e)))?;
         let chain = order
             .poll_certificate(
                 &RetryPolicy::new().initial_delay(Duration::from_millis(500)).timeout(Duration::from_secs(120)),
@@ -115,9 +147,51 @@ pub(super) async fn issue(
         Ok(chain)
     }
     .await;
+    // Finished either way: a successor starts afresh (a failure is retried with backoff).
+    if let Some(c) = &responder.cluster {
+        c.cluster.forget_order(&record_id).await;
+    }
     let result = if r.is_ok() { "ok" } else { "error" };
     metrics::counter!(crate::metrics::names::ACME_ORDERS, "result" => result).increment(1);
     r
+}
+
+/// An order recorded on a cluster while in progress.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OrderRecord {
+    url: String,
+    key_pem: String,
+}
+
+/// The record's name: the hostnames' hash (one order per set of names at a time).
+fn record_id(hostnames: &[String]) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(hostnames.join("\n").as_bytes())[..16])
+}
+
+/// Places a new order; a CA that forgot the account gets a new one first.
+async fn place(
+    account: &instant_acme::Account,
+    ids: &[Identifier],
+    acme: &AcmeConfig,
+    store_dir: &Path,
+    progress: Progress<'_>,
+) -> Result<instant_acme::Order> {
+    Ok(match account.new_order(&NewOrder::new(ids)).await {
+        Err(instant_acme::Error::Api(p))
+            if p.r#type.as_deref().is_some_and(|t| t.ends_with(":accountDoesNotExist")) =>
+        {
+            // The CA forgot the account (a test CA restarted, or it was deactivated).
+            progress("the CA does not know the stored account; creating a new one");
+            let _ = std::fs::remove_file(account_path(store_dir));
+            Box::pin(super::account::account(acme, store_dir, progress))
+                .await?
+                .new_order(&NewOrder::new(ids))
+                .await
+                .map_err(|e| anyhow!("placing the order: {}", describe(&e)))?
+        }
+        r => r.map_err(|e| anyhow!("placing the order: {}", describe(&e)))?,
+    })
 }
 
 /// GETs the challenge from `addr` (another process's listener) and compares the answer.

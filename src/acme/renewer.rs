@@ -45,7 +45,7 @@ pub async fn renewer(
         let config = configs.borrow_and_update().clone();
         let wake = match (&config.acme, &cluster) {
             (Some(acme), None) => {
-                pass(&config, acme, &store_dir, &challenges, None, None, &mut pending, &mut ari).await
+                pass(&config, acme, &store_dir, responder(&challenges, None), None, &mut pending, &mut ari).await
             }
             (Some(acme), Some(role)) if role.status.fence().is_some() => {
                 cluster_pass(role, &config, acme, &store_dir, &challenges, &mut pending, &mut ari).await
@@ -247,10 +247,14 @@ async fn cluster_pass(
             return RETRY;
         }
     };
-    let tokens = super::challenges::ClusterTokens { cluster: role.cluster.clone(), lease: role.status.lease() };
+    let tokens = super::challenges::ClusterTokens {
+        cluster: role.cluster.clone(),
+        lease: role.status.lease(),
+        fence: Some(fence.clone()),
+    };
     let dir = work.dir().to_owned();
     let on_cluster = OnCluster { role: role.clone(), fence: fence.clone(), work: &mut work, home: store_dir };
-    let wake = pass(config, acme, &dir, challenges, Some(tokens), Some(on_cluster), pending, ari).await;
+    let wake = pass(config, acme, &dir, responder(challenges, Some(tokens)), Some(on_cluster), pending, ari).await;
     match work.commit(&role.cluster, Some(&fence), store_dir).await {
         Ok(Some(rev)) => tracing::info!(revision = rev, "ACME: renewer pass committed"),
         Ok(None) => {}
@@ -262,25 +266,22 @@ async fn cluster_pass(
     wake
 }
 
+/// The daemon answers challenges from memory (and on a cluster through etcd too).
+fn responder(challenges: &Challenges, cluster: Option<super::challenges::ClusterTokens>) -> Responder {
+    Responder { challenges: challenges.clone(), on_disk: false, check: Vec::new(), cluster }
+}
+
 async fn pass(
     config: &config::Config,
     acme: &AcmeConfig,
     store_dir: &Path,
-    challenges: &Challenges,
-    tokens: Option<super::challenges::ClusterTokens>,
+    responder: Responder,
     cluster: Option<OnCluster<'_>>,
     pending: &mut HashMap<Vec<String>, (u32, OffsetDateTime)>,
     ari: &mut AriCache,
 ) -> Duration {
-    let mut pass = Pass {
-        config,
-        acme,
-        store_dir,
-        responder: Responder { challenges: challenges.clone(), on_disk: false, check: Vec::new(), cluster: tokens },
-        policy: Policy::of(Some(acme)),
-        wake: CHECK_INTERVAL,
-        cluster,
-    };
+    let mut pass =
+        Pass { config, acme, store_dir, responder, policy: Policy::of(Some(acme)), wake: CHECK_INTERVAL, cluster };
     pass.order_missing(pending).await;
     pass.renew_due(ari).await;
     pass.wake.max(Duration::from_secs(1))

@@ -206,8 +206,8 @@ pub async fn request(
         return renew(acme, store_dir, &entry.id, true, responder, progress).await;
     }
     let key_type = params.key_type.unwrap_or(acme.key_type);
-    let key = key_type.generate()?;
-    let chain = issue(acme, store_dir, &hostnames, key_type, &key, responder, progress).await?;
+    let mut key = key_type.generate()?;
+    let chain = issue(acme, store_dir, &hostnames, key_type, &mut key, responder, progress).await?;
     let (cert_pem, chain_pem, info) = split_chain(&chain, &key)?;
     let meta = AcmeMeta {
         hostnames: hostnames.clone(),
@@ -289,12 +289,12 @@ async fn renew_as(
         ));
     }
     let key_type = entry.meta.key_type.unwrap_or(acme.key_type);
-    let key = match (acme.reuse_key, entry.private_key()) {
+    let mut key = match (acme.reuse_key, entry.private_key()) {
         (true, Some(k)) => PrivateKey::from_der(k.pkcs8_der()).map_err(|e| anyhow!("{}: key: {e}", entry.id))?,
         _ => key_type.generate()?,
     };
     progress(&format!("renewing {} ({}) for {}", entry.id, entry.meta.friendly_name, meta.hostnames.join(", ")));
-    let result = issue(acme, store_dir, &meta.hostnames, key_type, &key, responder, progress).await;
+    let result = issue(acme, store_dir, &meta.hostnames, key_type, &mut key, responder, progress).await;
     meta.last_attempt = Some(now_seconds());
     meta.directory = acme.directory.clone();
     let (store_dir, id, name) = (store_dir.to_owned(), entry.id.clone(), entry.meta.friendly_name.clone());
