@@ -832,10 +832,10 @@ async fn sync_once(
                 if ev.event_type() == EventType::Delete {
                     img.files.remove(rel);
                     img.mods.remove(rel);
-                    touched.insert(unit(rel));
+                    touched.insert(mirror::unit_of(rel).to_owned());
                 } else {
                     let (rel, file) = cluster.decode(kv.key(), kv.value())?;
-                    touched.insert(unit(&rel));
+                    touched.insert(mirror::unit_of(&rel).to_owned());
                     img.mods.insert(rel.clone(), kv.mod_revision());
                     img.files.insert(rel, file);
                 }
@@ -875,14 +875,6 @@ fn applied(status: &Status, revision: i64) {
     status.seen.fetch_max(revision, Ordering::Relaxed);
     status.applied_moved.notify_one();
     status.publish_metrics();
-}
-
-fn unit(rel: &str) -> String {
-    let mut parts = rel.splitn(3, '/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(top @ ("certs" | "requests")), Some(id), Some(_)) => format!("{top}/{id}"),
-        _ => rel.to_owned(),
-    }
 }
 
 async fn read_tokens(cluster: &Cluster) -> Result<BTreeMap<String, Option<String>>, Error> {

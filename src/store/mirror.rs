@@ -54,7 +54,7 @@ pub fn valid_name(rel: &str) -> bool {
 }
 
 /// The unit written atomically: a certificate or request directory, else the file.
-fn unit_of(rel: &str) -> &str {
+pub fn unit_of(rel: &str) -> &str {
     let mut parts = rel.splitn(3, '/');
     match (parts.next(), parts.next(), parts.next()) {
         (Some(top @ ("certs" | "requests")), Some(id), Some(_)) => &rel[..top.len() + 1 + id.len()],
