@@ -374,38 +374,45 @@ impl Cluster {
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
-    /// Re-seals every private value with the current key (after rotating it).
+    /// Re-seals every private value with the current key (after rotating it), in
+    /// transactions of at most 50 keys each guarded by its revision; `P/meta` names the
+    /// new key last. Returns how many values were sealed again.
     pub async fn rekey(&self) -> Result<usize, Error> {
-        let image = self.read().await?;
-        let mut ops = Vec::new();
-        let mut compares = Vec::new();
-        let prefix = self.key("store/");
-        let resp = self
-            .call("nothing was changed", self.client.kv_client().get(prefix, Some(GetOptions::new().with_prefix())))
-            .await?;
-        let current = self.keys.current().id();
-        for kv in resp.kvs() {
-            let value = kv.value();
-            if seal::is_sealed(value) && seal::key_id_of(value).as_deref() != Some(current.as_str()) {
-                let (rel, file) = self.decode(kv.key(), value)?;
-                compares.push(Compare::mod_revision(kv.key().to_vec(), CompareOp::Equal, kv.mod_revision()));
-                ops.push(TxnOp::put(kv.key().to_vec(), self.encode(&rel, &file), None));
-            }
-        }
-        let _ = image;
-        let meta = ClusterMeta { format: FORMAT, key_id: current, created_by: self.cfg.node.clone() };
-        let count = ops.len();
-        ops.push(TxnOp::put(self.key("meta"), serde_json::to_vec(&meta).unwrap_or_default(), None));
         let resp = self
             .call(
-                "the rekey may still be applied; run it again",
-                self.client.kv_client().txn(Txn::new().when(compares).and_then(ops)),
+                "nothing was changed",
+                self.client.kv_client().get(self.key("store/"), Some(GetOptions::new().with_prefix())),
             )
             .await?;
-        if !resp.succeeded() {
-            return Err(Error::Conflict { endpoints: self.endpoints(), key: "a private key".into() });
+        let current = self.keys.current().id();
+        let mut stale = Vec::new();
+        for kv in resp.kvs() {
+            if seal::key_id_of(kv.value()).is_some_and(|id| id != current) {
+                let (rel, file) = self.decode(kv.key(), kv.value())?;
+                stale.push((kv.key().to_vec(), kv.mod_revision(), self.encode(&rel, &file)));
+            }
         }
-        Ok(count)
+        for chunk in stale.chunks(50) {
+            let compares: Vec<Compare> =
+                chunk.iter().map(|(k, rev, _)| Compare::mod_revision(k.clone(), CompareOp::Equal, *rev)).collect();
+            let ops: Vec<TxnOp> = chunk.iter().map(|(k, _, v)| TxnOp::put(k.clone(), v.clone(), None)).collect();
+            let resp = self
+                .call(
+                    "the rekey may still be applied; run it again",
+                    self.client.kv_client().txn(Txn::new().when(compares).and_then(ops)),
+                )
+                .await?;
+            if !resp.succeeded() {
+                return Err(Error::Conflict { endpoints: self.endpoints(), key: "a private key".into() });
+            }
+        }
+        let meta = ClusterMeta { format: FORMAT, key_id: current, created_by: self.cfg.node.clone() };
+        self.call(
+            "the rekey may still be applied; run it again",
+            self.client.kv_client().put(self.key("meta"), serde_json::to_vec(&meta).unwrap_or_default(), None),
+        )
+        .await?;
+        Ok(stale.len())
     }
 
     /// Records an order in progress (`P/orders/<id>`: its URL and key, sealed), so a

@@ -467,6 +467,58 @@ fn a_change_on_one_node_is_served_by_all_and_keys_stay_sealed() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot open this cluster's secrets") && err.contains("other.key"), "{err}");
     assert!(!bad_dir.join("store").join("certs").exists(), "the refused join materialised something");
+
+    // Key rotation (docs/CLUSTER.md): with the new key current and the old one kept,
+    // `cluster rekey` seals every private value again; then the new key alone reads the
+    // cluster and the old key alone is refused.
+    let new_key = c.env.path("new.key");
+    fs::write(&new_key, "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0\n").unwrap();
+    fs::set_permissions(&new_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let rotating = c.env.path("rotating");
+    fs::create_dir_all(&rotating).unwrap();
+    let base = fs::read_to_string(c.nodes[0].config()).unwrap().replace("node = \"n0\"", "node = \"rotating\"");
+    let old_line = format!("secret_key_file = \"{}\"", c.env.path("cluster.key").display());
+    fs::write(
+        rotating.join("portcullis.toml"),
+        base.replace(
+            &old_line,
+            &format!(
+                "secret_key_file = \"{}\"\nprevious_secret_key_files = [\"{}\"]",
+                new_key.display(),
+                c.env.path("cluster.key").display()
+            ),
+        )
+        .replace("dir = \"store\"", &format!("dir = \"{}\"", rotating.join("store").display())),
+    )
+    .unwrap();
+    let run = |dir: &std::path::Path, args: &[&str]| {
+        let out = Command::new(bin()).arg("--config").arg(dir.join("portcullis.toml")).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&rotating, &["cluster", "rekey"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("51 private value(s) sealed again"), "{out}");
+    let (_, after, _) = etcdctl(&eps, &["get", "--prefix", "/portcullis/store/"]);
+    assert!(!after.contains("PRIVATE KEY"));
+    let only_new = c.env.path("only-new");
+    fs::create_dir_all(&only_new).unwrap();
+    fs::write(
+        only_new.join("portcullis.toml"),
+        base.replace(&old_line, &format!("secret_key_file = \"{}\"", new_key.display()))
+            .replace("dir = \"store\"", &format!("dir = \"{}\"", only_new.join("store").display())),
+    )
+    .unwrap();
+    let (code, _, err) = run(&only_new, &["cluster", "join"]);
+    assert_eq!(code, Some(0), "{err}");
+    let key0 = fs::read(only_new.join("store/certs/p0-test/key.pem")).unwrap();
+    assert_eq!(key0, fs::read(c.nodes[0].dir.join("store/certs/p0-test/key.pem")).unwrap(), "the key read back");
+    let out = c.nodes[2].cli(&["cluster", "join"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("cannot open this cluster's secrets"), "{}", out.stderr);
 }
 
 #[test]
