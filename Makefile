@@ -3,7 +3,8 @@
 # pebble as the ACME server, aiosmtpd as the SMTP server, python3-websockets as WebSocket
 # peers, python3-cryptography as an independent AES-GCM for sealed values, nghttp as an
 # HTTP/2 client, chromium for the status page, systemd-analyze for the unit file, etcd for
-# the cluster tests and protoc, which the etcd client's build needs), then runs
+# the cluster tests and protoc with protobuf's own .proto files (libprotobuf-dev, only
+# recommended by protobuf-compiler), which the etcd client's build needs), then runs
 # every test against the real binary, built with the failpoints feature so crash-safety
 # tests can stop it mid-write.
 # command:package pairs
@@ -25,6 +26,7 @@ deps:
 	/usr/bin/python3 -c 'import aiosmtpd' >/dev/null 2>&1 || missing="$$missing python3-aiosmtpd"; \
 	/usr/bin/python3 -c 'import websockets' >/dev/null 2>&1 || missing="$$missing python3-websockets"; \
 	/usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || missing="$$missing python3-cryptography"; \
+	[ -f /usr/include/google/protobuf/descriptor.proto ] || missing="$$missing libprotobuf-dev"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
