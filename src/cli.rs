@@ -233,9 +233,16 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
     })?;
     // Validate before touching the network.
     let (params, renew_target) = match &cmd {
-        AcmeCommand::Request { hostnames, key, name, listeners, replace } => {
-            let params =
-                action::acme_request(hostnames, key.as_deref(), name.clone(), listeners, *replace, &ctx.config)?;
+        AcmeCommand::Request { hostnames, key, name, listeners, replace, challenge } => {
+            let params = action::acme_request(
+                hostnames,
+                key.as_deref(),
+                name.clone(),
+                listeners,
+                *replace,
+                challenge.as_deref(),
+                &ctx.config,
+            )?;
             (Some(params), None)
         }
         AcmeCommand::Renew { id, force } => (None, Some((id.clone(), *force))),

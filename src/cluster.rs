@@ -907,22 +907,27 @@ fn write_tokens(store_dir: &Path, tokens: &BTreeMap<String, Option<String>>, exa
         let path = path.to_owned();
         move |error| Error::Io { path, error }
     };
-    if exact && let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !tokens.contains_key(&name) {
-                let _ = std::fs::remove_file(e.path());
+    if exact {
+        for (sub, prefix) in [(dir.clone(), ""), (dir.join("alpn"), "alpn/")] {
+            for e in std::fs::read_dir(&sub).into_iter().flatten().flatten() {
+                let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+                if e.file_type().is_ok_and(|t| t.is_file()) && !tokens.contains_key(&name) {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
     }
     for (token, value) in tokens {
-        if !valid_token(token) {
-            continue;
-        }
-        let path = dir.join(token);
+        // HTTP-01 tokens, and TLS-ALPN-01 key authorizations by domain (`alpn/<domain>`).
+        let path = match token.strip_prefix("alpn/") {
+            Some(domain) if crate::pki::challenge_domain(domain) => dir.join("alpn").join(domain),
+            None if valid_token(token) => dir.join(token),
+            _ => continue,
+        };
         match value {
             Some(v) if v.len() <= 1024 => {
-                crate::store::atomic::create_dir(&dir).map_err(io(&dir))?;
+                let parent = path.parent().unwrap_or(&dir).to_owned();
+                crate::store::atomic::create_dir(&parent).map_err(io(&parent))?;
                 crate::store::write_export(&path, v.as_bytes(), false, true)?;
             }
             _ => {

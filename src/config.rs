@@ -99,6 +99,7 @@ mod file {
         pub name: Option<String>,
         pub key: Option<String>,
         pub listeners: Option<Vec<String>>,
+        pub challenge: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -302,6 +303,36 @@ pub struct Acme {
     pub eab: Option<(String, PathBuf)>,
     /// `[[acme.certificate]]`: ensured on start and on every reload.
     pub certificates: Vec<AcmeCertificate>,
+    /// http-01 when a plain-HTTP listener exists, else tls-alpn-01.
+    pub default_challenge: Challenge,
+}
+
+/// How the CA validates control of a name (RFC 8555 §8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    /// A token over plain HTTP on port 80.
+    Http01,
+    /// A challenge certificate on the TLS listeners (RFC 8737): no port 80 needed.
+    TlsAlpn01,
+}
+
+impl Challenge {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http01 => "http-01",
+            Self::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+
+    /// `http-01` or `tls-alpn-01`; `dns-01` is named as not available yet.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "http-01" => Ok(Self::Http01),
+            "tls-alpn-01" => Ok(Self::TlsAlpn01),
+            "dns-01" => Err("dns-01 is not available in this version; use http-01 or tls-alpn-01".into()),
+            other => Err(format!("{other:?}: one of http-01, tls-alpn-01")),
+        }
+    }
 }
 
 /// One `[[acme.certificate]]`.
@@ -313,6 +344,8 @@ pub struct AcmeCertificate {
     pub key_type: Option<crate::pki::KeyType>,
     /// Listeners it is assigned to when issued; `None`: none (served by auto-selection).
     pub listeners: Option<Vec<String>>,
+    /// `None`: [`Acme::default_challenge`].
+    pub challenge: Option<Challenge>,
 }
 
 /// Checks an ACME hostname: a fully qualified DNS name HTTP-01 can validate.
@@ -531,7 +564,7 @@ impl Config {
             };
         }
         if let Some(acme) = raw.acme {
-            config.acme = acme_config(acme, base, &invalid, &mut errors);
+            config.acme = acme_config(acme, !config.http_listen.is_empty(), base, &invalid, &mut errors);
         }
         if let Some(alerts) = raw.alerts
             && let Some(a) = alerts_config(alerts, base, &invalid, &mut errors)
@@ -798,6 +831,7 @@ impl Config {
 /// returned if there was any.
 fn acme_config(
     a: file::Acme,
+    has_http: bool,
     base: &Path,
     invalid: &dyn Fn(String, String) -> Error,
     errors: &mut Vec<Error>,
@@ -862,7 +896,21 @@ fn acme_config(
         if certificates.iter().any(|o| same_names(&o.hostnames, &hostnames)) {
             certificate_errors.push(invalid(key("hostnames"), "the same hostnames are listed twice".into()));
         }
-        certificates.push(AcmeCertificate { hostnames, name: c.name, key_type: own_key, listeners: c.listeners });
+        let challenge = match c.challenge.as_deref().map(Challenge::parse) {
+            None => None,
+            Some(Ok(ch)) => Some(ch),
+            Some(Err(e)) => {
+                certificate_errors.push(invalid(key("challenge"), e));
+                None
+            }
+        };
+        certificates.push(AcmeCertificate {
+            hostnames,
+            name: c.name,
+            key_type: own_key,
+            listeners: c.listeners,
+            challenge,
+        });
     }
     errors.append(&mut certificate_errors);
     let mut http_listen = Vec::new();
@@ -885,7 +933,9 @@ fn acme_config(
             None
         }
     };
+    let default_challenge = if http_listen.is_empty() && !has_http { Challenge::TlsAlpn01 } else { Challenge::Http01 };
     (errors.len() == before).then(|| Acme {
+        default_challenge,
         directory,
         contact: a.contact,
         ca_bundle: a.ca_bundle.map(|p| base.join(p)),

@@ -356,6 +356,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
 
     // The ACME challenges answered on the plain-HTTP listeners.
     let challenges = crate::acme::Challenges::new(Some(crate::acme::challenge_dir(&store_dir)));
+    crate::sni::alpn::set_dir(crate::acme::challenge_dir(&store_dir).join("alpn"));
     let mut binds =
         Binds { active: HashMap::new(), http: HashMap::new(), challenges: challenges.clone(), limits: HashMap::new() };
     binds.apply(&config, &snapshot, &tracker, &shutdown, true).await?;

@@ -284,11 +284,18 @@ async fn execute(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, 
 
 async fn execute_here(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, Error> {
     match parsed.command {
-        Command::Acme(AcmeCommand::Request { hostnames, key, name, listeners, replace }) => {
+        Command::Acme(AcmeCommand::Request { hostnames, key, name, listeners, replace, challenge }) => {
             let acme =
                 ctx.config.acme.as_ref().ok_or(Error::Config("no [acme] section in the daemon's configuration"))?;
-            let params =
-                crate::cli::action::acme_request(&hostnames, key.as_deref(), name, &listeners, replace, &ctx.config)?;
+            let params = crate::cli::action::acme_request(
+                &hostnames,
+                key.as_deref(),
+                name,
+                &listeners,
+                replace,
+                challenge.as_deref(),
+                &ctx.config,
+            )?;
             let responder = crate::acme::Responder {
                 challenges: ctx.challenges.clone(),
                 on_disk: false,

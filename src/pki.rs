@@ -25,7 +25,9 @@ pub use export::{ExportFormat, Exported, export};
 pub use formats::{FormatError, Found, FoundCert, FoundKey, MAX_FILE, read_file};
 pub use info::{CertInfo, KeyLink, days_left, expiry_phrase, fingerprint_sha256, subject_fields};
 pub use key::{KeyType, PrivateKey};
-pub use names::{SubjectAltName, common_name_is_dns, normalize_country, validate_dns_name, validate_dns_pattern};
+pub use names::{
+    SubjectAltName, challenge_domain, common_name_is_dns, normalize_country, validate_dns_name, validate_dns_pattern,
+};
 
 /// Validity of a self-signed certificate when `--days` is not given.
 pub const DEFAULT_DAYS: u32 = 365;
@@ -284,6 +286,22 @@ pub fn self_signed(
     let cert =
         params.self_signed(key.pair()).map_err(|e| Error::Sign { what: "certificate", reason: e.to_string() })?;
     Ok(cert.pem())
+}
+
+/// The TLS-ALPN-01 challenge certificate for `domain` (RFC 8737 §3): self-signed, a
+/// fresh P-256 key, the domain as its only SAN and the SHA-256 of the key authorization
+/// in a critical acmeIdentifier extension. Returns (certificate DER, PKCS#8 key DER).
+pub fn alpn_challenge_cert(domain: &str, key_authorization: &str) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    use sha2::Digest;
+    let key = KeyType::EcdsaP256.generate()?;
+    let mut params = CertificateParams::new(vec![domain.to_owned()])
+        .map_err(|e| Error::Sign { what: "challenge certificate", reason: e.to_string() })?;
+    let digest = sha2::Sha256::digest(key_authorization.as_bytes());
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&digest)];
+    let cert = params
+        .self_signed(key.pair())
+        .map_err(|e| Error::Sign { what: "challenge certificate", reason: e.to_string() })?;
+    Ok((cert.der().to_vec(), key.pkcs8_der().to_vec()))
 }
 
 /// Builds a PKCS#10 CSR signed by `key`; returns PEM ("CERTIFICATE REQUEST").

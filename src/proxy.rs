@@ -118,6 +118,10 @@ async fn connection(
     };
     l.metrics.handshake_ok.increment(1);
     l.metrics.handshake_duration.record(start.elapsed().as_secs_f64());
+    // A TLS-ALPN-01 validation only looks at the certificate (RFC 8737 §3).
+    if tls.get_ref().1.alpn_protocol() == Some(crate::sni::alpn::ACME_TLS_1) {
+        return;
+    }
     let conn = ConnInfo { peer };
     // Stream handlers are chosen by SNI; HTTP handlers per request by Host.
     let sni_route = tls.get_ref().1.server_name().and_then(|sni| l.route(sni));

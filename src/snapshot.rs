@@ -547,7 +547,9 @@ fn assemble(
         if has_http {
             // http/1.0 too, as nginx does: a client that offers only it (curl --http1.0)
             // would otherwise get a fatal no_application_protocol alert (RFC 7301 §3.2).
-            tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
+            // acme-tls/1 last: chosen only by a TLS-ALPN-01 validation, which offers it alone.
+            tls.alpn_protocols =
+                vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec(), crate::sni::alpn::ACME_TLS_1.to_vec()];
         }
         // Our suite order (see `provider`) rather than the client's.
         tls.ignore_client_order = true;

@@ -8,6 +8,7 @@
 //! **Invariant:** this module never touches the store or the config files; it sees only
 //! what `snapshot` hands it (tests/layering.rs keeps it below `snapshot`).
 
+pub mod alpn;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -339,6 +340,14 @@ impl fmt::Debug for Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A TLS-ALPN-01 validation offers acme-tls/1 alone; it gets the challenge
+        // certificate or nothing, and no other hello ever gets one.
+        if let Some(mut protocols) = hello.alpn()
+            && let (Some(p), None) = (protocols.next(), protocols.next())
+            && p == alpn::ACME_TLS_1
+        {
+            return alpn::answer(hello.server_name()?);
+        }
         let selection = self.map.lookup(hello.server_name());
         let c = &self.counters;
         match &selection {

@@ -150,6 +150,9 @@ pub struct AcmeMeta {
     /// "renewal-failed" or "error": alerts of one kind are sent at most daily.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_alert_kind: Option<String>,
+    /// The challenge type it was ordered with ("tls-alpn-01"); absent: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -331,3 +331,50 @@ fn invalid_requests_are_refused_before_any_order() {
     assert!(out.stderr.contains("no [acme] section"), "{}", out.stderr);
     assert_eq!(env.tree(), before, "refused requests changed the store");
 }
+
+#[test]
+fn tls_alpn_01_on_the_tls_listener_without_port_80() {
+    let env = Env::initialised();
+    let (tls_port, admin_port) = (free_port(), free_port());
+    // No plain-HTTP listener anywhere: the default challenge is tls-alpn-01, answered on
+    // the TLS listener pebble validates against.
+    let pebble = Pebble::start_with_tls(&env, 7_776_000, free_port(), tls_port);
+    let cfg = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{tls_port}\"]\n\
+         [[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"hello\\n\" }}\n\
+         [acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\ncontact = [\"mailto:ops@example.test\"]\nagree_tos = true\n\
+         ca_bundle = \"{}\"\nhttp_listen = []\n[[acme.certificate]]\nhostnames = [\"alpn.test\"]\n",
+        pebble.acme_port,
+        pebble.dir.join("ca.pem").display()
+    );
+    let _daemon = env.daemon(&cfg, &[tls_port, admin_port]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (serial, issuer) = loop {
+        if let Some(s) = served(tls_port, "alpn.test").filter(|(_, issuer)| issuer.contains("Pebble")) {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "alpn.test not issued:\n{}", env.daemon_log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!serial.is_empty(), "{issuer}");
+    let log = env.daemon_log();
+    assert!(log.contains("alpn.test: tls-alpn-01 challenge ready"), "{log}");
+    let list = env.list();
+    let entry = list.iter().find(|c| c["source"] == "acme").expect("an acme entry");
+    assert_eq!(entry["acme"]["hostnames"], serde_json::json!(["alpn.test"]));
+    // Nothing else ever gets a challenge certificate: acme-tls/1 alone for a name without
+    // a pending challenge fails the handshake (openssl as the client) ...
+    let connect = format!("127.0.0.1:{tls_port}");
+    let (ok, out, _) = common::openssl(
+        &["s_client", "-connect", &connect, "-servername", "alpn.test", "-alpn", "acme-tls/1"],
+        Some(""),
+    );
+    assert!(!ok || !out.contains("BEGIN CERTIFICATE") && !out.contains("Server certificate"), "{out}");
+    // ... and a client offering it among others negotiates http/1.1 and gets the real one.
+    let (_, out, _) = common::openssl(
+        &["s_client", "-connect", &connect, "-servername", "alpn.test", "-alpn", "http/1.1,acme-tls/1"],
+        Some(""),
+    );
+    assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
+    assert_eq!(served(tls_port, "alpn.test").unwrap().0, serial);
+}

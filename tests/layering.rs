@@ -29,7 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     // Small pure pieces.
     ("alerts", 3),
     ("acme::policy", 3),
-    ("acme::challenges", 4), // publishes tokens through the cluster too
+    ("acme::challenges", 5), // tokens (also through the cluster) and TLS-ALPN-01 certificates (sni::alpn)
     ("jobs::result", 3),
     ("watch", 3),
     ("cluster", 3), // etcd as the store's source of truth; the store a materialised copy

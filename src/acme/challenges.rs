@@ -84,6 +84,41 @@ impl Challenges {
     }
 }
 
+/// A TLS-ALPN-01 challenge this process presents (or, for a running daemon, the file
+/// it reads), until dropped.
+pub struct AlpnPublished {
+    _memory: Option<crate::sni::alpn::AlpnGuard>,
+    file: Option<PathBuf>,
+}
+
+impl Drop for AlpnPublished {
+    fn drop(&mut self) {
+        if let Some(f) = &self.file {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+impl Challenges {
+    /// Presents the TLS-ALPN-01 challenge certificate for `domain` on this process's
+    /// TLS listeners; `on_disk` also writes `alpn/<domain>` for a running daemon.
+    pub fn publish_alpn(&self, domain: &str, key_authorization: &str, on_disk: bool) -> Result<AlpnPublished> {
+        if !crate::sni::alpn::valid_domain(domain) {
+            bail!("the CA sent a malformed identifier {domain:?}");
+        }
+        let memory = crate::sni::alpn::publish(domain, key_authorization).map_err(|e| anyhow::anyhow!(e))?;
+        let mut file = None;
+        if on_disk && let Some(dir) = &self.dir {
+            let dir = dir.join("alpn");
+            crate::store::atomic::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join(domain);
+            crate::store::write_export(&path, key_authorization.as_bytes(), false, true)?;
+            file = Some(path);
+        }
+        Ok(AlpnPublished { _memory: Some(memory), file })
+    }
+}
+
 pub struct TokenGuard {
     challenges: Challenges,
     token: String,

@@ -14,16 +14,18 @@ use instant_acme::{
 use super::Progress;
 use super::account::{account, account_path, describe, problem};
 use super::challenges::Responder;
-use crate::config::Acme as AcmeConfig;
+use crate::config::{Acme as AcmeConfig, Challenge};
 use crate::pki::{self, IdentityRequest, KeyType, PrivateKey, Subject};
 
 /// Orders a certificate for `hostnames` with `key`; returns the chain PEM (leaf first).
+#[allow(clippy::too_many_arguments)] // one order's inputs, passed through from request and renew
 pub(super) async fn issue(
     acme: &AcmeConfig,
     store_dir: &Path,
     hostnames: &[String],
     key_type: KeyType,
     key: &mut PrivateKey,
+    challenge_type: Challenge,
     responder: &Responder,
     progress: Progress<'_>,
 ) -> Result<String> {
@@ -65,6 +67,7 @@ pub(super) async fn issue(
             progress(&format!("order placed for {}", hostnames.join(", ")));
         }
         let mut guards = Vec::new();
+        let mut alpn_guards = Vec::new();
         let mut cluster_guards = Vec::new();
         {
             let mut authzs = order.authorizations();
@@ -79,25 +82,40 @@ pub(super) async fn issue(
                     }
                     other => bail!("{name}: the authorization is {other:?}"),
                 }
-                let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
+                let wanted = match challenge_type {
+                    Challenge::Http01 => ChallengeType::Http01,
+                    Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+                };
+                let mut challenge = authz.challenge(wanted).ok_or_else(|| {
                     anyhow!(
-                        "{name}: the CA offers no HTTP-01 challenge (wildcards need DNS-01, which Portcullis does not do)"
+                        "{name}: the CA offers no {} challenge (wildcards need DNS-01, which Portcullis does not do yet)",
+                        challenge_type.as_str()
                     )
                 })?;
                 let key_auth = challenge.key_authorization();
                 let token = challenge.token.clone();
-                guards.push(responder.challenges.publish(&token, key_auth.as_str(), responder.on_disk)?);
-                if let Some(c) = &responder.cluster {
-                    cluster_guards.push(c.publish(&token, key_auth.as_str()).await?);
-                }
-                for addr in &responder.check {
-                    self_check(*addr, &token, key_auth.as_str()).await?;
+                match challenge_type {
+                    Challenge::Http01 => {
+                        guards.push(responder.challenges.publish(&token, key_auth.as_str(), responder.on_disk)?);
+                        if let Some(c) = &responder.cluster {
+                            cluster_guards.push(c.publish(&token, key_auth.as_str()).await?);
+                        }
+                        for addr in &responder.check {
+                            self_check(*addr, &token, key_auth.as_str()).await?;
+                        }
+                    }
+                    Challenge::TlsAlpn01 => {
+                        alpn_guards.push(responder.challenges.publish_alpn(&name, key_auth.as_str(), responder.on_disk)?);
+                        if let Some(c) = &responder.cluster {
+                            cluster_guards.push(c.publish(&format!("alpn/{name}"), key_auth.as_str()).await?);
+                        }
+                    }
                 }
                 // A resumed order's challenge may have been submitted already.
                 if challenge.status == ChallengeStatus::Pending {
                     challenge.set_ready().await.map_err(|e| anyhow!("{name}: {}", describe(&e)))?;
                 }
-                progress(&format!("{name}: HTTP-01 challenge ready, waiting for the CA to fetch it"));
+                progress(&format!("{name}: {} challenge ready, waiting for the CA to check it", challenge_type.as_str()));
             }
         }
         // A resumed order may be finalized already: then only the download is left.
@@ -125,6 +143,7 @@ pub(super) async fn issue(
             bail!("validation failed: {}", if why.is_empty() { format!("order is {status:?}") } else { why.join("; ") });
         }
         drop(guards);
+        drop(alpn_guards);
         drop(cluster_guards);
         if !finalized {
             progress(&format!("validated; finalizing with a new {key_type} key"));

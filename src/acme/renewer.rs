@@ -375,6 +375,7 @@ impl Pass<'_> {
                 name: c.name.clone(),
                 listeners,
                 replace: true,
+                challenge: c.challenge,
             };
             if !self.may_order().await {
                 return;

@@ -14,7 +14,7 @@ use super::challenges::Responder;
 use super::order::issue;
 use super::policy::{Policy, Status, backoff, schedule};
 use super::{Progress, blocking};
-use crate::config::{self, Acme as AcmeConfig};
+use crate::config::{self, Acme as AcmeConfig, Challenge};
 use crate::pki::{CertInfo, KeyType, PrivateKey, rfc3339};
 use crate::store::{AcmeMeta, CertMeta, NewCert, Source, Store};
 
@@ -88,6 +88,8 @@ pub struct RequestParams {
     /// Reissuing an existing certificate (same friendly name) for fewer names may drop
     /// names clients use: only with this set (`--replace`).
     pub replace: bool,
+    /// `None`: the configuration's default ([`AcmeConfig::default_challenge`]).
+    pub challenge: Option<Challenge>,
 }
 
 /// Validates `--hostname` values: FQDNs HTTP-01 can prove, lowercase, each once.
@@ -207,11 +209,13 @@ pub async fn request(
     }
     let key_type = params.key_type.unwrap_or(acme.key_type);
     let mut key = key_type.generate()?;
-    let chain = issue(acme, store_dir, &hostnames, key_type, &mut key, responder, progress).await?;
+    let challenge = params.challenge.unwrap_or(acme.default_challenge);
+    let chain = issue(acme, store_dir, &hostnames, key_type, &mut key, challenge, responder, progress).await?;
     let (cert_pem, chain_pem, info) = split_chain(&chain, &key)?;
     let meta = AcmeMeta {
         hostnames: hostnames.clone(),
         directory: acme.directory.clone(),
+        challenge: params.challenge.map(|c| c.as_str().to_owned()),
         last_attempt: Some(now_seconds()),
         last_result: Some("ok".into()),
         ..AcmeMeta::default()
@@ -294,7 +298,9 @@ async fn renew_as(
         _ => key_type.generate()?,
     };
     progress(&format!("renewing {} ({}) for {}", entry.id, entry.meta.friendly_name, meta.hostnames.join(", ")));
-    let result = issue(acme, store_dir, &meta.hostnames, key_type, &mut key, responder, progress).await;
+    // The challenge it was ordered with, unless that one is no longer known here.
+    let challenge = meta.challenge.as_deref().and_then(|c| Challenge::parse(c).ok()).unwrap_or(acme.default_challenge);
+    let result = issue(acme, store_dir, &meta.hostnames, key_type, &mut key, challenge, responder, progress).await;
     meta.last_attempt = Some(now_seconds());
     meta.directory = acme.directory.clone();
     let (store_dir, id, name) = (store_dir.to_owned(), entry.id.clone(), entry.meta.friendly_name.clone());

@@ -137,10 +137,12 @@ pub fn acme_request(
     name: Option<String>,
     listeners: &[String],
     replace: bool,
+    challenge: Option<&str>,
     config: &Config,
 ) -> Result<crate::acme::RequestParams, Error> {
     let key_type = key.map(super::args::key_type).transpose()?;
+    let challenge = challenge.map(super::args::challenge).transpose()?;
     let hostnames = crate::acme::check_hostnames(hostnames).map_err(|e| Error::Hostnames(format!("{e:#}")))?;
     let listeners = ops::checked_listeners(config, listeners)?;
-    Ok(crate::acme::RequestParams { hostnames, key_type, name, listeners, replace })
+    Ok(crate::acme::RequestParams { hostnames, key_type, name, listeners, replace, challenge })
 }

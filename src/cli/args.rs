@@ -149,6 +149,9 @@ pub enum AcmeCommand {
         /// Reissue an existing ACME certificate of this name even if the new hostnames drop some of its names
         #[arg(long)]
         replace: bool,
+        /// How the CA validates the names: http-01 (port 80) or tls-alpn-01 (the TLS listeners, no port 80); default: http-01 when a plain-HTTP listener is configured, else tls-alpn-01
+        #[arg(long)]
+        challenge: Option<String>,
     },
     /// Renew ACME certificates that are due (or ID now, with --force)
     #[command(after_help = "Examples:\n  portcullis acme renew\n  portcullis acme renew support.example.com --force")]
@@ -371,6 +374,15 @@ pub struct FlagError {
     pub flag: &'static str,
     pub value: String,
     pub reason: String,
+}
+
+/// `--challenge`.
+pub fn challenge(value: &str) -> Result<crate::config::Challenge, FlagError> {
+    crate::config::Challenge::parse(value).map_err(|reason| FlagError {
+        flag: "--challenge",
+        value: value.to_owned(),
+        reason,
+    })
 }
 
 /// `--key`.

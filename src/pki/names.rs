@@ -120,6 +120,15 @@ pub fn normalize_country(code: &str) -> Result<String, String> {
     Ok(upper)
 }
 
+/// A domain usable as a file name for a pending TLS-ALPN-01 challenge: lowercase
+/// letters, digits, `-` and `.`, not starting with a dot, no `..`.
+pub fn challenge_domain(domain: &str) -> bool {
+    (1..=253).contains(&domain.len())
+        && !domain.starts_with('.')
+        && !domain.contains("..")
+        && domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

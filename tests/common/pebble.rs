@@ -21,6 +21,11 @@ impl Pebble {
     /// Starts pebble issuing certificates valid for `validity_secs`; validation goes to
     /// `http_port`.
     pub fn start(env: &Env, validity_secs: u64, http_port: u16) -> Self {
+        Self::start_with_tls(env, validity_secs, http_port, free_port())
+    }
+
+    /// [`Pebble::start`] validating TLS-ALPN-01 on `tls_port`.
+    pub fn start_with_tls(env: &Env, validity_secs: u64, http_port: u16, tls_port: u16) -> Self {
         let dir = env.path("pebble");
         fs::create_dir_all(&dir).unwrap();
         let p = |f: &str| dir.join(f).display().to_string();
@@ -66,12 +71,11 @@ impl Pebble {
             dir.join("pebble.json"),
             format!(
                 r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme_port}", "managementListenAddress": "127.0.0.1:{mgmt_port}",
-                "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {},
+                "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {tls_port},
                 "ocspResponderURL": "", "externalAccountBindingRequired": false,
                 "certificateValidityPeriod": {validity_secs}}}}}"#,
                 p("wfe.pem"),
                 p("wfe.key"),
-                free_port()
             ),
         )
         .unwrap();
