@@ -175,6 +175,7 @@ struct Cluster {
 impl Cluster {
     /// `etcd_for(i)`: node i's `[cluster] etcd` list; `extra`: more configuration.
     fn start(
+        tls: [u16; 3],
         http: [u16; 3],
         etcd_for: impl Fn(usize, &Etcd) -> String,
         extra: impl Fn(usize, &Node) -> String,
@@ -185,10 +186,11 @@ impl Cluster {
         fs::write(&key, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n").unwrap();
         fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let mut nodes = Vec::new();
-        for (i, http) in http.into_iter().enumerate() {
+        for (i, (tls, http)) in tls.into_iter().zip(http).enumerate() {
             let dir = env.path(&format!("n{i}"));
             fs::create_dir_all(&dir).unwrap();
-            let node = Node { name: format!("n{i}"), dir, tls: free_port(), admin: free_port(), http, daemon: None };
+            let tls = if tls == 0 { free_port() } else { tls };
+            let node = Node { name: format!("n{i}"), dir, tls, admin: free_port(), http, daemon: None };
             let text = format!(
                 "[store]\ndir = \"store\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{}\"]\n\
                  [[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"hello\\n\" }}\n\
@@ -367,7 +369,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[test]
 fn a_change_on_one_node_is_served_by_all_and_keys_stay_sealed() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let c = Cluster::start([0; 3], |_, e| Cluster::endpoints_list(e), |_, _| String::new());
+    let c = Cluster::start([0; 3], [0; 3], |_, e| Cluster::endpoints_list(e), |_, _| String::new());
 
     // Propagation: 50 imports on node 0, each timed until all three nodes serve its
     // serial by SNI.
@@ -529,6 +531,7 @@ fn quorum_loss_partition_compaction_and_cold_start() {
     let fwd = Forwarder::start(fwd_port, Vec::new());
     let mut c = Cluster::start(
         [0; 3],
+        [0; 3],
         |i, e| {
             if i == 2 {
                 fwd.set_targets(vec![e.client[0]]);
@@ -680,7 +683,7 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     };
     let http = [free_port(), free_port(), free_port()];
     let fwd = Forwarder::start(fwd_port, http.to_vec());
-    let mut c = Cluster::start(http, |_, e| Cluster::endpoints_list(e), |_, n| acme(n));
+    let mut c = Cluster::start([0; 3], http, |_, e| Cluster::endpoints_list(e), |_, n| acme(n));
 
     // Round 1 (first issuance) and round 2 (renewal): ten orders each, from one node.
     let none = vec![String::new(); 10];
@@ -775,4 +778,38 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     for n in c.nodes.iter().filter(|n| n.daemon.is_some()) {
         assert!(acme_serials(n, &hosts).is_some(), "{} stopped serving", n.name);
     }
+}
+
+#[test]
+fn tls_alpn_01_is_answered_by_every_node() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let env = Env::empty();
+    let fwd_port = free_port();
+    // Pebble validates TLS-ALPN-01 against the forwarder, which spreads its three
+    // perspectives over the three nodes' TLS listeners: no plain-HTTP listener anywhere.
+    let pebble = Pebble::start_with_tls(&env, 7_776_000, free_port(), fwd_port);
+    let _keep = KeepOnPanic(&env);
+    let tls = [free_port(), free_port(), free_port()];
+    let _fwd = Forwarder::start(fwd_port, tls.to_vec());
+    let acme = format!(
+        "[acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\ncontact = [\"mailto:ops@example.test\"]\nagree_tos = true\n\
+         ca_bundle = \"{}\"\nhttp_listen = []\n[[acme.certificate]]\nhostnames = [\"alpn.test\"]\n",
+        pebble.acme_port,
+        pebble.dir.join("ca.pem").display()
+    );
+    let c = Cluster::start(tls, [0; 3], |_, e| Cluster::endpoints_list(e), |_, _| acme.clone());
+    let serials: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            wait_for(60, &format!("alpn.test from pebble on {}", n.name), || {
+                served(n.tls, "alpn.test").filter(|(_, i)| i.contains("Pebble")).map(|(s, _)| s)
+            })
+        })
+        .collect();
+    assert!(serials.iter().all(|s| *s == serials[0]), "{serials:?}");
+    assert_eq!(orders(&pebble), 1, "one order");
+    let renewer = c.renewers();
+    assert_eq!(renewer.len(), 1);
+    assert!(c.nodes[renewer[0]].log().contains("alpn.test: tls-alpn-01 challenge ready"));
 }

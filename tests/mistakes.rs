@@ -344,7 +344,9 @@ fn check_config_reports_every_problem_and_status_shows_the_last_good_state() {
     let sections = env.write(
         "sections.toml",
         "[acme]\ndirectory = \"http://ca.test/dir\"\ncontact = [\"ops\"]\nrenew_before_days = -1\n\
-         [[acme.certificate]]\nhostnames = [\"*.wild.test\"]\n[alerts.smtp]\nhost = \"\"\nfrom = \"not a mailbox\"\nto = []\n",
+         [[acme.certificate]]\nhostnames = [\"*.wild.test\"]\n[alerts.smtp]\nhost = \"\"\nfrom = \"not a mailbox\"\nto = []\n\
+         [[acme.certificate]]\nhostnames = [\"ok.test\"]\nchallenge = \"tls-alpn-02\"\n\
+         [cluster]\netcd = [\"ftp://x\"]\nnode = \"a b\"\nsecret_key_file = \"\"\ncert_file = \"c.pem\"\n",
     );
     let run = env.run(&["--config", sections.to_str().unwrap(), "check-config"]);
     assert_eq!(run.code, Some(1));
@@ -357,10 +359,15 @@ fn check_config_reports_every_problem_and_status_shows_the_last_good_state() {
         "sections.toml:8: alerts.smtp.host",
         "sections.toml:9: alerts.smtp.from",
         "sections.toml:10: alerts.smtp.to",
+        "sections.toml:13: acme.certificate[1].challenge",
+        "sections.toml:15: cluster.etcd",
+        "sections.toml:16: cluster.node",
+        "sections.toml:17: cluster.secret_key_file",
+        "sections.toml:18: cluster.cert_file",
     ] {
         assert!(run.stderr.lines().any(|l| l.contains(want)), "{want}: {}", run.stderr);
     }
-    assert_eq!(run.stderr.lines().count(), 8, "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 13, "{}", run.stderr);
 }
 
 #[test]
