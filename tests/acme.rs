@@ -377,4 +377,23 @@ fn tls_alpn_01_on_the_tls_listener_without_port_80() {
     );
     assert!(out.contains("ALPN protocol: http/1.1"), "{out}");
     assert_eq!(served(tls_port, "alpn.test").unwrap().0, serial);
+    // The command line, with the daemon holding the TLS port: the daemon presents the
+    // challenge certificate from the key authorization the command leaves in the store.
+    let cfg_path = env.path("portcullis.toml");
+    let run = env.run(&[
+        "--config",
+        cfg_path.to_str().unwrap(),
+        "acme",
+        "request",
+        "--hostname",
+        "cli-alpn.test",
+        "--challenge",
+        "tls-alpn-01",
+    ]);
+    run.ok();
+    assert!(run.stderr.contains("cli-alpn.test: tls-alpn-01 challenge ready"), "{}", run.stderr);
+    wait_for(10, "cli-alpn.test served", || {
+        served(tls_port, "cli-alpn.test").filter(|(_, i)| i.contains("Pebble")).map(|_| ())
+    });
+    assert!(!env.store().join("acme/challenges/alpn/cli-alpn.test").exists(), "the challenge file stayed");
 }
