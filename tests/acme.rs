@@ -397,3 +397,49 @@ fn tls_alpn_01_on_the_tls_listener_without_port_80() {
     });
     assert!(!env.store().join("acme/challenges/alpn/cli-alpn.test").exists(), "the challenge file stayed");
 }
+
+#[test]
+fn external_account_binding_is_required_and_used() {
+    let env = Env::initialised();
+    let (http_port, tls_port, admin_port) = (free_port(), free_port(), free_port());
+    // pebble in its EAB mode: accounts only with a MAC key it knows.
+    let hmac = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start_custom(
+        &env,
+        7_776_000,
+        http_port,
+        free_port(),
+        &format!("\"externalAccountBindingRequired\": true, \"externalAccountMACKeys\": {{\"kid-1\": \"{hmac}\"}}"),
+    );
+    env.write("eab.key", &format!("{hmac}\n"));
+    env.write("wrong.key", "c2VjcmV0LXRoYXQtcGViYmxlLWRvZXMtbm90LWtub3ctYWJvdXQtYXQtYWxsLXJlYWxseQ\n");
+    let base = |kid: &str, file: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{tls_port}\"]\n\
+             [[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"hello\\n\" }}\n{}\
+             eab_kid = \"{kid}\"\neab_hmac_key_file = \"{}\"\n",
+            pebble.acme_section(""),
+            env.path(file).display()
+        )
+    };
+    // A MAC key the CA does not know: the account is refused, with the CA's words.
+    let wrong = env.write("wrong.toml", &base("kid-1", "wrong.key"));
+    let run = env.run(&["--config", wrong.to_str().unwrap(), "acme", "request", "--hostname", "eab.test"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("creating an account") && run.stderr.to_lowercase().contains("external"),
+        "{}",
+        run.stderr
+    );
+    assert!(!env.store().join("acme/account.json").exists());
+    // The right one: the account is created with the binding and the order succeeds.
+    let right = env.write("right.toml", &base("kid-1", "eab.key"));
+    let run = env.run(&["--config", right.to_str().unwrap(), "acme", "request", "--hostname", "eab.test"]);
+    run.ok();
+    assert!(env.store().join("acme/account.json").exists());
+    let list = env.list();
+    assert!(
+        list.iter().any(|c| c["source"] == "acme" && c["acme"]["hostnames"] == serde_json::json!(["eab.test"])),
+        "{list:?}"
+    );
+}

@@ -26,6 +26,11 @@ impl Pebble {
 
     /// [`Pebble::start`] validating TLS-ALPN-01 on `tls_port`.
     pub fn start_with_tls(env: &Env, validity_secs: u64, http_port: u16, tls_port: u16) -> Self {
+        Self::start_custom(env, validity_secs, http_port, tls_port, "\"externalAccountBindingRequired\": false")
+    }
+
+    /// [`Pebble::start_with_tls`] with more of pebble's settings (`"key": value, ...`).
+    pub fn start_custom(env: &Env, validity_secs: u64, http_port: u16, tls_port: u16, settings: &str) -> Self {
         let dir = env.path("pebble");
         fs::create_dir_all(&dir).unwrap();
         let p = |f: &str| dir.join(f).display().to_string();
@@ -72,7 +77,7 @@ impl Pebble {
             format!(
                 r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme_port}", "managementListenAddress": "127.0.0.1:{mgmt_port}",
                 "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {tls_port},
-                "ocspResponderURL": "", "externalAccountBindingRequired": false,
+                "ocspResponderURL": "", {settings},
                 "certificateValidityPeriod": {validity_secs}}}}}"#,
                 p("wfe.pem"),
                 p("wfe.key"),
