@@ -3,14 +3,14 @@
 # pebble as the ACME server, aiosmtpd as the SMTP server, python3-websockets as WebSocket
 # peers, python3-cryptography as an independent AES-GCM for sealed values, nghttp as an
 # HTTP/2 client, chromium for the status page, systemd-analyze for the unit file, etcd for
-# the cluster tests and protoc with protobuf's own .proto files (libprotobuf-dev, only
+# the cluster tests, knot and nsupdate/dig for DNS-01, and protoc with protobuf's own .proto files (libprotobuf-dev, only
 # recommended by protobuf-compiler), which the etcd client's build needs), then runs
 # every test against the real binary, built with the failpoints feature so crash-safety
 # tests can stop it mid-write.
 # command:package pairs
 APT_PACKAGES := openssl:openssl curl:curl python3:python3 testssl:testssl.sh pebble:pebble pebble-challtestsrv:pebble \
 	nghttp:nghttp2-client chromium:chromium systemd-analyze:systemd \
-	etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler
+	etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler knotd:knot nsupdate:bind9-dnsutils
 
 .PHONY: test lint deps
 

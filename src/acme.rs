@@ -15,6 +15,7 @@
 
 pub mod account;
 pub mod challenges;
+mod dns;
 pub mod order;
 pub mod policy;
 pub mod renewer;

@@ -88,6 +88,8 @@ mod file {
         pub reuse_key: Option<bool>,
         pub eab_kid: Option<String>,
         pub eab_hmac_key_file: Option<String>,
+        pub dns_command: Option<String>,
+        pub dns_wait_secs: Option<u64>,
         #[serde(default)]
         pub certificate: Vec<AcmeCertificate>,
     }
@@ -305,6 +307,11 @@ pub struct Acme {
     pub certificates: Vec<AcmeCertificate>,
     /// http-01 when a plain-HTTP listener exists, else tls-alpn-01.
     pub default_challenge: Challenge,
+    /// DNS-01: run with `sh -c` to place (`present`) and remove (`cleanup`) the TXT
+    /// record, the details in PORTCULLIS_DNS_* environment variables.
+    pub dns_command: Option<String>,
+    /// How long to wait after `present` before asking the CA (DNS propagation).
+    pub dns_wait: Duration,
 }
 
 /// How the CA validates control of a name (RFC 8555 §8).
@@ -314,6 +321,9 @@ pub enum Challenge {
     Http01,
     /// A challenge certificate on the TLS listeners (RFC 8737): no port 80 needed.
     TlsAlpn01,
+    /// A TXT record `_acme-challenge.<name>`, placed by `[acme] dns_command`: the only
+    /// one that validates wildcard names.
+    Dns01,
 }
 
 impl Challenge {
@@ -321,16 +331,16 @@ impl Challenge {
         match self {
             Self::Http01 => "http-01",
             Self::TlsAlpn01 => "tls-alpn-01",
+            Self::Dns01 => "dns-01",
         }
     }
 
-    /// `http-01` or `tls-alpn-01`; `dns-01` is named as not available yet.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "http-01" => Ok(Self::Http01),
             "tls-alpn-01" => Ok(Self::TlsAlpn01),
-            "dns-01" => Err("dns-01 is not available in this version; use http-01 or tls-alpn-01".into()),
-            other => Err(format!("{other:?}: one of http-01, tls-alpn-01")),
+            "dns-01" => Ok(Self::Dns01),
+            other => Err(format!("{other:?}: one of http-01, tls-alpn-01, dns-01")),
         }
     }
 }
@@ -349,10 +359,10 @@ pub struct AcmeCertificate {
 }
 
 /// Checks an ACME hostname: a fully qualified DNS name HTTP-01 can validate.
-pub fn check_acme_hostname(h: &str) -> Result<String, String> {
-    if h.starts_with("*.") {
+pub fn check_acme_hostname(h: &str, wildcard_ok: bool) -> Result<String, String> {
+    if h.starts_with("*.") && !wildcard_ok {
         return Err(
-            "HTTP-01 cannot validate wildcard names; DNS-01 would be needed, which Portcullis does not do".into()
+            "a wildcard name needs challenge = \"dns-01\" (HTTP-01 and TLS-ALPN-01 cannot validate wildcards)".into()
         );
     }
     if h.parse::<std::net::IpAddr>().is_ok() {
@@ -882,20 +892,6 @@ fn acme_config(
     for (i, c) in a.certificate.into_iter().enumerate() {
         let key = |k: &str| format!("acme.certificate[{i}].{k}");
         let own_key = key_type(key("key"), c.key);
-        if c.hostnames.is_empty() {
-            certificate_errors.push(invalid(key("hostnames"), "needs at least one hostname".into()));
-            continue;
-        }
-        let mut hostnames = Vec::new();
-        for h in &c.hostnames {
-            match check_acme_hostname(h) {
-                Ok(h) => hostnames.push(h),
-                Err(e) => certificate_errors.push(invalid(key("hostnames"), format!("{h:?}: {e}"))),
-            }
-        }
-        if certificates.iter().any(|o| same_names(&o.hostnames, &hostnames)) {
-            certificate_errors.push(invalid(key("hostnames"), "the same hostnames are listed twice".into()));
-        }
         let challenge = match c.challenge.as_deref().map(Challenge::parse) {
             None => None,
             Some(Ok(ch)) => Some(ch),
@@ -904,6 +900,26 @@ fn acme_config(
                 None
             }
         };
+        if challenge == Some(Challenge::Dns01) && a.dns_command.as_deref().is_none_or(|c| c.trim().is_empty()) {
+            certificate_errors.push(invalid(
+                key("challenge"),
+                "dns-01 needs [acme] dns_command (the command that places the TXT record)".into(),
+            ));
+        }
+        if c.hostnames.is_empty() {
+            certificate_errors.push(invalid(key("hostnames"), "needs at least one hostname".into()));
+            continue;
+        }
+        let mut hostnames = Vec::new();
+        for h in &c.hostnames {
+            match check_acme_hostname(h, challenge == Some(Challenge::Dns01)) {
+                Ok(h) => hostnames.push(h),
+                Err(e) => certificate_errors.push(invalid(key("hostnames"), format!("{h:?}: {e}"))),
+            }
+        }
+        if certificates.iter().any(|o| same_names(&o.hostnames, &hostnames)) {
+            certificate_errors.push(invalid(key("hostnames"), "the same hostnames are listed twice".into()));
+        }
         certificates.push(AcmeCertificate {
             hostnames,
             name: c.name,
@@ -934,8 +950,15 @@ fn acme_config(
         }
     };
     let default_challenge = if http_listen.is_empty() && !has_http { Challenge::TlsAlpn01 } else { Challenge::Http01 };
+    let dns_wait = a.dns_wait_secs.unwrap_or(0);
+    if dns_wait > 3600 {
+        errors.push(invalid("acme.dns_wait_secs".into(), format!("{dns_wait}: at most 3600 seconds")));
+    }
+    let dns_command = a.dns_command.filter(|c| !c.trim().is_empty());
     (errors.len() == before).then(|| Acme {
         default_challenge,
+        dns_command,
+        dns_wait: Duration::from_secs(dns_wait),
         directory,
         contact: a.contact,
         ca_bundle: a.ca_bundle.map(|p| base.join(p)),

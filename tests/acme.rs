@@ -300,7 +300,9 @@ fn invalid_requests_are_refused_before_any_order() {
     let cfg = cfg.to_str().unwrap();
     for (args, expect) in [
         (vec!["--hostname", "localhost"], "--hostname \"localhost\": not a fully qualified domain name"),
-        (vec!["--hostname", "*.example.com"], "DNS-01 would be needed"),
+        (vec!["--hostname", "*.example.com"], "a wildcard name needs challenge = \"dns-01\""),
+        (vec!["--hostname", "*.example.com", "--challenge", "dns-01"], "--challenge dns-01: needs [acme] dns_command"),
+        (vec!["--hostname", "ok.example.com", "--challenge", "dns-02"], "--challenge \"dns-02\""),
         (vec!["--hostname", "a..b.example"], "--hostname \"a..b.example\""),
         (vec!["--hostname", "10.0.0.1"], "an IP address"),
         (vec!["--hostname", "ok.example.com", "--key", "dsa"], "--key \"dsa\""),
@@ -324,7 +326,7 @@ fn invalid_requests_are_refused_before_any_order() {
         env.write("wild.toml", "[acme]\nagree_tos = true\n[[acme.certificate]]\nhostnames = [\"*.example.com\"]\n");
     let out = env.run(&["--config", wild.to_str().unwrap(), "check-config"]);
     assert_eq!(out.code, Some(1));
-    assert!(out.stderr.contains("acme.certificate[0].hostnames") && out.stderr.contains("DNS-01"), "{}", out.stderr);
+    assert!(out.stderr.contains("acme.certificate[0].hostnames") && out.stderr.contains("dns-01"), "{}", out.stderr);
     // No [acme] at all.
     let out = env.run(&["acme", "request", "--hostname", "a.example.com"]);
     assert_eq!(out.code, Some(1));
@@ -442,4 +444,114 @@ fn external_account_binding_is_required_and_used() {
         list.iter().any(|c| c["source"] == "acme" && c["acme"]["hostnames"] == serde_json::json!(["eab.test"])),
         "{list:?}"
     );
+}
+
+/// Knot DNS, authoritative for example.test on a free loopback port, accepting TSIG
+/// (hmac-sha256) dynamic updates; returns the process, its port and the key secret.
+fn knot(env: &Env) -> (Proc, u16, String) {
+    let dir = env.path("knot");
+    fs::create_dir_all(dir.join("db")).unwrap();
+    let port = free_port();
+    let secret = "q5LlxZGMaqBGC4y4wT0nnK1EJwDuoNzKQCbW5XcDjwM=".to_owned();
+    fs::write(
+        dir.join("knot.conf"),
+        format!(
+            "server:\n    rundir: \"{d}\"\n    listen: 127.0.0.1@{port}\n    user: root:root\n\
+             database:\n    storage: \"{d}/db\"\n\
+             key:\n  - id: portcullis-test\n    algorithm: hmac-sha256\n    secret: {secret}\n\
+             acl:\n  - id: update\n    key: portcullis-test\n    action: update\n\
+             zone:\n  - domain: example.test\n    storage: \"{d}\"\n    file: \"example.test.zone\"\n    acl: update\n    zonefile-sync: -1\n\
+             log:\n  - target: stderr\n    any: info\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("example.test.zone"),
+        "$ORIGIN example.test.\n$TTL 60\n@ SOA ns.example.test. admin.example.test. 1 60 60 3600 60\n\
+         @ NS ns.example.test.\nns A 127.0.0.1\n@ A 127.0.0.1\n* A 127.0.0.1\n",
+    )
+    .unwrap();
+    let proc = Proc(
+        Command::new("knotd")
+            .arg("-c")
+            .arg(dir.join("knot.conf"))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("knot.log")).unwrap())
+            .spawn()
+            .expect("knotd (make test installs knot)"),
+    );
+    wait_port(port);
+    (proc, port, secret)
+}
+
+/// A dns_command that writes the record through nsupdate with TSIG key `secret`.
+fn nsupdate_hook(env: &Env, name: &str, port: u16, secret: &str) -> std::path::PathBuf {
+    env.write(
+        name,
+        &format!(
+            "set -e\ncase \"$PORTCULLIS_DNS_ACTION\" in\n  present) op=\"add $PORTCULLIS_DNS_NAME 60\" ;;\n  cleanup) op=\"delete $PORTCULLIS_DNS_NAME\" ;;\nesac\n\
+             printf 'server 127.0.0.1 {port}\\nzone example.test\\nupdate %s TXT \"%s\"\\nsend\\n' \"$op\" \"$PORTCULLIS_DNS_VALUE\" \\\n  | nsupdate -y hmac-sha256:portcullis-test:{secret}\n"
+        ),
+    )
+}
+
+fn txt(port: u16, name: &str) -> String {
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &port.to_string(), "+short", name, "TXT"])
+        .output()
+        .expect("dig (make test installs bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn dns_01_wildcard_through_nsupdate_to_knot() {
+    let env = Env::initialised();
+    let (_knot, dns_port, secret) = knot(&env);
+    let pebble = Pebble::start_with_dns(&env, 7_776_000, dns_port);
+    let (tls_port, admin_port) = (free_port(), free_port());
+    let hook = nsupdate_hook(&env, "hook.sh", dns_port, &secret);
+    let acme = |hook: &std::path::Path, certs: &str| {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{tls_port}\"]\n\
+             [[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"hello\\n\" }}\n\
+             [acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\ncontact = [\"mailto:ops@example.test\"]\nagree_tos = true\n\
+             ca_bundle = \"{}\"\nhttp_listen = []\ndns_command = \"sh {}\"\n{certs}",
+            pebble.acme_port,
+            pebble.dir.join("ca.pem").display(),
+            hook.display()
+        )
+    };
+    let cfg = acme(
+        &hook,
+        "[[acme.certificate]]\nhostnames = [\"*.example.test\", \"example.test\"]\nchallenge = \"dns-01\"\n",
+    );
+    let _daemon = env.daemon(&cfg, &[tls_port, admin_port]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (serial, _) = loop {
+        if let Some(s) = served(tls_port, "a.example.test").filter(|(_, i)| i.contains("Pebble")) {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the wildcard was not issued:\n{}", env.daemon_log());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(served(tls_port, "example.test").unwrap().0, serial);
+    assert_eq!(served(tls_port, "b.example.test").unwrap().0, serial);
+    // The TXT records are gone afterwards (dig against the zone's server).
+    wait_for(10, "TXT records removed", || txt(dns_port, "_acme-challenge.example.test").is_empty().then_some(()));
+    // A wrong TSIG key: the order fails with the DNS server's answer named.
+    let wrong_hook = nsupdate_hook(&env, "wrong.sh", dns_port, "d3JvbmctdHNpZy1rZXktZm9yLXRoZS10ZXN0LXpvbmU=");
+    let wrong = env.write("wrong.toml", &acme(&wrong_hook, ""));
+    let run = env.run(&[
+        "--config",
+        wrong.to_str().unwrap(),
+        "acme",
+        "request",
+        "--hostname",
+        "c.example.test",
+        "--challenge",
+        "dns-01",
+    ]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("dns_command present") && run.stderr.contains("BADSIG"), "{}", run.stderr);
 }

@@ -30,6 +30,8 @@ pub(super) async fn issue(
     progress: Progress<'_>,
 ) -> Result<String> {
     let record_id = record_id(hostnames);
+    // DNS-01 records placed, removed after the order whatever its outcome.
+    let dns_records = std::sync::Mutex::new(Vec::new());
     // Every order is counted, whoever placed it and however it ended.
     let r: Result<String> = async {
         let account = account(acme, store_dir, progress).await?;
@@ -85,13 +87,11 @@ pub(super) async fn issue(
                 let wanted = match challenge_type {
                     Challenge::Http01 => ChallengeType::Http01,
                     Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+                    Challenge::Dns01 => ChallengeType::Dns01,
                 };
-                let mut challenge = authz.challenge(wanted).ok_or_else(|| {
-                    anyhow!(
-                        "{name}: the CA offers no {} challenge (wildcards need DNS-01, which Portcullis does not do yet)",
-                        challenge_type.as_str()
-                    )
-                })?;
+                let mut challenge = authz
+                    .challenge(wanted)
+                    .ok_or_else(|| anyhow!("{name}: the CA offers no {} challenge", challenge_type.as_str()))?;
                 let key_auth = challenge.key_authorization();
                 let token = challenge.token.clone();
                 match challenge_type {
@@ -104,8 +104,29 @@ pub(super) async fn issue(
                             self_check(*addr, &token, key_auth.as_str()).await?;
                         }
                     }
+                    Challenge::Dns01 => {
+                        let command = acme.dns_command.as_deref().ok_or_else(|| {
+                            anyhow!("{name}: dns-01 needs [acme] dns_command (the command that places the TXT record)")
+                        })?;
+                        let domain = name.trim_start_matches("*.").to_owned();
+                        let record = super::dns::Record {
+                            name: format!("_acme-challenge.{domain}"),
+                            value: key_auth.dns_value(),
+                            domain,
+                        };
+                        super::dns::run(command, "present", &record).await?;
+                        progress(&format!("{name}: TXT record {} placed", record.name));
+                        dns_records.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(record);
+                        if !acme.dns_wait.is_zero() {
+                            tokio::time::sleep(acme.dns_wait).await;
+                        }
+                    }
                     Challenge::TlsAlpn01 => {
-                        alpn_guards.push(responder.challenges.publish_alpn(&name, key_auth.as_str(), responder.on_disk)?);
+                        alpn_guards.push(responder.challenges.publish_alpn(
+                            &name,
+                            key_auth.as_str(),
+                            responder.on_disk,
+                        )?);
                         if let Some(c) = &responder.cluster {
                             cluster_guards.push(c.publish(&format!("alpn/{name}"), key_auth.as_str()).await?);
                         }
@@ -115,7 +136,10 @@ pub(super) async fn issue(
                 if challenge.status == ChallengeStatus::Pending {
                     challenge.set_ready().await.map_err(|e| anyhow!("{name}: {}", describe(&e)))?;
                 }
-                progress(&format!("{name}: {} challenge ready, waiting for the CA to check it", challenge_type.as_str()));
+                progress(&format!(
+                    "{name}: {} challenge ready, waiting for the CA to check it",
+                    challenge_type.as_str()
+                ));
             }
         }
         // A resumed order may be finalized already: then only the download is left.
@@ -140,7 +164,10 @@ pub(super) async fn issue(
                     }
                 }
             }
-            bail!("validation failed: {}", if why.is_empty() { format!("order is {status:?}") } else { why.join("; ") });
+            bail!(
+                "validation failed: {}",
+                if why.is_empty() { format!("order is {status:?}") } else { why.join("; ") }
+            );
         }
         drop(guards);
         drop(alpn_guards);
@@ -166,6 +193,16 @@ pub(super) async fn issue(
         Ok(chain)
     }
     .await;
+    // The TXT records go, also when the order failed.
+    let records = std::mem::take(&mut *dns_records.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    if let Some(command) = acme.dns_command.as_deref() {
+        for record in &records {
+            match super::dns::run(command, "cleanup", record).await {
+                Ok(()) => progress(&format!("TXT record {} removed", record.name)),
+                Err(e) => progress(&format!("{e:#}")),
+            }
+        }
+    }
     // Finished either way: a successor starts afresh (a failure is retried with backoff).
     if let Some(c) = &responder.cluster {
         c.cluster.forget_order(&record_id).await;

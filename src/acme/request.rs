@@ -92,14 +92,14 @@ pub struct RequestParams {
     pub challenge: Option<Challenge>,
 }
 
-/// Validates `--hostname` values: FQDNs HTTP-01 can prove, lowercase, each once.
-pub fn check_hostnames(hostnames: &[String]) -> Result<Vec<String>> {
+/// Validates `--hostname` values: FQDNs, lowercase, each once; wildcards only for DNS-01.
+pub fn check_hostnames(hostnames: &[String], wildcards: bool) -> Result<Vec<String>> {
     if hostnames.is_empty() {
         bail!("--hostname: at least one is required");
     }
     let mut out: Vec<String> = Vec::new();
     for h in hostnames {
-        let h = config::check_acme_hostname(h).map_err(|e| anyhow!("--hostname {h:?}: {e}"))?;
+        let h = config::check_acme_hostname(h, wildcards).map_err(|e| anyhow!("--hostname {h:?}: {e}"))?;
         if !out.contains(&h) {
             out.push(h);
         }
@@ -148,7 +148,7 @@ pub async fn request(
     responder: &Responder,
     progress: Progress<'_>,
 ) -> Result<Obtained> {
-    let hostnames = check_hostnames(&params.hostnames)?;
+    let hostnames = check_hostnames(&params.hostnames, params.challenge == Some(Challenge::Dns01))?;
     let name = params.name.clone().unwrap_or_else(|| hostnames[0].clone());
     let policy = Policy::of(Some(acme));
     let (existing, renamed, name) = {

@@ -129,12 +129,12 @@ pub enum JobCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AcmeCommand {
-    /// Get a certificate over HTTP-01 ([acme] in the configuration; port 80 must reach this node)
+    /// Get a certificate from the ACME CA of [acme]: over HTTP-01 (port 80), TLS-ALPN-01 (port 443) or DNS-01 ([acme] dns_command)
     #[command(
         after_help = "Examples:\n  portcullis acme request --hostname support.example.com\n  portcullis acme request --hostname example.com --hostname www.example.com --key rsa-2048\n\nIf the daemon is running it answers the challenge; otherwise this command binds\n[acme] http_listen itself for the duration of the order. Running it again for the same\nhostnames does nothing while the certificate is valid."
     )]
     Request {
-        /// Fully qualified DNS name (repeat for more; no wildcards: HTTP-01 cannot validate them)
+        /// Fully qualified DNS name (repeat for more; wildcards such as '*.example.com' only with --challenge dns-01)
         #[arg(long = "hostname", value_name = "FQDN", required = true)]
         hostnames: Vec<String>,
         /// Key type: ecdsa-p256 (default), ecdsa-p384, ed25519, rsa-2048, rsa-3072, rsa-4096
@@ -149,7 +149,7 @@ pub enum AcmeCommand {
         /// Reissue an existing ACME certificate of this name even if the new hostnames drop some of its names
         #[arg(long)]
         replace: bool,
-        /// How the CA validates the names: http-01 (port 80) or tls-alpn-01 (the TLS listeners, no port 80); default: http-01 when a plain-HTTP listener is configured, else tls-alpn-01
+        /// How the CA validates the names: http-01 (port 80), tls-alpn-01 (the TLS listeners, no port 80) or dns-01 ([acme] dns_command; wildcards); default: http-01 when a plain-HTTP listener is configured, else tls-alpn-01
         #[arg(long)]
         challenge: Option<String>,
     },

@@ -31,6 +31,29 @@ impl Pebble {
 
     /// [`Pebble::start_with_tls`] with more of pebble's settings (`"key": value, ...`).
     pub fn start_custom(env: &Env, validity_secs: u64, http_port: u16, tls_port: u16, settings: &str) -> Self {
+        Self::start_full(env, validity_secs, http_port, tls_port, settings, None)
+    }
+
+    /// Pebble resolving through the DNS server on 127.0.0.1:`dns` (DNS-01 tests).
+    pub fn start_with_dns(env: &Env, validity_secs: u64, dns: u16) -> Self {
+        Self::start_full(
+            env,
+            validity_secs,
+            free_port(),
+            free_port(),
+            "\"externalAccountBindingRequired\": false",
+            Some(dns),
+        )
+    }
+
+    fn start_full(
+        env: &Env,
+        validity_secs: u64,
+        http_port: u16,
+        tls_port: u16,
+        settings: &str,
+        dns_server: Option<u16>,
+    ) -> Self {
         let dir = env.path("pebble");
         fs::create_dir_all(&dir).unwrap();
         let p = |f: &str| dir.join(f).display().to_string();
@@ -85,17 +108,24 @@ impl Pebble {
         )
         .unwrap();
         let log = |name: &str| fs::File::create(dir.join(name)).unwrap();
-        let dns = Proc(
-            Command::new("pebble-challtestsrv")
-                .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", "", "-dns01"])
-                .arg(format!("127.0.0.1:{dns_port}"))
-                .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-management"])
-                .arg(format!("127.0.0.1:{chall_mgmt}"))
-                .stdout(log("challtestsrv.log"))
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("pebble-challtestsrv (make test installs pebble)"),
-        );
+        let mut procs = Vec::new();
+        let dns_port = match dns_server {
+            Some(p) => p,
+            None => {
+                procs.push(Proc(
+                    Command::new("pebble-challtestsrv")
+                        .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", "", "-dns01"])
+                        .arg(format!("127.0.0.1:{dns_port}"))
+                        .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-management"])
+                        .arg(format!("127.0.0.1:{chall_mgmt}"))
+                        .stdout(log("challtestsrv.log"))
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("pebble-challtestsrv (make test installs pebble)"),
+                ));
+                dns_port
+            }
+        };
         let pebble = Proc(
             Command::new("pebble")
                 .args(["-strict", "-config"])
@@ -111,7 +141,8 @@ impl Pebble {
                 .expect("pebble (make test installs it)"),
         );
         wait_port(acme_port);
-        Self { dir, acme_port, http_port, procs: vec![dns, pebble] }
+        procs.push(pebble);
+        Self { dir, acme_port, http_port, procs }
     }
 
     pub fn acme_section(&self, extra: &str) -> String {
