@@ -334,6 +334,19 @@ fn invalid_requests_are_refused_before_any_order() {
     assert_eq!(env.tree(), before, "refused requests changed the store");
 }
 
+/// Waits (60 s) until the daemon of `env` serves a pebble certificate for `sni`; its
+/// serial and issuer. On a timeout the daemon's log says why.
+fn issued(env: &Env, port: u16, sni: &str) -> (String, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = served(port, sni).filter(|(_, issuer)| issuer.contains("Pebble")) {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sni} not issued:\n{}", env.daemon_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn tls_alpn_01_on_the_tls_listener_without_port_80() {
     let env = Env::initialised();
@@ -350,14 +363,7 @@ fn tls_alpn_01_on_the_tls_listener_without_port_80() {
         pebble.dir.join("ca.pem").display()
     );
     let _daemon = env.daemon(&cfg, &[tls_port, admin_port]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let (serial, issuer) = loop {
-        if let Some(s) = served(tls_port, "alpn.test").filter(|(_, issuer)| issuer.contains("Pebble")) {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "alpn.test not issued:\n{}", env.daemon_log());
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (serial, issuer) = issued(&env, tls_port, "alpn.test");
     assert!(!serial.is_empty(), "{issuer}");
     let log = env.daemon_log();
     assert!(log.contains("alpn.test: tls-alpn-01 challenge ready"), "{log}");
@@ -527,14 +533,7 @@ fn dns_01_wildcard_through_nsupdate_to_knot() {
         "[[acme.certificate]]\nhostnames = [\"*.example.test\", \"example.test\"]\nchallenge = \"dns-01\"\n",
     );
     let _daemon = env.daemon(&cfg, &[tls_port, admin_port]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let (serial, _) = loop {
-        if let Some(s) = served(tls_port, "a.example.test").filter(|(_, i)| i.contains("Pebble")) {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "the wildcard was not issued:\n{}", env.daemon_log());
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (serial, _) = issued(&env, tls_port, "a.example.test");
     assert_eq!(served(tls_port, "example.test").unwrap().0, serial);
     assert_eq!(served(tls_port, "b.example.test").unwrap().0, serial);
     // The TXT records are gone afterwards (dig against the zone's server).
