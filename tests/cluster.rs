@@ -813,3 +813,38 @@ fn tls_alpn_01_is_answered_by_every_node() {
     assert_eq!(renewer.len(), 1);
     assert!(c.nodes[renewer[0]].log().contains("alpn.test: tls-alpn-01 challenge ready"));
 }
+
+#[test]
+fn dns_01_wildcard_by_the_renewer_served_by_all() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let env = Env::empty();
+    let (_knot, dns_port, secret) = common::knot::knot(&env);
+    let pebble = Pebble::start_with_dns(&env, 7_776_000, dns_port);
+    let _keep = KeepOnPanic(&env);
+    let hook = common::knot::nsupdate_hook(&env, "hook.sh", dns_port, &secret);
+    let acme = format!(
+        "[acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\ncontact = [\"mailto:ops@example.test\"]\nagree_tos = true\n\
+         ca_bundle = \"{}\"\nhttp_listen = []\ndns_command = \"sh {}\"\n\
+         [[acme.certificate]]\nhostnames = [\"*.example.test\", \"example.test\"]\nchallenge = \"dns-01\"\n",
+        pebble.acme_port,
+        pebble.dir.join("ca.pem").display(),
+        hook.display()
+    );
+    let c = Cluster::start([0; 3], [0; 3], |_, e| Cluster::endpoints_list(e), |_, _| acme.clone());
+    let serials: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            wait_for(60, &format!("the wildcard on {}", n.name), || {
+                served(n.tls, "x.example.test").filter(|(_, i)| i.contains("Pebble")).map(|(s, _)| s)
+            })
+        })
+        .collect();
+    assert!(serials.iter().all(|s| *s == serials[0]), "{serials:?}");
+    assert_eq!(orders(&pebble), 1, "one order, by the renewer alone");
+    let placed: Vec<usize> = (0..3).filter(|&i| c.nodes[i].log().contains("TXT record _acme-challenge")).collect();
+    assert_eq!(placed, c.renewers(), "only the renewer ran the DNS command");
+    wait_for(10, "TXT records removed", || {
+        common::knot::txt(dns_port, "_acme-challenge.example.test").is_empty().then_some(())
+    });
+}

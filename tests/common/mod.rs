@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 
 use sha2::{Digest, Sha256};
 
+pub mod knot;
 pub mod pebble;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
