@@ -261,7 +261,8 @@ fn acme(ctx: &Ctx, cmd: AcmeCommand) -> Result<ExitCode> {
     let cluster = match &ctx.config.cluster {
         Some(c) => Some(rt.block_on(async {
             let cluster = crate::cluster::Cluster::connect(c).await?;
-            let work = crate::cluster::Work::begin(&cluster, &ctx.store_dir).await?;
+            let mut work = crate::cluster::Work::begin(&cluster, &ctx.store_dir).await?;
+            work.exclusive = false;
             let lease = cluster.grant(300).await?;
             Ok::<_, crate::cluster::Error>((cluster, work, lease))
         })?),

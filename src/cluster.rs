@@ -105,6 +105,8 @@ pub struct Image {
     pub files: BTreeMap<String, FileImage>,
     /// Each file's mod revision: what a write guards on.
     pub mods: BTreeMap<String, i64>,
+    /// `P/changed`'s mod revision at this read: the store's last write.
+    pub changed: i64,
 }
 
 /// The renewer's proof of office: written only while `P/renewer` still holds `token`.
@@ -252,6 +254,14 @@ impl Cluster {
             image.mods.insert(rel.clone(), kv.mod_revision());
             image.files.insert(rel, file);
         }
+        // At the same revision: which write the image is the result of.
+        let changed = self
+            .call(
+                "nothing was changed",
+                self.client.kv_client().get(self.key("changed"), Some(GetOptions::new().with_revision(image.revision))),
+            )
+            .await?;
+        image.changed = changed.kvs().first().map_or(0, |kv| kv.mod_revision());
         Ok(image)
     }
 
@@ -288,6 +298,7 @@ impl Cluster {
         base: &Image,
         files: &BTreeMap<String, FileImage>,
         fence: Option<&Fence>,
+        exclusive: bool,
     ) -> Result<Option<i64>, Error> {
         let mut compares = Vec::new();
         let mut ops = Vec::new();
@@ -313,6 +324,13 @@ impl Cluster {
         if let Some(f) = fence {
             compares.push(Compare::value(self.key("renewer"), CompareOp::Equal, f.token.clone()));
         }
+        // A short admin write (a cert command or job) also checks that no other write
+        // committed since its read: two nodes creating the same friendly name at once
+        // cannot both win. Orders (the renewer's, `acme request`) guard only the keys they
+        // touch, so a concurrent write never costs them a certificate already issued.
+        if exclusive {
+            compares.push(Compare::mod_revision(self.key("changed"), CompareOp::Equal, base.changed));
+        }
         // Its mod revision is the store's last change: what `cluster status` measures lag by.
         ops.push(TxnOp::put(self.key("changed"), self.cfg.node.clone(), None));
         let txn = Txn::new().when(compares).and_then(ops);
@@ -331,7 +349,12 @@ impl Cluster {
             return Err(Error::Fenced { endpoints: self.endpoints() });
         }
         let changed = files.keys().chain(base.files.keys()).find(|k| base.files.get(*k) != files.get(*k));
-        Err(Error::Conflict { endpoints: self.endpoints(), key: changed.cloned().unwrap_or_default() })
+        let key = if exclusive {
+            "the store (another write committed first)".to_owned()
+        } else {
+            changed.cloned().unwrap_or_default()
+        };
+        Err(Error::Conflict { endpoints: self.endpoints(), key })
     }
 
     /// Fills an empty prefix with `files` (`cluster init`).
@@ -639,6 +662,9 @@ pub struct StatusView {
 pub struct Work {
     dir: PathBuf,
     pub base: Image,
+    /// Fails if any other write committed since the read (short admin writes); orders
+    /// set it false and guard only the keys they change.
+    pub exclusive: bool,
 }
 
 impl Work {
@@ -651,7 +677,7 @@ impl Work {
             std::process::id(),
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
         ));
-        let work = Self { dir, base };
+        let work = Self { dir, base, exclusive: true };
         let (dir, files) = (work.dir.clone(), work.base.files.clone());
         blocking(move || Ok(mirror::write_scratch(&dir, &files)?)).await?;
         Ok(work)
@@ -683,7 +709,7 @@ impl Work {
     ) -> Result<Option<i64>, Error> {
         let dir = self.dir.clone();
         let files = blocking(move || Ok(mirror::read_all(&dir)?)).await?;
-        let rev = cluster.commit(&self.base, &files, fence).await?;
+        let rev = cluster.commit(&self.base, &files, fence, self.exclusive && fence.is_none()).await?;
         if let Some(rev) = rev {
             // Every key the transaction wrote now has its revision.
             for (rel, f) in &files {
@@ -694,6 +720,7 @@ impl Work {
             self.base.mods.retain(|rel, _| files.contains_key(rel));
             self.base.files = files;
             self.base.revision = rev;
+            self.base.changed = rev;
             refresh(cluster, store_dir).await?;
         }
         Ok(rev)

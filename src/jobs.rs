@@ -270,7 +270,9 @@ pub struct Context {
 async fn execute(parsed: Parsed, ctx: &Context, rerun: bool) -> Result<Outcome, Error> {
     let Some(cfg) = ctx.config.cluster.as_ref() else { return execute_here(parsed, ctx, rerun).await };
     let cluster = crate::cluster::Cluster::connect(cfg).await?;
-    let work = crate::cluster::Work::begin(&cluster, &ctx.store_dir).await?;
+    let mut work = crate::cluster::Work::begin(&cluster, &ctx.store_dir).await?;
+    // An order may take a while: it guards only the keys it changes.
+    work.exclusive = !matches!(parsed.command, Command::Acme(_));
     let lease = cluster.grant(300).await?;
     let here = Context {
         store_dir: work.dir().to_owned(),

@@ -417,6 +417,26 @@ fn a_change_on_one_node_is_served_by_all_and_keys_stay_sealed() {
     assert_eq!(nodes.len(), 3, "{status}");
     assert!(nodes.iter().all(|n| n["lag"] == 0), "{status}");
 
+    // Two nodes create the same friendly name at the same moment: exactly one wins (the
+    // other fails naming etcd or the taken name), and the store holds one entry.
+    let mut racers: Vec<std::process::Child> = (0..2)
+        .map(|i| {
+            Command::new(bin())
+                .arg("--config")
+                .arg(c.nodes[i].config())
+                .args(["cert", "create-self-signed", "--name", "Same", "--common-name", "same.test"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let codes: Vec<Option<i32>> = racers.iter_mut().map(|p| p.wait().unwrap().code()).collect();
+    assert_eq!(codes.iter().filter(|c| **c == Some(0)).count(), 1, "{codes:?}");
+    let list = c.nodes[2].cli(&["--json", "cert", "list"]).json();
+    let same = list.as_array().unwrap().iter().filter(|e| e["friendly_name"] == "Same").count();
+    assert_eq!(same, 1, "{list}");
+
     // The status page, in a real browser, and /status.json show the cluster.
     let dom = common::chromium(&c.env, &["--dump-dom", &format!("http://127.0.0.1:{}/status", c.nodes[1].admin)]);
     let table = &dom[dom.find("<table id=\"cluster\">").unwrap_or_else(|| panic!("no cluster table:\n{dom}"))..];
@@ -503,7 +523,7 @@ fn a_change_on_one_node_is_served_by_all_and_keys_stay_sealed() {
     };
     let (code, out, err) = run(&rotating, &["cluster", "rekey"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.starts_with("51 private value(s) sealed again"), "{out}");
+    assert!(out.starts_with("52 private value(s) sealed again"), "{out}"); // 50 imports, Same, the factory default
     let (_, after, _) = etcdctl(&eps, &["get", "--prefix", "/portcullis/store/"]);
     assert!(!after.contains("PRIVATE KEY"));
     let only_new = c.env.path("only-new");
