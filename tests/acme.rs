@@ -358,10 +358,8 @@ fn tls_alpn_01_on_the_tls_listener_without_port_80() {
     let cfg = format!(
         "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{tls_port}\"]\n\
          [[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"hello\\n\" }}\n\
-         [acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\ncontact = [\"mailto:ops@example.test\"]\nagree_tos = true\n\
-         ca_bundle = \"{}\"\nhttp_listen = []\n[[acme.certificate]]\nhostnames = [\"alpn.test\"]\n",
-        pebble.acme_port,
-        pebble.dir.join("ca.pem").display()
+         {}",
+        pebble.acme_section_on("[]", "[[acme.certificate]]\nhostnames = [\"alpn.test\"]")
     );
     let _daemon = env.daemon(&cfg, &[tls_port, admin_port]);
     let (serial, issuer) = issued(&env, tls_port, "alpn.test");
@@ -464,11 +462,8 @@ fn dns_01_wildcard_through_nsupdate_to_knot() {
         format!(
             "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{tls_port}\"]\n\
              [[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"hello\\n\" }}\n\
-             [acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\ncontact = [\"mailto:ops@example.test\"]\nagree_tos = true\n\
-             ca_bundle = \"{}\"\nhttp_listen = []\ndns_command = \"sh {}\"\n{certs}",
-            pebble.acme_port,
-            pebble.dir.join("ca.pem").display(),
-            hook.display()
+             {}",
+            pebble.acme_section_on("[]", &format!("dns_command = \"sh {}\"\n{certs}", hook.display()))
         )
     };
     let cfg = acme(

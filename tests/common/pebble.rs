@@ -146,12 +146,16 @@ impl Pebble {
     }
 
     pub fn acme_section(&self, extra: &str) -> String {
+        self.acme_section_on(&format!("\"127.0.0.1:{}\"", self.http_port), extra)
+    }
+
+    /// `[acme]` for this pebble with `http_listen` set to the TOML value given (`[]`: none).
+    pub fn acme_section_on(&self, http_listen: &str, extra: &str) -> String {
         format!(
             "[acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\ncontact = [\"mailto:ops@example.test\"]\nagree_tos = true\n\
-             ca_bundle = \"{}\"\nhttp_listen = \"127.0.0.1:{}\"\n{extra}\n",
+             ca_bundle = \"{}\"\nhttp_listen = {http_listen}\n{extra}\n",
             self.acme_port,
             self.dir.join("ca.pem").display(),
-            self.http_port
         )
     }
 
