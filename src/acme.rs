@@ -5,7 +5,8 @@
 //! - [`account`]: the stored account and the CA's problem documents;
 //! - [`order`]: one order, from authorizations to the downloaded chain;
 //! - [`request`]: `acme request` / `acme renew` as store transactions;
-//! - [`renewer`]: the daemon's task.
+//! - [`renewer`]: the daemon's task;
+//! - [`ondemand`]: certificates ordered at a client's first handshake.
 //!
 //! One code path: `acme request` (CLI and jobs), the renewer and `acme renew` all end in
 //! `order::issue`, and store the result as a normal store entry with source `acme`, so
@@ -16,6 +17,7 @@
 pub mod account;
 pub mod challenges;
 mod dns;
+pub mod ondemand;
 pub mod order;
 pub mod policy;
 pub mod renewer;

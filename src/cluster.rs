@@ -562,6 +562,23 @@ impl Cluster {
         Ok((self.renewer().await?.as_deref() == Some(token.as_str())).then_some(Fence { token }))
     }
 
+    /// Claims `claims/<what>` for the lease's life if no node holds it: one node at a
+    /// time does the work it names (an on-demand order for one name).
+    pub async fn claim(&self, what: &str, lease: i64) -> Result<bool, Error> {
+        let key = self.key(&format!("claims/{what}"));
+        let txn = Txn::new().when([Compare::version(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+            key,
+            self.cfg.node.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+        let resp = self.call("nothing was claimed", self.client.kv_client().txn(txn)).await?;
+        Ok(resp.succeeded())
+    }
+
+    pub async fn release(&self, what: &str) {
+        let _ = self.call("", self.client.kv_client().delete(self.key(&format!("claims/{what}")), None)).await;
+    }
+
     /// Gives the office up (shutdown): another node takes over at once.
     pub async fn resign(&self, fence: &Fence) {
         let key = self.key("renewer");

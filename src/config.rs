@@ -92,6 +92,19 @@ mod file {
         pub dns_wait_secs: Option<u64>,
         #[serde(default)]
         pub certificate: Vec<AcmeCertificate>,
+        pub on_demand: Option<OnDemand>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct OnDemand {
+        pub ask: Option<String>,
+        #[serde(default)]
+        pub allow: Vec<String>,
+        pub rate_limit: Option<u32>,
+        pub rate_period_secs: Option<u64>,
+        pub max_certificates: Option<usize>,
+        pub failure_hold_secs: Option<u64>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -181,6 +194,7 @@ mod file {
         pub write_timeout_secs: Option<u64>,
         pub max_header_bytes: Option<usize>,
         pub send_root: Option<bool>,
+        pub on_demand: Option<bool>,
     }
 }
 
@@ -210,6 +224,9 @@ pub struct Listener {
     pub max_header_bytes: usize,
     /// Send the root certificate after the intermediates (normally not: clients have it).
     pub send_root: bool,
+    /// Order a certificate at the first handshake for an unknown name that
+    /// `[acme.on_demand]` allows.
+    pub on_demand: bool,
 }
 
 impl Listener {
@@ -225,6 +242,7 @@ impl Listener {
             write_timeout: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             send_root: false,
+            on_demand: false,
         }
     }
 }
@@ -312,6 +330,66 @@ pub struct Acme {
     pub dns_command: Option<String>,
     /// How long to wait after `present` before asking the CA (DNS propagation).
     pub dns_wait: Duration,
+    /// `[acme.on_demand]`: which unknown names listeners with `on_demand` may order.
+    pub on_demand: Option<OnDemand>,
+}
+
+/// `[acme.on_demand]`: certificates ordered at the first handshake for a name, for the
+/// names an `ask` service or the `allow` patterns permit, within bounds a flood of
+/// random names cannot exceed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OnDemand {
+    /// `GET <ask>?domain=<name>`: a 2xx answer permits the name.
+    pub ask: Option<AskUrl>,
+    /// Exact names, or `*.parent` for any one label under `parent`.
+    pub allow: Vec<String>,
+    /// At most this many orders per `rate_period`.
+    pub rate_limit: u32,
+    pub rate_period: Duration,
+    /// At most this many on-demand certificates in the store.
+    pub max_certificates: usize,
+    /// A refused or failed name is not asked or ordered again for this long.
+    pub failure_hold: Duration,
+}
+
+/// A plain `http://host:port/path` (the ask service runs beside the proxy).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AskUrl {
+    pub authority: String,
+    pub path_and_query: String,
+}
+
+impl AskUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!("{url:?}: must be an http:// URL (a service beside the proxy; https is not supported)")
+        })?;
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') || path.contains('#') {
+            return Err(format!("{url:?}: expected http://host:port/path"));
+        }
+        let path = if path.starts_with('?') { format!("/{path}") } else { path.to_owned() };
+        Ok(Self { authority: authority.to_owned(), path_and_query: path })
+    }
+
+    /// The request path for `name` (a checked DNS name: nothing to escape).
+    pub fn path_for(&self, name: &str) -> String {
+        let sep = if self.path_and_query.contains('?') { '&' } else { '?' };
+        format!("{}{sep}domain={name}", self.path_and_query)
+    }
+}
+
+impl OnDemand {
+    /// Whether an `allow` pattern covers `name` (lowercase, checked).
+    pub fn allows(&self, name: &str) -> bool {
+        self.allow.iter().any(|p| match p.strip_prefix("*.") {
+            Some(parent) => name.split_once('.').is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+            None => p == name,
+        })
+    }
 }
 
 /// How the CA validates control of a name (RFC 8555 §8).
@@ -573,6 +651,7 @@ impl Config {
                 None => 443,
             };
         }
+        let on_demand_declared = raw.acme.as_ref().is_some_and(|a| a.on_demand.is_some());
         if let Some(acme) = raw.acme {
             config.acme = acme_config(acme, !config.http_listen.is_empty(), base, &invalid, &mut errors);
         }
@@ -704,6 +783,13 @@ impl Config {
                 None => {}
             }
             listener.send_root = l.send_root.unwrap_or(false);
+            listener.on_demand = l.on_demand.unwrap_or(false);
+            if listener.on_demand && !on_demand_declared {
+                err(invalid(
+                    key("on_demand"),
+                    "needs [acme.on_demand] (which names may be ordered, and how many)".into(),
+                ));
+            }
             config.listeners.push(listener);
         }
         let mut texts = FileTexts::default();
@@ -955,7 +1041,9 @@ fn acme_config(
         errors.push(invalid("acme.dns_wait_secs".into(), format!("{dns_wait}: at most 3600 seconds")));
     }
     let dns_command = a.dns_command.filter(|c| !c.trim().is_empty());
+    let on_demand = a.on_demand.and_then(|o| on_demand_config(o, invalid, errors));
     (errors.len() == before).then(|| Acme {
+        on_demand,
         default_challenge,
         dns_command,
         dns_wait: Duration::from_secs(dns_wait),
@@ -969,6 +1057,59 @@ fn acme_config(
         reuse_key: a.reuse_key.unwrap_or(false),
         eab,
         certificates,
+    })
+}
+
+/// `[acme.on_demand]`, checked field by field.
+fn on_demand_config(
+    o: file::OnDemand,
+    invalid: &dyn Fn(String, String) -> Error,
+    errors: &mut Vec<Error>,
+) -> Option<OnDemand> {
+    let before = errors.len();
+    let ask = match o.ask.as_deref().map(AskUrl::parse) {
+        None => None,
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => {
+            errors.push(invalid("acme.on_demand.ask".into(), e));
+            None
+        }
+    };
+    let mut allow = Vec::new();
+    for p in &o.allow {
+        match check_acme_hostname(p, true) {
+            Ok(p) if p.starts_with("*.") && p[2..].contains('*') => {
+                errors.push(invalid("acme.on_demand.allow".into(), format!("{p:?}: one leading * only")))
+            }
+            Ok(p) => allow.push(p),
+            Err(e) => errors.push(invalid("acme.on_demand.allow".into(), format!("{p:?}: {e}"))),
+        }
+    }
+    if o.ask.is_none() && o.allow.is_empty() {
+        errors.push(invalid(
+            "acme.on_demand".into(),
+            "needs ask (a URL that answers 2xx for names to certify) or allow (name patterns), or both".into(),
+        ));
+    }
+    let mut bounded = |key: &str, v: Option<u64>, default: u64, max: u64| match v {
+        None => default,
+        Some(n) if (1..=max).contains(&n) => n,
+        Some(n) => {
+            errors.push(invalid(format!("acme.on_demand.{key}"), format!("{n}: expected 1 to {max}")));
+            default
+        }
+    };
+    let rate_limit = bounded("rate_limit", o.rate_limit.map(u64::from), 10, 10_000) as u32;
+    let rate_period = bounded("rate_period_secs", o.rate_period_secs, 60, 86_400);
+    let max_certificates = bounded("max_certificates", o.max_certificates.map(|n| n as u64), 1000, 1_000_000) as usize;
+    let failure_hold = bounded("failure_hold_secs", o.failure_hold_secs, 600, 7 * 86_400);
+    (errors.len() == before).then(|| OnDemand {
+        ask,
+        allow,
+        rate_limit,
+        rate_period: Duration::from_secs(rate_period),
+        max_certificates,
+        failure_hold: Duration::from_secs(failure_hold),
     })
 }
 

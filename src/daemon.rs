@@ -361,6 +361,13 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         Binds { active: HashMap::new(), http: HashMap::new(), challenges: challenges.clone(), limits: HashMap::new() };
     binds.apply(&config, &snapshot, &tracker, &shutdown, true).await?;
     let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    // Listeners with `on_demand` ask this; [acme.on_demand] (read at each use) decides.
+    crate::sni::ondemand::install(Box::new(crate::acme::ondemand::OnDemand::new(
+        config_rx.clone(),
+        store_dir.clone(),
+        challenges.clone(),
+        control.handle.clone(),
+    )));
     // Admin jobs by file drop: [jobs] dir as configured at start.
     let recent_jobs: crate::jobs::Recent = Arc::default();
     let _jobs_watch = match &config.jobs_dir {

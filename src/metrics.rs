@@ -23,6 +23,7 @@ pub mod names {
     pub const RELOADS: &str = "portcullis_reloads_total";
     pub const LAST_RELOAD_SUCCESS: &str = "portcullis_last_reload_success_timestamp_seconds";
     pub const ACME_ORDERS: &str = "portcullis_acme_orders_total";
+    pub const ACME_ON_DEMAND: &str = "portcullis_acme_on_demand_total";
     pub const JOBS: &str = "portcullis_jobs_total";
     pub const ACME_RENEWAL_FAILING: &str = "portcullis_acme_renewal_failing";
     pub const CLUSTER_CONNECTED: &str = "portcullis_cluster_connected";
@@ -54,6 +55,10 @@ pub fn describe() {
         "Certificate selections by outcome: matched, no_sni_default, no_sni_rejected, unknown_sni_default, unknown_sni_rejected"
     );
     describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open now");
+    describe_counter!(
+        ACME_ON_DEMAND,
+        "On-demand certificate decisions by result: issued, refused, failed, held, busy, asks_busy, rate_limited, max_certificates, other_node"
+    );
     describe_gauge!(CLUSTER_CONNECTED, "1 while the cluster sync is watching etcd");
     describe_gauge!(CLUSTER_APPLIED_REVISION, "The etcd revision this node's store copy reflects");
     describe_gauge!(CLUSTER_LAG, "Newest etcd revision seen minus the applied one");

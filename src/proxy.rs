@@ -79,7 +79,8 @@ async fn connection(
     // Bytes of the ClientHello read to choose a passthrough route; replayed to the TLS
     // acceptor otherwise. Empty (no allocation) on listeners without passthrough routes.
     let mut hello = Vec::new();
-    if l.has_passthrough {
+    let start = Instant::now();
+    if l.has_passthrough || l.config.on_demand {
         let name = match tokio::time::timeout(l.config.handshake_timeout, read_hello(&mut tcp, &mut hello)).await {
             Ok(Some(name)) => name,
             Ok(None) => {
@@ -91,8 +92,8 @@ async fn connection(
                 return;
             }
         };
-        if let Some(name) = name
-            && let Some(route) = l.route(&name)
+        if let Some(name) = &name
+            && let Some(route) = l.route(name)
             && let Handler::Passthrough(p) = &route.handler
         {
             let (up, down) = p.splice(tcp, &hello).await;
@@ -100,11 +101,20 @@ async fn connection(
             l.metrics.bytes_out.increment(down);
             return;
         }
+        if l.config.on_demand
+            && let Some(name) = name
+            && on_demand_candidate(l, &name)
+        {
+            // Waits (within the handshake timeout) for the one order of this name; the
+            // resolver then serves what it issued. Refused or failed: the fallback.
+            let left = l.config.handshake_timeout.saturating_sub(start.elapsed());
+            let _ = tokio::time::timeout(left, crate::sni::ondemand::obtain(&name)).await;
+        }
     }
-    let start = Instant::now();
     let counted = Counted::new(tcp, hello, l);
     let acceptor = TlsAcceptor::from(Arc::clone(&l.tls));
-    let tls = match tokio::time::timeout(l.config.handshake_timeout, acceptor.accept(counted)).await {
+    let left = l.config.handshake_timeout.saturating_sub(start.elapsed());
+    let tls = match tokio::time::timeout(left, acceptor.accept(counted)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             l.metrics.handshake_error.increment(1);
@@ -133,6 +143,20 @@ async fn connection(
     }
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     serve_http(snapshot, index, tls, h2, conn, guard, shutdown).await;
+}
+
+/// Whether a hello for `name` may order a certificate on demand: no certificate of the
+/// listener covers it, none was issued for it since the snapshot, and it is not an ACME
+/// server's TLS-ALPN-01 validation of a pending order (which must not wait for itself).
+fn on_demand_candidate(l: &ListenerSnap, name: &str) -> bool {
+    let mut buf = [0u8; crate::sni::MAX_NAME];
+    let Some(name) = crate::sni::normalise(name, &mut buf) else { return false };
+    matches!(
+        l.certs.lookup(Some(name)),
+        crate::sni::Selection::Default { miss: crate::sni::Miss::Unknown, .. }
+            | crate::sni::Selection::Rejected(crate::sni::Miss::Unknown)
+    ) && crate::sni::ondemand::issued(name).is_none()
+        && crate::sni::alpn::answer(name).is_none()
 }
 
 /// Reads the ClientHello into `buf` and returns its SNI (`Some(None)`: a hello without

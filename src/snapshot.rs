@@ -265,7 +265,8 @@ impl Snapshot {
     }
 }
 
-fn certified_key(entry: &CertEntry, send_root: bool) -> Result<Arc<CertifiedKey>, String> {
+/// The rustls form of a store entry (`send_root`: the root after the intermediates).
+pub fn certified_key(entry: &CertEntry, send_root: bool) -> Result<Arc<CertifiedKey>, String> {
     let mut chain: Vec<CertificateDer<'static>> = entry.served_chain().into_iter().map(CertificateDer::from).collect();
     if send_root && let Some(root) = &entry.chain.root {
         chain.push(CertificateDer::from(root.der.clone()));
@@ -538,7 +539,8 @@ fn assemble(
         let has_passthrough = routes.iter().any(|r| matches!(r.handler, Handler::Passthrough(_)));
         let has_http = routes.iter().any(|r| matches!(r.handler, Handler::Http(_)));
 
-        let resolver = Resolver { map: Arc::clone(&certs), counters: SniCounters::new(&l.name) };
+        let resolver =
+            Resolver { map: Arc::clone(&certs), counters: SniCounters::new(&l.name), on_demand: l.on_demand };
         let mut tls = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| Error::Tls(e.to_string()))?

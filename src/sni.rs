@@ -9,6 +9,7 @@
 //! what `snapshot` hands it (tests/layering.rs keeps it below `snapshot`).
 
 pub mod alpn;
+pub mod ondemand;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -330,6 +331,9 @@ impl Served {
 pub struct Resolver {
     pub map: Arc<CertMap>,
     pub counters: SniCounters,
+    /// The listener orders certificates on demand: an unknown name may have one issued
+    /// since this map was built.
+    pub on_demand: bool,
 }
 
 impl fmt::Debug for Resolver {
@@ -350,6 +354,15 @@ impl ResolvesServerCert for Resolver {
         }
         let selection = self.map.lookup(hello.server_name());
         let c = &self.counters;
+        if self.on_demand
+            && let Selection::Default { miss: Miss::Unknown, .. } | Selection::Rejected(Miss::Unknown) = selection
+            && let Some(name) = hello.server_name()
+            && let Some(name) = normalise(name, &mut [0u8; MAX_NAME])
+            && let Some(key) = ondemand::issued(name)
+        {
+            c.matched.increment(1);
+            return Some(key);
+        }
         match &selection {
             Selection::Exact(_) | Selection::Wildcard(_) => c.matched.increment(1),
             Selection::Default { miss: Miss::NoSni, .. } => c.no_sni_default.increment(1),

@@ -153,6 +153,10 @@ pub struct AcmeMeta {
     /// The challenge type it was ordered with ("tls-alpn-01"); absent: the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenge: Option<String>,
+    /// Ordered at a client's first handshake (`[acme.on_demand]`): counts towards
+    /// `max_certificates`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
 }
 
 fn is_zero(n: &u32) -> bool {

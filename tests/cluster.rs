@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::pebble::{Pebble, served, wait_for};
-use common::{BIN, Env, Proc, free_port, metric, openssl_ok};
+use common::{BIN, Env, Proc, free_port, metric, openssl_ok, served_der};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -279,19 +279,6 @@ impl Drop for KeepOnPanic<'_> {
 /// The serial a node serves for `sni` (openssl s_client), if the handshake succeeds.
 fn serial(port: u16, sni: &str) -> Option<String> {
     served(port, sni).map(|(s, _)| s)
-}
-
-/// The leaf certificate (DER) a node serves for `sni`, by an in-process rustls client:
-/// a fast poll for timing, compared byte for byte with what openssl made.
-fn served_der(port: u16, sni: &str) -> Option<Vec<u8>> {
-    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).ok()?;
-    let mut conn = rustls::ClientConnection::new(common::any_cert_client(), name).ok()?;
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).ok()?;
-    }
-    Some(conn.peer_certificates()?.first()?.to_vec())
 }
 
 /// A TCP forwarder on a free port: round-robin over `targets`; `cut` closes every
@@ -654,11 +641,6 @@ fn quorum_loss_partition_compaction_and_cold_start() {
     });
 }
 
-/// Orders pebble has taken so far.
-fn orders(pebble: &Pebble) -> usize {
-    fs::read_to_string(pebble.dir.join("pebble.log")).unwrap_or_default().matches("Added order").count()
-}
-
 /// The serials node `n` serves for the ACME hostnames (None: not all served yet).
 fn acme_serials(n: &Node, hosts: &[String]) -> Option<Vec<String>> {
     hosts.iter().map(|h| served(n.tls, h).filter(|(_, i)| i.contains("Pebble")).map(|(s, _)| s)).collect()
@@ -705,9 +687,9 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     // Round 1 (first issuance) and round 2 (renewal): ten orders each, from one node.
     let none = vec![String::new(); 10];
     let r1 = next_round(&c, &hosts, &none, 90);
-    assert_eq!(orders(&pebble), 10, "round 1: one order per certificate");
+    assert_eq!(pebble.orders(), 10, "round 1: one order per certificate");
     let r2 = next_round(&c, &hosts, &r1, 60);
-    assert_eq!(orders(&pebble), 20, "round 2: one order per certificate");
+    assert_eq!(pebble.orders(), 20, "round 2: one order per certificate");
 
     // Failover: the renewer is killed (-9) in the middle of round 3's first order;
     // another node completes the round within the lease TTL and a few seconds.
@@ -721,7 +703,7 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     let log = c.nodes[dead].log();
     let in_flight = log.rsplit("order placed for ").next().unwrap().lines().next().unwrap().trim().to_owned();
     let k = hosts.iter().position(|h| *h == in_flight).unwrap();
-    let before = orders(&pebble);
+    let before = pebble.orders();
     // The order cut off is completed by the next renewer within the lease TTL and a few
     // seconds (each certificate is committed as soon as it is issued).
     wait_for(30, "the cut-off order completed elsewhere", || {
@@ -740,7 +722,7 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     let r3 = next_round(&c, &hosts, &r2, 60);
     // The order in flight was recorded: the new renewer resumes it instead of ordering
     // again, so round 3 takes no extra order (at most one if the kill beat the record).
-    let round3 = orders(&pebble) - before;
+    let round3 = pebble.orders() - before;
     println!("failover: round 3 took {round3} new orders after the kill (+1 in flight)");
     assert!((9..=10).contains(&round3), "round 3 took {round3} orders after the kill");
     let resumed = c.nodes.iter().filter(|n| n.daemon.is_some()).any(|n| n.log().contains("resuming the order"));
@@ -752,7 +734,7 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     let paused = r[0];
     let placed = c.nodes[paused].log().matches("order placed").count();
     wait_for(40, "round 4 starts", || (c.nodes[paused].log().matches("order placed").count() > placed).then_some(()));
-    let before = orders(&pebble);
+    let before = pebble.orders();
     let pid = c.nodes[paused].pid().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     // A paused node accepts connections and never answers: the load balancer's health
@@ -782,7 +764,7 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
         (acme_serials(&c.nodes[paused], &hosts)? == theirs && theirs.iter().zip(&r3).all(|(a, b)| a != b)).then_some(())
     });
     // One extra order at most: the one the paused renewer had in flight.
-    let round4 = orders(&pebble) - before;
+    let round4 = pebble.orders() - before;
     println!("fencing: round 4 took {round4} orders after the pause (+1 in flight)");
     assert!((9..=10).contains(&round4), "round 4 took {round4} orders");
     // Nothing duplicated: one entry per certificate.
@@ -795,12 +777,12 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     c.etcd.kill(1);
     c.etcd.kill(2);
     wait_for(20, "no renewer without quorum", || c.renewers().is_empty().then_some(()));
-    let frozen = orders(&pebble);
+    let frozen = pebble.orders();
     let line = wait_for(40, "an error alert from a node cut off", || {
         fs::read_to_string(&alerts).ok().and_then(|t| t.lines().find(|l| l.starts_with("error c")).map(str::to_owned))
     });
     println!("alert while cut off: {line}");
-    assert_eq!(orders(&pebble), frozen, "an order without quorum");
+    assert_eq!(pebble.orders(), frozen, "an order without quorum");
     for n in c.nodes.iter().filter(|n| n.daemon.is_some()) {
         assert!(acme_serials(n, &hosts).is_some(), "{} stopped serving", n.name);
     }
@@ -835,7 +817,7 @@ fn tls_alpn_01_is_answered_by_every_node() {
     let acme = pebble.acme_section_on("[]", "[[acme.certificate]]\nhostnames = [\"alpn.test\"]");
     let c = Cluster::start(tls, [0; 3], |_, e| Cluster::endpoints_list(e), |_, _| acme.clone());
     issued_everywhere(&c, "alpn.test");
-    assert_eq!(orders(&pebble), 1, "one order");
+    assert_eq!(pebble.orders(), 1, "one order");
     let renewer = c.renewers();
     assert_eq!(renewer.len(), 1);
     assert!(c.nodes[renewer[0]].log().contains("alpn.test: tls-alpn-01 challenge ready"));
@@ -858,7 +840,7 @@ fn dns_01_wildcard_by_the_renewer_served_by_all() {
     );
     let c = Cluster::start([0; 3], [0; 3], |_, e| Cluster::endpoints_list(e), |_, _| acme.clone());
     issued_everywhere(&c, "x.example.test");
-    assert_eq!(orders(&pebble), 1, "one order, by the renewer alone");
+    assert_eq!(pebble.orders(), 1, "one order, by the renewer alone");
     let placed: Vec<usize> = (0..3).filter(|&i| c.nodes[i].log().contains("TXT record _acme-challenge")).collect();
     assert_eq!(placed, c.renewers(), "only the renewer ran the DNS command");
     wait_for(10, "TXT records removed", || {

@@ -376,6 +376,7 @@ impl Pass<'_> {
                 listeners,
                 replace: true,
                 challenge: c.challenge,
+                on_demand: false,
             };
             if !self.may_order().await {
                 return;

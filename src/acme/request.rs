@@ -90,6 +90,8 @@ pub struct RequestParams {
     pub replace: bool,
     /// `None`: the configuration's default ([`AcmeConfig::default_challenge`]).
     pub challenge: Option<Challenge>,
+    /// Ordered on demand (recorded in the entry's meta).
+    pub on_demand: bool,
 }
 
 /// Validates `--hostname` values: FQDNs, lowercase, each once; wildcards only for DNS-01.
@@ -216,6 +218,7 @@ pub async fn request(
         hostnames: hostnames.clone(),
         directory: acme.directory.clone(),
         challenge: params.challenge.map(|c| c.as_str().to_owned()),
+        on_demand: params.on_demand,
         last_attempt: Some(now_seconds()),
         last_result: Some("ok".into()),
         ..AcmeMeta::default()

@@ -153,5 +153,5 @@ pub fn acme_request(
     let hostnames =
         crate::acme::check_hostnames(hostnames, wildcards).map_err(|e| Error::Hostnames(format!("{e:#}")))?;
     let listeners = ops::checked_listeners(config, listeners)?;
-    Ok(crate::acme::RequestParams { hostnames, key_type, name, listeners, replace, challenge })
+    Ok(crate::acme::RequestParams { hostnames, key_type, name, listeners, replace, challenge, on_demand: false })
 }

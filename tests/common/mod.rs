@@ -423,6 +423,19 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     }
 }
 
+/// The leaf certificate (DER) served for `sni`, through an in-process rustls client
+/// that accepts any certificate: a fast poll, compared byte for byte by the callers.
+pub fn served_der(port: u16, sni: &str) -> Option<Vec<u8>> {
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).ok()?;
+    let mut conn = rustls::ClientConnection::new(any_cert_client(), name).ok()?;
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(15))).ok()?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).ok()?;
+    }
+    Some(conn.peer_certificates()?.first()?.to_vec())
+}
+
 /// A client that accepts any certificate and offers HTTP/1.1 by ALPN.
 pub fn any_cert_client() -> std::sync::Arc<rustls::ClientConfig> {
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());

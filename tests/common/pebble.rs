@@ -159,6 +159,11 @@ impl Pebble {
         )
     }
 
+    /// Orders pebble has taken so far.
+    pub fn orders(&self) -> usize {
+        fs::read_to_string(self.dir.join("pebble.log")).unwrap_or_default().matches("Added order").count()
+    }
+
     pub fn stop(&mut self) {
         self.procs.clear();
     }
