@@ -93,6 +93,20 @@ mod file {
         #[serde(default)]
         pub certificate: Vec<AcmeCertificate>,
         pub on_demand: Option<OnDemand>,
+        #[serde(default)]
+        pub dns_update: Vec<DnsUpdate>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct DnsUpdate {
+        pub zone: String,
+        pub server: String,
+        pub key_name: String,
+        pub algorithm: Option<String>,
+        pub secret_file: String,
+        pub check_servers: Option<Vec<String>>,
+        pub propagation_timeout_secs: Option<u64>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -332,6 +346,41 @@ pub struct Acme {
     pub dns_wait: Duration,
     /// `[acme.on_demand]`: which unknown names listeners with `on_demand` may order.
     pub on_demand: Option<OnDemand>,
+    /// `[[acme.dns_update]]`: zones whose DNS-01 records are placed by RFC 2136 updates.
+    pub dns_updates: Vec<DnsUpdate>,
+}
+
+/// One `[[acme.dns_update]]`: a zone whose primary takes TSIG-signed RFC 2136 updates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsUpdate {
+    /// Lowercase, without the trailing dot.
+    pub zone: String,
+    /// The zone's primary.
+    pub server: SocketAddr,
+    pub key_name: String,
+    /// hmac-sha256, hmac-sha384 or hmac-sha512.
+    pub algorithm: String,
+    /// The base64 TSIG secret (as `tsig-keygen` prints it), read at each use.
+    pub secret_file: PathBuf,
+    /// Queried until each serves the record; empty: the zone's NS (port 53).
+    pub check_servers: Vec<SocketAddr>,
+    pub propagation_timeout: Duration,
+}
+
+impl Acme {
+    /// The `[[acme.dns_update]]` zone that holds `name`'s records (the longest match).
+    pub fn dns_update_for(&self, name: &str) -> Option<&DnsUpdate> {
+        let name = name.trim_start_matches("*.");
+        self.dns_updates
+            .iter()
+            .filter(|u| name == u.zone || name.strip_suffix(&u.zone).is_some_and(|rest| rest.ends_with('.')))
+            .max_by_key(|u| u.zone.len())
+    }
+
+    /// Whether DNS-01 can place a record for `name` (a zone, or the command for any).
+    pub fn dns_01_covers(&self, name: &str) -> bool {
+        self.dns_command.is_some() || self.dns_update_for(name).is_some()
+    }
 }
 
 /// `[acme.on_demand]`: certificates ordered at the first handshake for a name, for the
@@ -986,10 +1035,13 @@ fn acme_config(
                 None
             }
         };
-        if challenge == Some(Challenge::Dns01) && a.dns_command.as_deref().is_none_or(|c| c.trim().is_empty()) {
+        if challenge == Some(Challenge::Dns01)
+            && a.dns_command.as_deref().is_none_or(|c| c.trim().is_empty())
+            && a.dns_update.is_empty()
+        {
             certificate_errors.push(invalid(
                 key("challenge"),
-                "dns-01 needs [acme] dns_command (the command that places the TXT record)".into(),
+                "dns-01 needs [[acme.dns_update]] (RFC 2136) or [acme] dns_command to place the TXT record".into(),
             ));
         }
         if c.hostnames.is_empty() {
@@ -1042,8 +1094,18 @@ fn acme_config(
     }
     let dns_command = a.dns_command.filter(|c| !c.trim().is_empty());
     let on_demand = a.on_demand.and_then(|o| on_demand_config(o, invalid, errors));
+    let mut dns_updates: Vec<DnsUpdate> = Vec::new();
+    for (i, u) in a.dns_update.into_iter().enumerate() {
+        if let Some(d) = dns_update_config(u, i, base, invalid, errors) {
+            if dns_updates.iter().any(|o| o.zone == d.zone) {
+                errors.push(invalid(format!("acme.dns_update[{i}].zone"), format!("{:?} is listed twice", d.zone)));
+            }
+            dns_updates.push(d);
+        }
+    }
     (errors.len() == before).then(|| Acme {
         on_demand,
+        dns_updates,
         default_challenge,
         dns_command,
         dns_wait: Duration::from_secs(dns_wait),
@@ -1057,6 +1119,59 @@ fn acme_config(
         reuse_key: a.reuse_key.unwrap_or(false),
         eab,
         certificates,
+    })
+}
+
+/// One `[[acme.dns_update]]`, checked field by field.
+fn dns_update_config(
+    u: file::DnsUpdate,
+    i: usize,
+    base: &Path,
+    invalid: &dyn Fn(String, String) -> Error,
+    errors: &mut Vec<Error>,
+) -> Option<DnsUpdate> {
+    let before = errors.len();
+    let key = |k: &str| format!("acme.dns_update[{i}].{k}");
+    let zone = u.zone.trim_end_matches('.').to_ascii_lowercase();
+    if let Err(e) = crate::pki::validate_dns_pattern(&zone)
+        .and_then(|()| if zone.contains('*') { Err("a zone name, not a wildcard".into()) } else { Ok(()) })
+    {
+        errors.push(invalid(key("zone"), format!("{:?}: {e}", u.zone)));
+    }
+    let addr = |k: &str, v: &str, errors: &mut Vec<Error>| match v.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errors.push(invalid(key(k), format!("{v:?} is not an address:port (e.g. 192.0.2.53:53)")));
+            None
+        }
+    };
+    let server = addr("server", &u.server, errors);
+    let mut check_servers = Vec::new();
+    for c in u.check_servers.iter().flatten() {
+        check_servers.extend(addr("check_servers", c, errors));
+    }
+    if u.key_name.trim().is_empty() || crate::pki::validate_dns_pattern(u.key_name.trim_end_matches('.')).is_err() {
+        errors.push(invalid(key("key_name"), format!("{:?}: a TSIG key name (e.g. acme-update)", u.key_name)));
+    }
+    let algorithm = u.algorithm.unwrap_or_else(|| "hmac-sha256".into()).to_ascii_lowercase();
+    if !["hmac-sha256", "hmac-sha384", "hmac-sha512"].contains(&algorithm.as_str()) {
+        errors.push(invalid(key("algorithm"), format!("{algorithm:?}: one of hmac-sha256, hmac-sha384, hmac-sha512")));
+    }
+    if u.secret_file.trim().is_empty() {
+        errors.push(invalid(key("secret_file"), "must name the file holding the base64 TSIG secret".into()));
+    }
+    let timeout = u.propagation_timeout_secs.unwrap_or(120);
+    if !(1..=3600).contains(&timeout) {
+        errors.push(invalid(key("propagation_timeout_secs"), format!("{timeout}: expected 1 to 3600")));
+    }
+    (errors.len() == before).then(|| DnsUpdate {
+        zone,
+        server: server.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 53))),
+        key_name: u.key_name.trim_end_matches('.').to_owned(),
+        algorithm,
+        secret_file: base.join(u.secret_file),
+        check_servers,
+        propagation_timeout: Duration::from_secs(timeout),
     })
 }
 

@@ -302,7 +302,10 @@ fn invalid_requests_are_refused_before_any_order() {
     for (args, expect) in [
         (vec!["--hostname", "localhost"], "--hostname \"localhost\": not a fully qualified domain name"),
         (vec!["--hostname", "*.example.com"], "a wildcard name needs challenge = \"dns-01\""),
-        (vec!["--hostname", "*.example.com", "--challenge", "dns-01"], "--challenge dns-01: needs [acme] dns_command"),
+        (
+            vec!["--hostname", "*.example.com", "--challenge", "dns-01"],
+            "--challenge dns-01: no [[acme.dns_update]] zone holds *.example.com",
+        ),
         (vec!["--hostname", "ok.example.com", "--challenge", "dns-02"], "--challenge \"dns-02\""),
         (vec!["--hostname", "a..b.example"], "--hostname \"a..b.example\""),
         (vec!["--hostname", "10.0.0.1"], "an IP address"),
@@ -491,4 +494,90 @@ fn dns_01_wildcard_through_nsupdate_to_knot() {
     ]);
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains("dns_command present") && run.stderr.contains("BADSIG"), "{}", run.stderr);
+}
+
+#[test]
+fn dns_01_by_rfc2136_with_tsig_and_a_propagation_check() {
+    let env = Env::initialised();
+    let (_knot, dns_port, secret) = knot(&env);
+    let pebble = Pebble::start_with_dns(&env, 7_776_000, dns_port);
+    // The key as `tsig-keygen` prints it; a bare secret works too (the wrong one below).
+    env.write(
+        "tsig.key",
+        &format!("key \"portcullis-test\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{secret}\";\n}};\n"),
+    );
+    env.write("wrong.key", "d3JvbmctdHNpZy1rZXktZm9yLXRoZS10ZXN0LXpvbmU=\n");
+    let config = |name: &str, key: &str, check: &str| {
+        env.write(
+            name,
+            &pebble.acme_section_on(
+                "[]",
+                &format!(
+                    "[[acme.dns_update]]\nzone = \"example.test\"\nserver = \"127.0.0.1:{dns_port}\"\n\
+                     key_name = \"portcullis-test\"\nsecret_file = \"{}\"\ncheck_servers = [{check}]\npropagation_timeout_secs = 3\n",
+                    env.path(key).display()
+                ),
+            ),
+        )
+    };
+    let request = |cfg: &std::path::Path, hostnames: &[&str]| {
+        let mut args = vec!["--config", cfg.to_str().unwrap(), "acme", "request", "--challenge", "dns-01"];
+        for h in hostnames {
+            args.extend(["--hostname", h]);
+        }
+        env.run(&args)
+    };
+    let good = config("good.toml", "tsig.key", &format!("\"127.0.0.1:{dns_port}\""));
+    let run = request(&good, &["*.example.test", "example.test"]);
+    run.ok();
+    assert!(run.stderr.contains("(RFC 2136)"), "{}", run.stderr);
+    assert!(run.stderr.contains("served by every authoritative server of example.test"), "{}", run.stderr);
+    // openssl reads the issued certificate: both names, issued by pebble.
+    let list = env.list();
+    let id = list.iter().find(|c| c["source"] == "acme").expect("an acme entry")["id"].as_str().unwrap().to_owned();
+    let cert = env.store().join("certs").join(&id).join("cert.pem");
+    let text = common::openssl_ok(&["x509", "-noout", "-text", "-in", cert.to_str().unwrap()], None);
+    assert!(text.contains("DNS:*.example.test") && text.contains("DNS:example.test"), "{text}");
+    assert!(text.contains("Pebble"), "{text}");
+    // The records were removed after validation (dig at the zone's server).
+    assert_eq!(txt(dns_port, "_acme-challenge.example.test"), "");
+    // A wrong TSIG key: refused by the server, whose answer is named; nothing stored.
+    let before = env.tree();
+    let wrong = config("wrong.toml", "wrong.key", &format!("\"127.0.0.1:{dns_port}\""));
+    let run = request(&wrong, &["w.example.test"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("[acme.dns_update] adding TXT _acme-challenge.w.example.test")
+            && run.stderr.contains(&format!("127.0.0.1:{dns_port}"))
+            && run.stderr.contains("TSIG BADSIG"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("d3JvbmctdHNp"), "the secret was printed: {}", run.stderr);
+    assert_eq!(env.tree(), before);
+    // A server that never serves the record (nothing listens there): the order fails
+    // after the propagation timeout naming it, and the record is removed anyway.
+    let lagging = free_port();
+    let slow = config("slow.toml", "tsig.key", &format!("\"127.0.0.1:{dns_port}\", \"127.0.0.1:{lagging}\""));
+    let run = request(&slow, &["p.example.test"]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("_acme-challenge.p.example.test: not served by 127.0.0.1:{lagging} after 3 s")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(txt(dns_port, "_acme-challenge.p.example.test"), "");
+    assert_eq!(env.tree(), before);
+    // Config errors name the key.
+    let bad = env.write(
+        "bad.toml",
+        &pebble.acme_section_on(
+            "[]",
+            "[[acme.dns_update]]\nzone = \"example.test\"\nserver = \"nowhere\"\nkey_name = \"k\"\nsecret_file = \"x\"\nalgorithm = \"hmac-md5\"\n",
+        ),
+    );
+    let run = env.run(&["--config", bad.to_str().unwrap(), "check-config"]);
+    assert_eq!(run.code, Some(1));
+    assert!(run.stderr.contains("acme.dns_update[0].server: \"nowhere\" is not an address:port"), "{}", run.stderr);
+    assert!(run.stderr.contains("acme.dns_update[0].algorithm: \"hmac-md5\""), "{}", run.stderr);
 }

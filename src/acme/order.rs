@@ -105,21 +105,16 @@ pub(super) async fn issue(
                         }
                     }
                     Challenge::Dns01 => {
-                        let command = acme.dns_command.as_deref().ok_or_else(|| {
-                            anyhow!("{name}: dns-01 needs [acme] dns_command (the command that places the TXT record)")
-                        })?;
                         let domain = name.trim_start_matches("*.").to_owned();
                         let record = super::dns::Record {
                             name: format!("_acme-challenge.{domain}"),
                             value: key_auth.dns_value(),
                             domain,
                         };
-                        super::dns::run(command, "present", &record).await?;
-                        progress(&format!("{name}: TXT record {} placed", record.name));
+                        // Removed afterwards even if placing it failed half-way.
+                        let placed = super::dns::present(acme, &record, progress).await;
                         dns_records.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(record);
-                        if !acme.dns_wait.is_zero() {
-                            tokio::time::sleep(acme.dns_wait).await;
-                        }
+                        placed?;
                     }
                     Challenge::TlsAlpn01 => {
                         alpn_guards.push(responder.challenges.publish_alpn(
@@ -195,12 +190,10 @@ pub(super) async fn issue(
     .await;
     // The TXT records go, also when the order failed.
     let records = std::mem::take(&mut *dns_records.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-    if let Some(command) = acme.dns_command.as_deref() {
-        for record in &records {
-            match super::dns::run(command, "cleanup", record).await {
-                Ok(()) => progress(&format!("TXT record {} removed", record.name)),
-                Err(e) => progress(&format!("{e:#}")),
-            }
+    for record in &records {
+        match super::dns::cleanup(acme, record).await {
+            Ok(()) => progress(&format!("TXT record {} removed", record.name)),
+            Err(e) => progress(&format!("{e:#}")),
         }
     }
     // Finished either way: a successor starts afresh (a failure is retried with backoff).

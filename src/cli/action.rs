@@ -142,16 +142,17 @@ pub fn acme_request(
 ) -> Result<crate::acme::RequestParams, Error> {
     let key_type = key.map(super::args::key_type).transpose()?;
     let challenge = challenge.map(super::args::challenge).transpose()?;
-    if challenge == Some(crate::config::Challenge::Dns01)
-        && config.acme.as_ref().is_some_and(|a| a.dns_command.is_none())
-    {
-        return Err(Error::Hostnames(
-            "--challenge dns-01: needs [acme] dns_command (the command that places the TXT record)".into(),
-        ));
-    }
     let wildcards = challenge == Some(crate::config::Challenge::Dns01);
     let hostnames =
         crate::acme::check_hostnames(hostnames, wildcards).map_err(|e| Error::Hostnames(format!("{e:#}")))?;
+    if wildcards
+        && let Some(acme) = &config.acme
+        && let Some(h) = hostnames.iter().find(|h| !acme.dns_01_covers(h))
+    {
+        return Err(Error::Hostnames(format!(
+            "--challenge dns-01: no [[acme.dns_update]] zone holds {h} and there is no [acme] dns_command to place its TXT record"
+        )));
+    }
     let listeners = ops::checked_listeners(config, listeners)?;
     Ok(crate::acme::RequestParams { hostnames, key_type, name, listeners, replace, challenge, on_demand: false })
 }
