@@ -148,8 +148,7 @@ fn signer(zone: &DnsUpdate) -> Result<TSigner> {
     let secret = text
         .split('"')
         .map(str::trim)
-        .filter(|t| !t.is_empty() && !t.contains(char::is_whitespace) && !t.contains(['{', '}', ';']))
-        .next_back()
+        .rfind(|t| !t.is_empty() && !t.contains(char::is_whitespace) && !t.contains(['{', '}', ';']))
         .unwrap_or_else(|| text.trim());
     let key = base64::engine::general_purpose::STANDARD
         .decode(secret)
