@@ -27,6 +27,7 @@ pub(super) async fn issue(
     key: &mut PrivateKey,
     challenge_type: Challenge,
     responder: &Responder,
+    replaces: Option<&[u8]>,
     progress: Progress<'_>,
 ) -> Result<String> {
     let record_id = record_id(hostnames);
@@ -58,7 +59,7 @@ pub(super) async fn issue(
         let mut order = if let Some(o) = resumed {
             o
         } else {
-            let o = place(&account, &ids, acme, store_dir, progress).await?;
+            let o = place(&account, &ids, replaces, acme, store_dir, progress).await?;
             if let Some(c) = &responder.cluster {
                 let rec = OrderRecord { url: o.url().to_owned(), key_pem: key.to_pem() };
                 c.cluster.record_order(&record_id, &serde_json::to_vec(&rec)?, c.fence.as_ref()).await?;
@@ -218,14 +219,31 @@ fn record_id(hostnames: &[String]) -> String {
     hex::encode(&sha2::Sha256::digest(hostnames.join("\n").as_bytes())[..16])
 }
 
-/// Places a new order; a CA that forgot the account gets a new one first.
+/// Places a new order; a CA that forgot the account gets a new one first. A renewal
+/// names the certificate it replaces (`replaces`, RFC 9773 §5) when the CA offers ARI,
+/// so the CA can exempt it from rate limits; refused that way, it is placed plainly.
 async fn place(
     account: &instant_acme::Account,
     ids: &[Identifier],
+    replaces: Option<&[u8]>,
     acme: &AcmeConfig,
     store_dir: &Path,
     progress: Progress<'_>,
 ) -> Result<instant_acme::Order> {
+    let old = replaces.map(|der| rustls_pki_types::CertificateDer::from(der.to_vec()));
+    if let Some(id) = old.as_ref().and_then(|c| instant_acme::CertificateIdentifier::try_from(c).ok()) {
+        match account.new_order(&NewOrder::new(ids).replaces(id)).await {
+            Ok(o) => {
+                progress("order placed as the replacement of the current certificate (ARI)");
+                return Ok(o);
+            }
+            // No renewalInfo in the directory: nothing was sent.
+            Err(instant_acme::Error::Unsupported(_)) => {}
+            Err(e) => {
+                progress(&format!("the CA refused the order as a replacement ({}); placing it plainly", describe(&e)))
+            }
+        }
+    }
     Ok(match account.new_order(&NewOrder::new(ids)).await {
         Err(instant_acme::Error::Api(p))
             if p.r#type.as_deref().is_some_and(|t| t.ends_with(":accountDoesNotExist")) =>

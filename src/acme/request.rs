@@ -212,7 +212,7 @@ pub async fn request(
     let key_type = params.key_type.unwrap_or(acme.key_type);
     let mut key = key_type.generate()?;
     let challenge = params.challenge.unwrap_or(acme.default_challenge);
-    let chain = issue(acme, store_dir, &hostnames, key_type, &mut key, challenge, responder, progress).await?;
+    let chain = issue(acme, store_dir, &hostnames, key_type, &mut key, challenge, responder, None, progress).await?;
     let (cert_pem, chain_pem, info) = split_chain(&chain, &key)?;
     let meta = AcmeMeta {
         hostnames: hostnames.clone(),
@@ -303,7 +303,20 @@ async fn renew_as(
     progress(&format!("renewing {} ({}) for {}", entry.id, entry.meta.friendly_name, meta.hostnames.join(", ")));
     // The challenge it was ordered with, unless that one is no longer known here.
     let challenge = meta.challenge.as_deref().and_then(|c| Challenge::parse(c).ok()).unwrap_or(acme.default_challenge);
-    let result = issue(acme, store_dir, &meta.hostnames, key_type, &mut key, challenge, responder, progress).await;
+    // A reissue for other names is a new certificate, not a replacement of this one.
+    let replaces = (!reissue).then(|| entry.leaf_der());
+    let result = issue(
+        acme,
+        store_dir,
+        &meta.hostnames,
+        key_type,
+        &mut key,
+        challenge,
+        responder,
+        replaces.as_deref(),
+        progress,
+    )
+    .await;
     meta.last_attempt = Some(now_seconds());
     meta.directory = acme.directory.clone();
     let (store_dir, id, name) = (store_dir.to_owned(), entry.id.clone(), entry.meta.friendly_name.clone());
