@@ -191,8 +191,11 @@ impl Cluster {
             fs::create_dir_all(&dir).unwrap();
             let tls = if tls == 0 { free_port() } else { tls };
             let node = Node { name: format!("n{i}"), dir, tls, admin: free_port(), http, daemon: None };
+            let extra = extra(i, &node);
+            // The listener orders on demand where the node's [acme] says which names may be.
+            let on_demand = if extra.contains("[acme.on_demand]") { "on_demand = true\n" } else { "" };
             let text = format!(
-                "[store]\ndir = \"store\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{}\"]\n\
+                "[store]\ndir = \"store\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n[[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{}\"]\n{on_demand}\
                  [[route]]\nhosts = [\"*\"]\nhandler = {{ type = \"static\", body = \"hello\\n\" }}\n\
                  [cluster]\netcd = [{}]\nnode = \"{}\"\nsecret_key_file = \"{}\"\n{}",
                 node.admin,
@@ -200,7 +203,7 @@ impl Cluster {
                 etcd_for(i, &etcd),
                 node.name,
                 key.display(),
-                extra(i, &node)
+                extra
             );
             fs::write(node.config(), text).unwrap();
             nodes.push(node);
@@ -814,13 +817,31 @@ fn tls_alpn_01_is_answered_by_every_node() {
     let _keep = KeepOnPanic(&env);
     let tls = [free_port(), free_port(), free_port()];
     let _fwd = Forwarder::start(fwd_port, tls.to_vec());
-    let acme = pebble.acme_section_on("[]", "[[acme.certificate]]\nhostnames = [\"alpn.test\"]");
+    let acme = pebble.acme_section_on(
+        "[]",
+        "[[acme.certificate]]\nhostnames = [\"alpn.test\"]\n[acme.on_demand]\nallow = [\"*.od.test\"]",
+    );
     let c = Cluster::start(tls, [0; 3], |_, e| Cluster::endpoints_list(e), |_, _| acme.clone());
     issued_everywhere(&c, "alpn.test");
     assert_eq!(pebble.orders(), 1, "one order");
     let renewer = c.renewers();
     assert_eq!(renewer.len(), 1);
     assert!(c.nodes[renewer[0]].log().contains("alpn.test: tls-alpn-01 challenge ready"));
+    // On demand: first handshakes for one new name on all three nodes at once. One node
+    // claims the name and orders it (the others serve the fallback meanwhile); the
+    // certificate reaches every node through etcd.
+    let ports: Vec<u16> = c.nodes.iter().map(|n| n.tls).collect();
+    let first: Vec<_> = ports
+        .iter()
+        .flat_map(|&p| (0..3).map(move |_| std::thread::spawn(move || served_der(p, "shop.od.test"))))
+        .collect();
+    for t in first {
+        t.join().unwrap();
+    }
+    issued_everywhere(&c, "shop.od.test");
+    assert_eq!(pebble.orders(), 2, "one order for a name first seen on three nodes at once");
+    let ordered: Vec<usize> = (0..3).filter(|&i| c.nodes[i].log().contains("order placed for shop.od.test")).collect();
+    assert_eq!(ordered.len(), 1, "{ordered:?}");
 }
 
 #[test]
