@@ -232,6 +232,7 @@ async fn reload(
     why: &str,
 ) -> Option<Config> {
     let (inputs, shared, cache) = (inputs.clone(), shared.clone(), Arc::clone(cache));
+    let started = std::time::Instant::now();
     let rebuilt = tokio::task::spawn_blocking(move || {
         inputs.load().and_then(|(config, store)| Ok((build(&config, &store, &shared, generation, &cache)?, config)))
     })
@@ -240,6 +241,8 @@ async fn reload(
     match rebuilt {
         Ok((s, config)) => {
             publisher.publish(s);
+            // On-demand certificates stored before this build are in it now.
+            crate::sni::ondemand::forget_before(started);
             crate::metrics::reload(true);
             reloads.store(Arc::new(crate::ops::views::ReloadStatus {
                 generation,

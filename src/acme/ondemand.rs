@@ -221,8 +221,8 @@ impl Inner {
     }
 
     async fn order(&self, config: &Config, acme: &config::Acme, policy: &Policy, name: &str) -> Result<Outcome> {
-        match &config.cluster {
-            None => self.order_in(config, acme, policy, name, &self.store_dir, None).await,
+        let (outcome, key) = match &config.cluster {
+            None => self.order_in(config, acme, policy, name, &self.store_dir, None).await?,
             Some(cfg) => {
                 let cluster = crate::cluster::Cluster::connect(cfg).await?;
                 let lease = cluster.grant(300).await?;
@@ -238,13 +238,18 @@ impl Inner {
                 let committed = work.commit(&cluster, None, &self.store_dir).await;
                 cluster.release(&format!("ondemand/{name}")).await;
                 committed?;
-                out
+                out?
             }
+        };
+        // Only now is the entry in this node's store: a snapshot built from here on
+        // serves it, and the daemon forgets what it remembered before such a build.
+        if let Some(key) = key {
+            crate::sni::ondemand::remember(name, key);
         }
+        Ok(outcome)
     }
 
-    /// Orders `name` in the store at `dir` and remembers the certificate for the data
-    /// plane.
+    /// Orders `name` in the store at `dir`; the certificate for the data plane.
     async fn order_in(
         &self,
         config: &Config,
@@ -253,7 +258,7 @@ impl Inner {
         name: &str,
         dir: &std::path::Path,
         tokens: Option<ClusterTokens>,
-    ) -> Result<Outcome> {
+    ) -> Result<(Outcome, Option<Arc<rustls::sign::CertifiedKey>>)> {
         // Listeners that serve only their assigned certificates get this one assigned;
         // the others serve every certificate anyway.
         let (store_dir, on_demand, max) = (dir.to_owned(), on_demand_listeners(config), policy.max_certificates);
@@ -274,7 +279,7 @@ impl Inner {
         })
         .await?;
         if count >= max {
-            return Ok(Outcome::Deferred("max_certificates"));
+            return Ok((Outcome::Deferred("max_certificates"), None));
         }
         let params =
             RequestParams { hostnames: vec![name.to_owned()], listeners, on_demand: true, ..RequestParams::default() };
@@ -287,8 +292,7 @@ impl Inner {
         let key = crate::snapshot::certified_key(&entry, false)
             .map_err(|e| anyhow!("{}: {e}", obtained.id))
             .context("the issued certificate cannot be served")?;
-        crate::sni::ondemand::remember(name, key);
-        Ok(Outcome::Issued(obtained.action))
+        Ok((Outcome::Issued(obtained.action), Some(key)))
     }
 }
 

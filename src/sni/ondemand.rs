@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use rustls::sign::CertifiedKey;
 
-/// Issued certificates are kept here until a snapshot has them; the store's hot reload
-/// takes well under a second, so this is generous.
+/// Issued certificates are kept here until a snapshot built after them is published
+/// ([`forget_before`]); this bounds it if none is.
 const KEEP: Duration = Duration::from_secs(300);
 
 /// Orders (or declines) a certificate for a name; the future ends when a certificate
@@ -49,6 +49,15 @@ pub async fn obtain(name: &str) {
 pub fn issued(name: &str) -> Option<Arc<CertifiedKey>> {
     let map = issued_map().read().unwrap_or_else(std::sync::PoisonError::into_inner);
     map.get(name).map(|(k, _)| Arc::clone(k))
+}
+
+/// Forgets what was remembered before `instant`: a snapshot whose store read began
+/// after it serves those names (or, deleted since, no longer does).
+pub fn forget_before(instant: Instant) {
+    let mut map = issued_map().write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !map.is_empty() {
+        map.retain(|_, (_, at)| *at >= instant);
+    }
 }
 
 /// Serves `key` for `name` on on-demand listeners until the snapshot has it.
