@@ -53,6 +53,23 @@ fn build(c: &mut Criterion) {
             assert_eq!(s.listeners[0].certs.entries().len(), CERTS + 1);
         })
     });
+    // The same change as the watcher reports it: only that entry is looked at.
+    let changes = snapshot::Changes { everything: false, paths: vec![std::fs::canonicalize(&touched).unwrap()] };
+    group.bench_function("rebuild_10000_one_changed_by_path", |b| {
+        b.iter(|| {
+            let tmp = touched.with_extension("tmp");
+            #[allow(clippy::disallowed_methods)]
+            std::fs::write(&tmp, &pem).unwrap();
+            std::fs::rename(&tmp, &touched).unwrap();
+            let s = snapshot::rebuild(&config, &store, &shared, &mut cache, &changes).unwrap().expect("a change");
+            assert_eq!(s.listeners[0].certs.entries().len(), CERTS + 1);
+        })
+    });
+    // The periodic rescan of an unchanged store: every entry stat'ed, nothing built.
+    let everything = snapshot::Changes { everything: true, paths: Vec::new() };
+    group.bench_function("rescan_10000_unchanged", |b| {
+        b.iter(|| assert!(snapshot::rebuild(&config, &store, &shared, &mut cache, &everything).unwrap().is_none()))
+    });
     group.finish();
 }
 

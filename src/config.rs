@@ -533,7 +533,7 @@ pub struct Smtp {
 }
 
 /// The validated configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// The file it came from; `None` for the built-in defaults.
     pub source: Option<PathBuf>,

@@ -34,22 +34,37 @@ impl Inputs {
     }
 }
 
+/// Builds the snapshot: from every entry (`changes` = `None`: the first build and
+/// SIGHUP), or after `changes` (`Ok(None)`: nothing changed, nothing to publish).
 fn build(
     config: &Config,
     store_dir: &std::path::Path,
     shared: &TlsShared,
     generation: u64,
     cache: &std::sync::Mutex<EntryCache>,
-) -> Result<Snapshot> {
+    changes: Option<&snapshot::Changes>,
+) -> Result<Option<Snapshot>> {
     // The lock is held only while reading, so CLI writers are never blocked for long.
     // Only the first build may create the store; later ones need it to exist.
     let store = if generation == 1 { Store::open_or_create(store_dir)? } else { Store::open_existing(store_dir)? };
     let mut cache = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let snapshot = snapshot::build_cached(config, &store, shared, &mut cache).map_err(|e| anyhow!(e))?;
-    for p in &snapshot.problems {
+    let snapshot = match changes {
+        None => Some(snapshot::build_cached(config, &store, shared, &mut cache).map_err(|e| anyhow!(e))?),
+        Some(c) => snapshot::rebuild(config, &store, shared, &mut cache, c).map_err(|e| anyhow!(e))?,
+    };
+    for p in snapshot.iter().flat_map(|s| &s.problems) {
         tracing::error!(problem = %p, "store problem");
     }
     Ok(snapshot)
+}
+
+/// What a reload did.
+enum Reloaded {
+    /// A new snapshot serves; the configuration it was built from.
+    Published(Box<Config>),
+    /// Nothing a snapshot holds changed.
+    Unchanged,
+    Failed,
 }
 
 /// How often the daemon rebuilds even without events.
@@ -229,17 +244,23 @@ async fn reload(
     publisher: &Publisher,
     reloads: &ArcSwap<crate::ops::views::ReloadStatus>,
     generation: u64,
-    why: &str,
-) -> Option<Config> {
+    (why, changes): (&str, Option<snapshot::Changes>),
+) -> Reloaded {
     let (inputs, shared, cache) = (inputs.clone(), shared.clone(), Arc::clone(cache));
     let started = std::time::Instant::now();
     let rebuilt = tokio::task::spawn_blocking(move || {
-        inputs.load().and_then(|(config, store)| Ok((build(&config, &store, &shared, generation, &cache)?, config)))
+        inputs.load().and_then(|(config, store)| {
+            Ok((build(&config, &store, &shared, generation, &cache, changes.as_ref())?, config))
+        })
     })
     .await
     .unwrap_or_else(|e| Err(anyhow!("reload task failed: {e}")));
     match rebuilt {
-        Ok((s, config)) => {
+        Ok((None, _)) => {
+            tracing::debug!(trigger = why, "nothing changed");
+            Reloaded::Unchanged
+        }
+        Ok((Some(s), config)) => {
             publisher.publish(s);
             // On-demand certificates stored before this build are in it now.
             crate::sni::ondemand::forget_before(started);
@@ -249,8 +270,8 @@ async fn reload(
                 last_success: Some(crate::pki::rfc3339(time::OffsetDateTime::now_utc())),
                 ..Default::default()
             }));
-            tracing::info!(generation, trigger = why, "reloaded");
-            Some(config)
+            tracing::info!(generation, trigger = why, ms = started.elapsed().as_millis() as u64, "reloaded");
+            Reloaded::Published(Box::new(config))
         }
         Err(e) => {
             crate::metrics::reload(false);
@@ -259,7 +280,7 @@ async fn reload(
             status.last_error_at = Some(crate::pki::rfc3339(time::OffsetDateTime::now_utc()));
             reloads.store(Arc::new(status));
             tracing::error!(trigger = why, error = %format!("{e:#}"), "reload failed; still serving the last good snapshot");
-            None
+            Reloaded::Failed
         }
     }
 }
@@ -346,7 +367,7 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     crate::metrics::describe();
     let shared = TlsShared::new().map_err(|e| anyhow!("TLS session tickets: {e}"))?;
     let cache = Arc::new(std::sync::Mutex::new(EntryCache::default()));
-    let first = build(&config, &store_dir, &shared, 1, &cache)?;
+    let first = build(&config, &store_dir, &shared, 1, &cache, None)?.ok_or_else(|| anyhow!("no first snapshot"))?;
     crate::metrics::reload(true);
     let (publisher, snapshot) = Publisher::new(first);
     let reloads = Arc::new(ArcSwap::from_pointee(crate::ops::views::ReloadStatus {
@@ -465,33 +486,42 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut generation = 1;
+    // The store changed since the renewer last looked (it is told at the next rescan:
+    // a deleted [[acme.certificate]] or a failure `acme renew` recorded).
+    let mut store_changed = false;
     loop {
-        let why = tokio::select! {
+        let (why, changes) = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => "SIGHUP",
-            Some(()) = changed.recv() => {
-                while changed.try_recv().is_ok() {}
-                "file change"
+            _ = hup.recv() => ("SIGHUP", None),
+            Some(first) = changed.recv() => {
+                let mut all = first;
+                while let Ok(more) = changed.try_recv() {
+                    all.add(more);
+                }
+                ("file change", Some(all))
             }
-            _ = rescan.tick() => "periodic rescan",
+            _ = rescan.tick() => ("periodic rescan", Some(snapshot::Changes { everything: true, paths: Vec::new() })),
         };
-        generation += 1;
         // systemd waits for READY=1 after RELOADING=1 (`systemctl reload` returns then).
         crate::notify::reloading();
         if let Some(w) = watch.as_mut() {
             w.refresh(); // a conf.d/ created since
         }
-        let reloaded = reload(&inputs, &shared, &cache, &publisher, &reloads, generation, why).await;
-        crate::notify::ready(&format!("snapshot generation {generation}"));
-        if let Some(config) = reloaded {
+        let next = generation + 1;
+        let reloaded = reload(&inputs, &shared, &cache, &publisher, &reloads, next, (why, changes)).await;
+        if let Reloaded::Published(config) = reloaded {
+            generation = next;
+            store_changed = true;
             let _ = binds.apply(&config, &snapshot, &tracker, &shutdown, false).await;
             // The job runner and the ACME renewer see the new configuration (the renewer
             // acts only when [acme], [alerts] or the listeners changed).
-            let _ = config_tx.send(Arc::new(config));
-            if why != "file change" {
-                kick_renewer.notify_one();
-            }
+            let _ = config_tx.send(Arc::new(*config));
+        }
+        crate::notify::ready(&format!("snapshot generation {generation}"));
+        if why == "SIGHUP" || (why != "file change" && store_changed) {
+            kick_renewer.notify_one();
+            store_changed = false;
         }
     }
     crate::notify::stopping();

@@ -296,13 +296,17 @@ struct Cached {
     acme: Option<Arc<store::AcmeMeta>>,
     /// Its files' modes, if wrong (a key readable by others): reported until fixed.
     file_problems: Vec<String>,
+    /// Its files are damaged now; this version is the last good one (reported).
+    degraded: Option<String>,
     /// The rustls key without and with the root appended; `Err` says why it is not served.
     keys: [Result<Arc<CertifiedKey>, String>; 2],
 }
 
 /// Parsed store entries carried from one build to the next (control plane only): an
 /// entry whose files did not change is not parsed again, and an entry that became
-/// unreadable keeps its last good version.
+/// unreadable keeps its last good version. A reload after file events looks only at
+/// the entries the events name ([`Changes`]); the periodic rescan stats every entry but
+/// rebuilds nothing when nothing changed.
 #[derive(Default)]
 pub struct EntryCache {
     trust: Option<Stamp>,
@@ -312,33 +316,124 @@ pub struct EntryCache {
     /// Store directories and keys others may read, as of the last refresh.
     permissions: Vec<String>,
     entries: HashMap<String, Cached>,
+    /// Entries that could not be read, with the stamp they had: reported by every build,
+    /// read again only when their files change.
+    failed: HashMap<String, (Stamp, String)>,
+    /// What the last snapshot was built from: a rebuild that finds the same publishes
+    /// nothing.
+    last: Option<Last>,
+}
+
+struct Last {
+    config: Config,
+    state: store::State,
+    problems: Vec<String>,
+    permissions: Vec<String>,
+    /// When a certificate's validity (and so its rank) next changes, Unix seconds.
+    next_edge: i64,
+}
+
+pub use crate::watch::Changes;
+
+/// Which entries a refresh looks at.
+enum Scope {
+    All,
+    /// These ids, and every id if `relist` (entries were added or removed).
+    Some {
+        ids: std::collections::HashSet<String>,
+        relist: bool,
+    },
+}
+
+impl Scope {
+    /// The entries `changes` can have touched in the store at `root`.
+    fn of(changes: &Changes, root: &std::path::Path) -> Self {
+        if changes.everything {
+            return Self::All;
+        }
+        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
+        let mut ids = std::collections::HashSet::new();
+        let mut relist = false;
+        for p in &changes.paths {
+            let Ok(rel) = p.strip_prefix(&root) else { continue };
+            let mut parts = rel.components().map(|c| c.as_os_str().to_string_lossy());
+            match (parts.next().as_deref(), parts.next()) {
+                (Some("certs"), Some(id)) => {
+                    // A new or removed entry directory, or a file inside one.
+                    relist |= parts.next().is_none();
+                    ids.insert(id.into_owned());
+                }
+                (Some("certs"), None) => relist = true,
+                // A deletion leaves only its removal inside .staging/.
+                (Some(".staging"), Some(name)) if name.starts_with("deleted-") => relist = true,
+                // The trust pool is checked by every refresh; state.toml is read anyway.
+                _ => {}
+            }
+        }
+        Self::Some { ids, relist }
+    }
 }
 
 impl EntryCache {
-    /// Brings the cache up to date with the store; returns the problems seen.
-    fn refresh(&mut self, store: &Store) -> Result<Vec<String>, Error> {
-        let mut problems = Vec::new();
-        let mut permissions = Vec::new();
+    /// Brings the cache up to date with the store for `scope`; returns the problems seen
+    /// (of every entry, not only those looked at) and whether any entry changed.
+    fn refresh(&mut self, store: &Store, scope: Scope) -> Result<(Vec<String>, bool), Error> {
+        let mut changed = false;
         let trust = store.trust_stamp();
-        if self.trust.as_ref() != Some(&trust) {
+        let scope = if self.trust.as_ref() != Some(&trust) {
             // New roots or intermediates can change every chain.
+            changed |= self.trust.is_some();
             self.entries.clear();
+            self.failed.clear();
             self.trust_problems.clear();
             self.trust = Some(trust);
-        }
-        let mut pool = None;
-        let ids = store.cert_ids()?;
-        self.entries.retain(|id, _| ids.contains(id));
-        for id in ids {
-            let stamp = store.entry_stamp(&id);
-            if let Some(c) = self.entries.get(&id).filter(|c| c.stamp == stamp) {
-                // Unchanged, and still reported until fixed.
-                if let Err(why) = &c.keys[0] {
-                    problems.push(format!("{}: not served: {why}", store.cert_dir(&id).display()));
+            Scope::All
+        } else {
+            scope
+        };
+        let look_at: Vec<String> = match scope {
+            Scope::All => {
+                let ids = store.cert_ids()?;
+                let listed: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+                let before = self.entries.len() + self.failed.len();
+                self.entries.retain(|id, _| listed.contains(id.as_str()));
+                self.failed.retain(|id, _| listed.contains(id.as_str()));
+                changed |= self.entries.len() + self.failed.len() != before;
+                ids
+            }
+            Scope::Some { mut ids, relist } => {
+                if relist {
+                    let listed = store.cert_ids()?;
+                    let set: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
+                    let before = self.entries.len() + self.failed.len();
+                    self.entries.retain(|id, _| set.contains(id.as_str()));
+                    self.failed.retain(|id, _| set.contains(id.as_str()));
+                    changed |= self.entries.len() + self.failed.len() != before;
+                    for id in &listed {
+                        if !self.entries.contains_key(id) && !self.failed.contains_key(id) {
+                            ids.insert(id.clone());
+                        }
+                    }
                 }
-                permissions.extend(c.file_problems.iter().cloned());
+                let mut ids: Vec<String> = ids.into_iter().collect();
+                ids.sort_unstable();
+                ids
+            }
+        };
+        let mut pool = None;
+        for id in look_at {
+            if !store.cert_dir(&id).is_dir() {
+                changed |= self.entries.remove(&id).is_some() | self.failed.remove(&id).is_some();
                 continue;
             }
+            let stamp = store.entry_stamp(&id);
+            if self.entries.get(&id).is_some_and(|c| c.stamp == stamp)
+                || self.failed.get(&id).is_some_and(|(s, _)| *s == stamp)
+            {
+                continue;
+            }
+            changed = true;
+            self.failed.remove(&id);
             let pool = match &pool {
                 Some(p) => p,
                 None => {
@@ -350,24 +445,19 @@ impl EntryCache {
             match store.read_cert_with(&id, pool) {
                 Ok(entry) => {
                     let damaged_key = matches!(entry.key, KeyLink::Unreadable(_) | KeyLink::Missing);
-                    let last_good = self.entries.get(&id).is_some_and(|c| c.keys[0].is_ok());
-                    if damaged_key && last_good {
+                    if damaged_key && let Some(c) = self.entries.get_mut(&id).filter(|c| c.keys[0].is_ok()) {
                         // An unreadable or vanished key is damage: keep the last good
                         // version. (A key that no longer matches is never served.)
-                        problems.push(format!(
+                        c.degraded = Some(format!(
                             "{}: private key unreadable or missing (still serving the last good version)",
                             entry.dir.display()
                         ));
+                        c.stamp = stamp;
                         continue;
                     }
                     let plain = certified_key(&entry, false);
                     let with_root =
                         if entry.chain.root.is_some() { certified_key(&entry, true) } else { plain.clone() };
-                    let keys = [plain, with_root];
-                    if let Err(why) = &keys[0] {
-                        problems.push(format!("{}: not served: {why}", entry.dir.display()));
-                    }
-                    permissions.extend(entry.file_warnings.iter().cloned());
                     let shared_id: Arc<str> = id.as_str().into();
                     self.entries.insert(
                         id,
@@ -393,20 +483,54 @@ impl EntryCache {
                             not_after: entry.info.not_after.unix_timestamp(),
                             acme: entry.meta.acme.clone().map(Arc::new),
                             file_problems: entry.file_warnings.clone(),
-                            keys,
+                            degraded: None,
+                            keys: [plain, with_root],
                         },
                     );
                 }
-                Err(e) if self.entries.contains_key(&id) => {
-                    problems.push(format!("{e} (still serving the last good version)"));
-                }
-                Err(e) => problems.push(e.to_string()),
+                Err(e) => match self.entries.get_mut(&id) {
+                    Some(c) => {
+                        c.degraded = Some(format!("{e} (still serving the last good version)"));
+                        c.stamp = stamp;
+                    }
+                    None => {
+                        self.failed.insert(id, (stamp, e.to_string()));
+                    }
+                },
             }
         }
-        problems.splice(0..0, self.trust_problems.iter().cloned());
-        permissions.splice(0..0, store.permission_problems());
+        Ok((self.problems(store), changed))
+    }
+
+    /// Every problem the cached entries and the trust pool have, in id order.
+    fn problems(&mut self, store: &Store) -> Vec<String> {
+        let mut by_id: Vec<(&str, String)> = Vec::new();
+        let mut permissions = store.permission_problems();
+        let mut files: Vec<(&str, &String)> = Vec::new();
+        for (id, c) in &self.entries {
+            if let Some(d) = &c.degraded {
+                by_id.push((id, d.clone()));
+            } else if let Err(why) = &c.keys[0] {
+                by_id.push((id, format!("{}: not served: {why}", store.cert_dir(id).display())));
+            }
+            files.extend(c.file_problems.iter().map(|p| (id.as_str(), p)));
+        }
+        by_id.extend(self.failed.iter().map(|(id, (_, e))| (id.as_str(), e.clone())));
+        by_id.sort();
+        files.sort();
+        permissions.extend(files.into_iter().map(|(_, p)| p.clone()));
         self.permissions = permissions;
-        Ok(problems)
+        self.trust_problems.iter().cloned().chain(by_id.into_iter().map(|(_, p)| p)).collect()
+    }
+
+    /// When the rank of some certificate next changes (it becomes valid, or expires).
+    fn next_edge(&self, now: i64) -> i64 {
+        self.entries
+            .values()
+            .flat_map(|c| [c.not_before, c.not_after.saturating_add(1)])
+            .filter(|&t| t > now)
+            .min()
+            .unwrap_or(i64::MAX)
     }
 }
 
@@ -419,7 +543,7 @@ pub fn build(config: &Config, store: &Store, shared: &TlsShared) -> Result<Snaps
 /// [`build`] as if certificate `id` were not in the store: what deleting it would serve.
 pub fn build_without(config: &Config, store: &Store, shared: &TlsShared, id: &str) -> Result<Snapshot, Error> {
     let mut cache = EntryCache::default();
-    let problems = cache.refresh(store)?;
+    let (problems, _) = cache.refresh(store, Scope::All)?;
     cache.entries.remove(id);
     assemble(config, store, &store.state().without(id), shared, &cache, problems)
 }
@@ -431,8 +555,52 @@ pub fn build_cached(
     shared: &TlsShared,
     cache: &mut EntryCache,
 ) -> Result<Snapshot, Error> {
-    let problems = cache.refresh(store)?;
-    assemble(config, store, store.state(), shared, cache, problems)
+    let (problems, _) = cache.refresh(store, Scope::All)?;
+    let snapshot = assemble(config, store, store.state(), shared, cache, problems.clone())?;
+    cache.remember(config, store, problems);
+    Ok(snapshot)
+}
+
+/// [`build_cached`] after `changes`: reads only the entries they name (every entry's
+/// stamp for `changes.everything`), and returns `None` when nothing a snapshot is made
+/// of changed: no entry, not the configuration, state.toml, the problems, nor any
+/// certificate's validity.
+pub fn rebuild(
+    config: &Config,
+    store: &Store,
+    shared: &TlsShared,
+    cache: &mut EntryCache,
+    changes: &Changes,
+) -> Result<Option<Snapshot>, Error> {
+    let (problems, changed) = cache.refresh(store, Scope::of(changes, store.root()))?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let same = !changed
+        && cache.last.as_ref().is_some_and(|l| {
+            l.config == *config
+                && l.state == *store.state()
+                && l.problems == problems
+                && l.permissions == cache.permissions
+                && now < l.next_edge
+        });
+    if same {
+        return Ok(None);
+    }
+    let snapshot = assemble(config, store, store.state(), shared, cache, problems.clone())?;
+    cache.remember(config, store, problems);
+    Ok(Some(snapshot))
+}
+
+impl EntryCache {
+    fn remember(&mut self, config: &Config, store: &Store, problems: Vec<String>) {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        self.last = Some(Last {
+            config: config.clone(),
+            state: store.state().clone(),
+            problems,
+            permissions: self.permissions.clone(),
+            next_edge: self.next_edge(now),
+        });
+    }
 }
 
 fn assemble(

@@ -177,7 +177,7 @@ pub struct RequestMeta {
 }
 
 /// `state.toml`: which certificate is the default, per node and per listener.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
     pub store_format: u32,
@@ -189,7 +189,7 @@ pub struct State {
 }
 
 /// A listener's own default and assigned certificates.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerState {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,6 +10,28 @@ use notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 use tokio::sync::mpsc::UnboundedSender;
 
+/// What changed since the last build, as the file watcher saw it.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// Look at every entry (the rescan, a watch error or overflow).
+    pub everything: bool,
+    /// Paths the watcher reported (absolute).
+    pub paths: Vec<PathBuf>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.paths.is_empty()
+    }
+
+    pub fn add(&mut self, other: Self) {
+        self.everything |= other.everything;
+        if !self.everything {
+            self.paths.extend(other.paths);
+        }
+    }
+}
+
 /// Keeps the watches alive; dropping it stops them.
 pub struct Watch {
     debouncer: Debouncer<notify::RecommendedWatcher, RecommendedCache>,
@@ -94,24 +116,30 @@ pub fn start_jobs(incoming: &Path, tx: UnboundedSender<()>) -> Result<Watch, Str
     Ok(Watch { debouncer, fragments: None, store: None })
 }
 
-/// Starts watching; each relevant batch of events sends one `()` on `tx`.
-pub fn start(store: &Path, config: Option<&Path>, tx: UnboundedSender<()>) -> Result<Watch, String> {
+/// Starts watching; each relevant batch of events sends the paths it touched on `tx`.
+pub fn start(store: &Path, config: Option<&Path>, tx: UnboundedSender<Changes>) -> Result<Watch, String> {
     let store_abs = std::fs::canonicalize(store).map_err(|e| format!("{}: {e}", store.display()))?;
     let config_abs: Option<PathBuf> = config.map(|c| std::fs::canonicalize(c).unwrap_or_else(|_| c.to_owned()));
     let (s, c) = (store_abs.clone(), config_abs.clone());
     let mut debouncer = new_debouncer(Duration::from_millis(150), None, move |result: DebounceEventResult| {
-        let wanted = match result {
+        let changes = match result {
             // Reads (open, access, close-after-read) change nothing; the reload itself
             // reads the store, and counting those would reload forever.
-            Ok(events) => events.iter().any(|e| {
-                !matches!(e.kind, notify::EventKind::Access(_))
-                    && e.paths.iter().any(|p| relevant(p, c.as_deref(), &s) || deleted_entry(&e.kind, p))
-            }),
+            Ok(events) => Changes {
+                everything: false,
+                paths: events
+                    .iter()
+                    .filter(|e| !matches!(e.kind, notify::EventKind::Access(_)))
+                    .flat_map(|e| {
+                        e.paths.iter().filter(|p| relevant(p, c.as_deref(), &s) || deleted_entry(&e.kind, p)).cloned()
+                    })
+                    .collect(),
+            },
             // Overflow or a watch error: rescan everything.
-            Err(_) => true,
+            Err(_) => Changes { everything: true, paths: Vec::new() },
         };
-        if wanted {
-            let _ = tx.send(());
+        if !changes.is_empty() {
+            let _ = tx.send(changes);
         }
     })
     .map_err(|e| format!("cannot watch: {e}"))?;
