@@ -493,7 +493,8 @@ fn served_consequences(store: &Store, config: &Config, id: &str) -> Result<Vec<S
     let shared = crate::snapshot::TlsShared::new()?;
     let now = crate::snapshot::build(config, store, &shared)?;
     let after = crate::snapshot::build_without(config, store, &shared, id)?;
-    let names: Vec<String> = now.certificates.iter().find(|c| &*c.id == id).map(|c| c.sans.clone()).unwrap_or_default();
+    let names: Vec<String> =
+        now.certificates.iter().find(|c| &*c.id == id).map(|c| c.sans.to_vec()).unwrap_or_default();
     let describe = |sel: &Selection<'_>| match sel.served() {
         Some(s) => format!("{} ({})", s.id, sel.reason()),
         None => format!("nothing ({})", sel.reason()),

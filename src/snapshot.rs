@@ -135,10 +135,11 @@ pub struct CertSummary {
     pub friendly_name: Arc<str>,
     pub issued_to: Arc<str>,
     pub issued_by: Arc<str>,
-    pub sans: Vec<String>,
+    /// Shared with the build cache: a rebuild copies no names.
+    pub sans: Arc<[String]>,
     pub has_key: bool,
     /// Problems found when the entry was read (chain, key, file modes, expiry then).
-    pub warnings: Vec<String>,
+    pub warnings: Arc<[String]>,
     /// The global default (the factory default when none is set).
     pub default: bool,
     /// Listeners where it is assigned or the listener default.
@@ -265,16 +266,89 @@ impl Snapshot {
     }
 }
 
+/// An entry read and its rustls keys (without and with the root).
+type Parsed = (CertEntry, [Result<Arc<CertifiedKey>, String>; 2]);
+
+/// Reads and parses `ids` on every core (in order of `ids` in the result).
+fn parse_all(
+    store: &Store,
+    pool: &[crate::pki::PoolCert],
+    ids: Vec<(String, Stamp)>,
+) -> Vec<(String, Stamp, Result<Parsed, store::Error>)> {
+    let one = |id: &str| {
+        store.read_cert_with(id, pool).map(|entry| {
+            let keys = match signing_key(&entry) {
+                Ok(key) => {
+                    let plain = with_chain(&entry, false, Arc::clone(&key));
+                    let with_root =
+                        if entry.chain.root.is_some() { with_chain(&entry, true, key) } else { Arc::clone(&plain) };
+                    [Ok(plain), Ok(with_root)]
+                }
+                Err(e) => [Err(e.clone()), Err(e)],
+            };
+            (entry, keys)
+        })
+    };
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(8);
+    // A thread is worth starting for a start or a rescan, not for one changed entry.
+    if threads == 1 || ids.len() < 64 {
+        return ids
+            .into_iter()
+            .map(|(id, stamp)| {
+                let r = one(&id);
+                (id, stamp, r)
+            })
+            .collect();
+    }
+    let chunk = ids.len().div_ceil(threads);
+    let mut ids = ids;
+    let mut chunks = Vec::new();
+    while !ids.is_empty() {
+        let rest = ids.split_off(chunk.min(ids.len()));
+        chunks.push(std::mem::replace(&mut ids, rest));
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|part| {
+                scope.spawn(move || {
+                    part.into_iter()
+                        .map(|(id, stamp)| {
+                            let r = one(&id);
+                            (id, stamp, r)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    })
+}
+
 /// The rustls form of a store entry (`send_root`: the root after the intermediates).
 pub fn certified_key(entry: &CertEntry, send_root: bool) -> Result<Arc<CertifiedKey>, String> {
+    Ok(with_chain(entry, send_root, signing_key(entry)?))
+}
+
+/// The entry's private key for rustls, parsed once for both chains. The store already
+/// checked it belongs to the certificate (only then is there a private key), so
+/// `CertifiedKey::new` is enough; ECDSA keys (the usual) go straight to their parser
+/// rather than through rustls' trial of RSA first.
+fn signing_key(entry: &CertEntry) -> Result<Arc<dyn rustls::sign::SigningKey>, String> {
+    let key = entry.private_key().ok_or("no usable private key")?;
+    let der = PrivateKeyDer::try_from(key.pkcs8_der().to_vec()).map_err(|e| e.to_string())?;
+    if key.describe().starts_with("ECDSA") {
+        return rustls::crypto::aws_lc_rs::sign::any_ecdsa_type(&der).map_err(|e| e.to_string());
+    }
+    rustls::crypto::aws_lc_rs::default_provider().key_provider.load_private_key(der).map_err(|e| e.to_string())
+}
+
+fn with_chain(entry: &CertEntry, send_root: bool, key: Arc<dyn rustls::sign::SigningKey>) -> Arc<CertifiedKey> {
     let mut chain: Vec<CertificateDer<'static>> = entry.served_chain().into_iter().map(CertificateDer::from).collect();
     if send_root && let Some(root) = &entry.chain.root {
         chain.push(CertificateDer::from(root.der.clone()));
     }
-    let key = entry.private_key().ok_or("no usable private key")?;
-    let key = PrivateKeyDer::try_from(key.pkcs8_der().to_vec()).map_err(|e| e.to_string())?;
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    CertifiedKey::from_der(chain, key, &provider).map(Arc::new).map_err(|e| e.to_string())
+    Arc::new(CertifiedKey::new(chain, key))
 }
 
 /// What a build keeps of one store entry.
@@ -289,8 +363,8 @@ struct Cached {
     issued_to: Arc<str>,
     issued_by: Arc<str>,
     has_key: bool,
-    warnings: Vec<String>,
-    sans: Vec<String>,
+    warnings: Arc<[String]>,
+    sans: Arc<[String]>,
     not_before: i64,
     not_after: i64,
     acme: Option<Arc<store::AcmeMeta>>,
@@ -315,7 +389,8 @@ pub struct EntryCache {
     trust_problems: Vec<String>,
     /// Store directories and keys others may read, as of the last refresh.
     permissions: Vec<String>,
-    entries: HashMap<String, Cached>,
+    /// In id order: builds walk it sorted, without sorting 100,000 ids each time.
+    entries: std::collections::BTreeMap<String, Cached>,
     /// Entries that could not be read, with the stamp they had: reported by every build,
     /// read again only when their files change.
     failed: HashMap<String, (Stamp, String)>,
@@ -420,7 +495,8 @@ impl EntryCache {
                 ids
             }
         };
-        let mut pool = None;
+        // Stat pass: which entries need reading.
+        let mut to_read = Vec::new();
         for id in look_at {
             if !store.cert_dir(&id).is_dir() {
                 changed |= self.entries.remove(&id).is_some() | self.failed.remove(&id).is_some();
@@ -434,16 +510,19 @@ impl EntryCache {
             }
             changed = true;
             self.failed.remove(&id);
-            let pool = match &pool {
-                Some(p) => p,
-                None => {
-                    let (p, bad) = store.trust_pool()?;
-                    self.trust_problems = bad.iter().map(ToString::to_string).collect();
-                    pool.insert(p)
-                }
-            };
-            match store.read_cert_with(&id, pool) {
-                Ok(entry) => {
+            to_read.push((id, stamp));
+        }
+        if to_read.is_empty() {
+            return Ok((self.problems(store), changed));
+        }
+        let (pool, bad) = store.trust_pool()?;
+        self.trust_problems = bad.iter().map(ToString::to_string).collect();
+        // Parsing (certificates, chains, keys) is the cost of a start: spread over the
+        // cores. Each result is merged in id order below.
+        let parsed = parse_all(store, &pool, to_read);
+        for (id, stamp, read) in parsed {
+            match read {
+                Ok((entry, keys)) => {
                     let damaged_key = matches!(entry.key, KeyLink::Unreadable(_) | KeyLink::Missing);
                     if damaged_key && let Some(c) = self.entries.get_mut(&id).filter(|c| c.keys[0].is_ok()) {
                         // An unreadable or vanished key is damage: keep the last good
@@ -455,9 +534,6 @@ impl EntryCache {
                         c.stamp = stamp;
                         continue;
                     }
-                    let plain = certified_key(&entry, false);
-                    let with_root =
-                        if entry.chain.root.is_some() { certified_key(&entry, true) } else { plain.clone() };
                     let shared_id: Arc<str> = id.as_str().into();
                     self.entries.insert(
                         id,
@@ -477,14 +553,14 @@ impl EntryCache {
                             issued_to: entry.info.issued_to.as_str().into(),
                             issued_by: entry.info.issued_by.as_str().into(),
                             has_key: entry.key.has_key(),
-                            warnings: entry.warnings(time::OffsetDateTime::now_utc()),
-                            sans: entry.info.sans.clone(),
+                            warnings: entry.warnings(time::OffsetDateTime::now_utc()).into(),
+                            sans: entry.info.sans.clone().into(),
                             not_before: entry.info.not_before.unix_timestamp(),
                             not_after: entry.info.not_after.unix_timestamp(),
                             acme: entry.meta.acme.clone().map(Arc::new),
                             file_problems: entry.file_warnings.clone(),
                             degraded: None,
-                            keys: [plain, with_root],
+                            keys,
                         },
                     );
                 }
@@ -619,9 +695,8 @@ fn assemble(
         not_after: c.not_after,
         created: c.created,
     };
-    // Id order, so that equal ranks resolve the same way in every build.
-    let mut ids: Vec<&String> = entries.keys().collect();
-    ids.sort_unstable();
+    // Id order (the map's), so that equal ranks resolve the same way in every build.
+    let ids: Vec<&String> = entries.keys().collect();
     let served = |id: &str, send_root: bool| -> Option<(Served, &[String], Rank)> {
         let c = entries.get(id)?;
         let key = c.keys[usize::from(send_root)].as_ref().ok()?.clone();
@@ -747,7 +822,7 @@ fn assemble(
         }
     }
     let default_id = state.default_id();
-    let mut certificates: Vec<CertSummary> = entries
+    let certificates: Vec<CertSummary> = entries
         .iter()
         .map(|(id, c)| CertSummary {
             id: id.as_str().into(),
@@ -766,7 +841,6 @@ fn assemble(
             servable: c.keys[0].is_ok(),
         })
         .collect();
-    certificates.sort_by(|a, b| a.id.cmp(&b.id));
     let acme_policy = crate::acme::policy::Policy::of(config.acme.as_ref());
     let trust = trust_summaries(store, entries);
     let permissions = cache.permissions.clone();
@@ -782,7 +856,7 @@ fn assemble(
     })
 }
 
-fn trust_summaries(store: &Store, entries: &HashMap<String, Cached>) -> Vec<TrustSummary> {
+fn trust_summaries(store: &Store, entries: &std::collections::BTreeMap<String, Cached>) -> Vec<TrustSummary> {
     // Unreadable trust files are reported by the entry refresh; here they are left out.
     let Ok((pool, _)) = store.trust_pool() else { return Vec::new() };
     let mut used: HashMap<&str, Vec<Arc<str>>> = HashMap::new();

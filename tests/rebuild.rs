@@ -12,7 +12,7 @@ fn served(s: &Snapshot, name: &str) -> String {
 }
 
 fn ids_and_names(s: &Snapshot) -> Vec<(String, Vec<String>, i64)> {
-    s.certificates.iter().map(|c| (c.id.to_string(), c.sans.clone(), c.not_after)).collect()
+    s.certificates.iter().map(|c| (c.id.to_string(), c.sans.to_vec(), c.not_after)).collect()
 }
 
 #[test]

@@ -508,11 +508,11 @@ pub fn daemon_status(
                 days_left: pki::days_left(not_after, now),
                 expiry: pki::expiry_phrase(not_after, now),
                 expired: now > not_after,
-                sans: c.sans.clone(),
+                sans: c.sans.to_vec(),
                 private_key: c.has_key,
                 default: c.default,
                 listeners: c.listeners.clone(),
-                warnings: c.warnings.clone(),
+                warnings: c.warnings.to_vec(),
                 acme_status: acme_status.get(&*c.id).copied(),
             }
         })
