@@ -266,16 +266,22 @@ impl Snapshot {
     }
 }
 
-/// An entry read and its rustls keys (without and with the root).
-type Parsed = (CertEntry, [Result<Arc<CertifiedKey>, String>; 2]);
+/// What a build keeps of an entry it read, and the entry's directory if its key was
+/// unreadable or missing (an earlier good version is then kept instead).
+struct Read {
+    cached: Cached,
+    damaged_key: Option<String>,
+}
 
-/// Reads and parses `ids` on every core (in order of `ids` in the result).
+/// Reads and parses `ids` on every core (in order of `ids` in the result). Each entry is
+/// reduced to what the cache keeps in the thread that read it, so the files' text is
+/// never all in memory at once.
 fn parse_all(
     store: &Store,
     pool: &[crate::pki::PoolCert],
     ids: Vec<(String, Stamp)>,
-) -> Vec<(String, Stamp, Result<Parsed, store::Error>)> {
-    let one = |id: &str| {
+) -> Vec<(String, Stamp, Result<Read, store::Error>)> {
+    let one = |id: &str, stamp: &Stamp| {
         store.read_cert_with(id, pool).map(|entry| {
             let keys = match signing_key(&entry) {
                 Ok(key) => {
@@ -286,19 +292,19 @@ fn parse_all(
                 }
                 Err(e) => [Err(e.clone()), Err(e)],
             };
-            (entry, keys)
+            let damaged_key =
+                matches!(entry.key, KeyLink::Unreadable(_) | KeyLink::Missing).then(|| entry.dir.display().to_string());
+            Read { cached: Cached::of(&entry, stamp.clone(), keys), damaged_key }
         })
+    };
+    let one = |(id, stamp): (String, Stamp)| {
+        let r = one(&id, &stamp);
+        (id, stamp, r)
     };
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(8);
     // A thread is worth starting for a start or a rescan, not for one changed entry.
     if threads == 1 || ids.len() < 64 {
-        return ids
-            .into_iter()
-            .map(|(id, stamp)| {
-                let r = one(&id);
-                (id, stamp, r)
-            })
-            .collect();
+        return ids.into_iter().map(one).collect();
     }
     let chunk = ids.len().div_ceil(threads);
     let mut ids = ids;
@@ -308,19 +314,8 @@ fn parse_all(
         chunks.push(std::mem::replace(&mut ids, rest));
     }
     std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|part| {
-                scope.spawn(move || {
-                    part.into_iter()
-                        .map(|(id, stamp)| {
-                            let r = one(&id);
-                            (id, stamp, r)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
+        let handles: Vec<_> =
+            chunks.into_iter().map(|part| scope.spawn(move || part.into_iter().map(one).collect::<Vec<_>>())).collect();
         handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
     })
 }
@@ -374,6 +369,36 @@ struct Cached {
     degraded: Option<String>,
     /// The rustls key without and with the root appended; `Err` says why it is not served.
     keys: [Result<Arc<CertifiedKey>, String>; 2],
+}
+
+impl Cached {
+    fn of(entry: &CertEntry, stamp: Stamp, keys: [Result<Arc<CertifiedKey>, String>; 2]) -> Self {
+        Self {
+            stamp,
+            id: entry.id.as_str().into(),
+            created: entry.meta.created.unix_timestamp(),
+            chain_complete: !entry.chain.missing_intermediate,
+            chain: entry
+                .chain
+                .intermediates
+                .iter()
+                .chain(&entry.chain.root)
+                .map(|c| crate::pki::fingerprint_sha256(&c.der))
+                .collect(),
+            friendly_name: entry.meta.friendly_name.as_str().into(),
+            issued_to: entry.info.issued_to.as_str().into(),
+            issued_by: entry.info.issued_by.as_str().into(),
+            has_key: entry.key.has_key(),
+            warnings: entry.warnings(time::OffsetDateTime::now_utc()).into(),
+            sans: entry.info.sans.clone().into(),
+            not_before: entry.info.not_before.unix_timestamp(),
+            not_after: entry.info.not_after.unix_timestamp(),
+            acme: entry.meta.acme.clone().map(Arc::new),
+            file_problems: entry.file_warnings.clone(),
+            degraded: None,
+            keys,
+        }
+    }
 }
 
 /// Parsed store entries carried from one build to the next (control plane only): an
@@ -522,47 +547,23 @@ impl EntryCache {
         let parsed = parse_all(store, &pool, to_read);
         for (id, stamp, read) in parsed {
             match read {
-                Ok((entry, keys)) => {
-                    let damaged_key = matches!(entry.key, KeyLink::Unreadable(_) | KeyLink::Missing);
-                    if damaged_key && let Some(c) = self.entries.get_mut(&id).filter(|c| c.keys[0].is_ok()) {
+                Ok(Read { cached, damaged_key: Some(dir) }) => {
+                    match self.entries.get_mut(&id).filter(|c| c.keys[0].is_ok()) {
                         // An unreadable or vanished key is damage: keep the last good
                         // version. (A key that no longer matches is never served.)
-                        c.degraded = Some(format!(
-                            "{}: private key unreadable or missing (still serving the last good version)",
-                            entry.dir.display()
-                        ));
-                        c.stamp = stamp;
-                        continue;
+                        Some(c) => {
+                            c.degraded = Some(format!(
+                                "{dir}: private key unreadable or missing (still serving the last good version)"
+                            ));
+                            c.stamp = stamp;
+                        }
+                        None => {
+                            self.entries.insert(id, cached);
+                        }
                     }
-                    let shared_id: Arc<str> = id.as_str().into();
-                    self.entries.insert(
-                        id,
-                        Cached {
-                            stamp,
-                            id: shared_id,
-                            created: entry.meta.created.unix_timestamp(),
-                            chain_complete: !entry.chain.missing_intermediate,
-                            chain: entry
-                                .chain
-                                .intermediates
-                                .iter()
-                                .chain(&entry.chain.root)
-                                .map(|c| crate::pki::fingerprint_sha256(&c.der))
-                                .collect(),
-                            friendly_name: entry.meta.friendly_name.as_str().into(),
-                            issued_to: entry.info.issued_to.as_str().into(),
-                            issued_by: entry.info.issued_by.as_str().into(),
-                            has_key: entry.key.has_key(),
-                            warnings: entry.warnings(time::OffsetDateTime::now_utc()).into(),
-                            sans: entry.info.sans.clone().into(),
-                            not_before: entry.info.not_before.unix_timestamp(),
-                            not_after: entry.info.not_after.unix_timestamp(),
-                            acme: entry.meta.acme.clone().map(Arc::new),
-                            file_problems: entry.file_warnings.clone(),
-                            degraded: None,
-                            keys,
-                        },
-                    );
+                }
+                Ok(Read { cached, damaged_key: None }) => {
+                    self.entries.insert(id, cached);
                 }
                 Err(e) => match self.entries.get_mut(&id) {
                     Some(c) => {
