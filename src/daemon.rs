@@ -257,6 +257,14 @@ async fn reload(
     .unwrap_or_else(|e| Err(anyhow!("reload task failed: {e}")));
     match rebuilt {
         Ok((None, _)) => {
+            // A successful load all the same: the reload metrics and status say the
+            // daemon is watching (operators alert on a stale last success).
+            crate::metrics::reload(true);
+            let mut status = (**reloads.load()).clone();
+            status.last_success = Some(crate::pki::rfc3339(time::OffsetDateTime::now_utc()));
+            status.last_error = None;
+            status.last_error_at = None;
+            reloads.store(Arc::new(status));
             tracing::debug!(trigger = why, "nothing changed");
             Reloaded::Unchanged
         }

@@ -360,7 +360,8 @@ pub fn snapshot_views(snapshot: &Snapshot) -> Vec<crate::acme::policy::AcmeView>
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReloadStatus {
     pub generation: u64,
-    /// RFC 3339 time of the last published snapshot.
+    /// RFC 3339 time of the last successful load (one that found nothing changed
+    /// publishes nothing, and counts: the daemon is up to date).
     pub last_success: Option<String>,
     /// The last failed reload, if it is more recent than the last success.
     pub last_error: Option<String>,
