@@ -494,21 +494,13 @@ impl EntryCache {
         let look_at: Vec<String> = match scope {
             Scope::All => {
                 let ids = store.cert_ids()?;
-                let listed: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-                let before = self.entries.len() + self.failed.len();
-                self.entries.retain(|id, _| listed.contains(id.as_str()));
-                self.failed.retain(|id, _| listed.contains(id.as_str()));
-                changed |= self.entries.len() + self.failed.len() != before;
+                changed |= self.keep_only(&ids);
                 ids
             }
             Scope::Some { mut ids, relist } => {
                 if relist {
                     let listed = store.cert_ids()?;
-                    let set: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
-                    let before = self.entries.len() + self.failed.len();
-                    self.entries.retain(|id, _| set.contains(id.as_str()));
-                    self.failed.retain(|id, _| set.contains(id.as_str()));
-                    changed |= self.entries.len() + self.failed.len() != before;
+                    changed |= self.keep_only(&listed);
                     for id in &listed {
                         if !self.entries.contains_key(id) && !self.failed.contains_key(id) {
                             ids.insert(id.clone());
@@ -577,6 +569,15 @@ impl EntryCache {
             }
         }
         Ok((self.problems(store), changed))
+    }
+
+    /// Forgets entries no longer in `listed` (the ids in `certs/`); whether any went.
+    fn keep_only(&mut self, listed: &[String]) -> bool {
+        let set: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
+        let before = self.entries.len() + self.failed.len();
+        self.entries.retain(|id, _| set.contains(id.as_str()));
+        self.failed.retain(|id, _| set.contains(id.as_str()));
+        self.entries.len() + self.failed.len() != before
     }
 
     /// Every problem the cached entries and the trust pool have, in id order.
