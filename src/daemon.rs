@@ -386,6 +386,18 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    // File changes and a periodic rescan (for file systems that miss events) reload
+    // the same way as SIGHUP. Watching starts before the listeners accept, so a change
+    // made as soon as they do is seen (events wait in the channel until the loop).
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let mut watch = match crate::watch::start(&store_dir, inputs.config_path.as_deref(), changed_tx) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "file watching unavailable; reloading on SIGHUP and every 60 s only");
+            None
+        }
+    };
+
     // The ACME challenges answered on the plain-HTTP listeners.
     let challenges = crate::acme::Challenges::new(Some(crate::acme::challenge_dir(&store_dir)));
     crate::sni::alpn::set_dir(crate::acme::challenge_dir(&store_dir).join("alpn"));
@@ -477,16 +489,6 @@ async fn serve(inputs: Inputs, config: Config, store_dir: PathBuf) -> Result<()>
         shutdown.clone(),
     ));
 
-    // File changes and a periodic rescan (for file systems that miss events) reload
-    // the same way as SIGHUP.
-    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
-    let mut watch = match crate::watch::start(&store_dir, inputs.config_path.as_deref(), changed_tx) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "file watching unavailable; reloading on SIGHUP and every 60 s only");
-            None
-        }
-    };
     crate::notify::ready(&format!("serving {} listener(s)", config.listeners.len()));
     let mut rescan = tokio::time::interval(RESCAN);
     rescan.reset();
