@@ -156,7 +156,7 @@ fn on_demand_candidate(l: &ListenerSnap, name: &str) -> bool {
         crate::sni::Selection::Default { miss: crate::sni::Miss::Unknown, .. }
             | crate::sni::Selection::Rejected(crate::sni::Miss::Unknown)
     ) && crate::sni::ondemand::issued(name).is_none()
-        && crate::sni::alpn::answer(name).is_none()
+        && !crate::sni::alpn::is_pending(name)
 }
 
 /// Reads the ClientHello into `buf` and returns its SNI (`Some(None)`: a hello without

@@ -55,6 +55,15 @@ pub fn answer(domain: &str) -> Option<Arc<CertifiedKey>> {
     certified(&domain, text.trim()).ok()
 }
 
+/// Whether a challenge is pending for `domain` (lowercase): in memory, or as a file
+/// another process published. Builds no certificate, unlike [`answer`].
+pub fn is_pending(domain: &str) -> bool {
+    if pending().lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(domain) {
+        return true;
+    }
+    valid_domain(domain) && DIR.get().is_some_and(|d| d.join(domain).symlink_metadata().is_ok_and(|m| m.is_file()))
+}
+
 /// Presents the challenge certificate for `domain` until the guard is dropped.
 pub fn publish(domain: &str, key_authorization: &str) -> Result<AlpnGuard, String> {
     let domain = domain.to_ascii_lowercase();
@@ -82,8 +91,10 @@ mod tests {
     fn challenge_certificates_are_built_and_withdrawn() {
         let guard = publish("alpn-unit.test", "token.thumbprint").unwrap();
         assert!(answer("ALPN-unit.test").is_some());
+        assert!(is_pending("alpn-unit.test"));
         drop(guard);
         assert!(answer("alpn-unit.test").is_none());
+        assert!(!is_pending("alpn-unit.test"));
         assert!(!valid_domain("../etc") && !valid_domain(".x") && valid_domain("a-b.test"));
     }
 }
