@@ -367,6 +367,9 @@ struct Cached {
     file_problems: Vec<String>,
     /// Its files are damaged now; this version is the last good one (reported).
     degraded: Option<String>,
+    /// When it was read: a young entry is looked at again by every reload (see
+    /// [`YOUNG`]).
+    read_at: std::time::Instant,
     /// The rustls key without and with the root appended; `Err` says why it is not served.
     keys: [Result<Arc<CertifiedKey>, String>; 2],
 }
@@ -396,10 +399,18 @@ impl Cached {
             acme: entry.meta.acme.clone().map(Arc::new),
             file_problems: entry.file_warnings.clone(),
             degraded: None,
+            read_at: std::time::Instant::now(),
             keys,
         }
     }
 }
+
+/// An entry written file by file into a new directory (a cluster node's copy) may be
+/// read before its last file lands, and inotify misses events in a directory created
+/// just before its watch is added. So entries that are unreadable, unservable,
+/// degraded or read in this last while are looked at again by every reload (a stat
+/// each when unchanged), not left to the 60 s rescan.
+const YOUNG: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Parsed store entries carried from one build to the next (control plane only): an
 /// entry whose files did not change is not parsed again, and an entry that became
@@ -498,6 +509,13 @@ impl EntryCache {
                 ids
             }
             Scope::Some { mut ids, relist } => {
+                ids.extend(self.failed.keys().cloned());
+                ids.extend(
+                    self.entries
+                        .iter()
+                        .filter(|(_, c)| c.keys[0].is_err() || c.degraded.is_some() || c.read_at.elapsed() < YOUNG)
+                        .map(|(id, _)| id.clone()),
+                );
                 if relist {
                     let listed = store.cert_ids()?;
                     changed |= self.keep_only(&listed);
