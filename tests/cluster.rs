@@ -667,8 +667,11 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let env = Env::empty();
     let fwd_port = free_port();
-    // 30-second certificates: renewed 10 s before expiry, so rounds come every ~20 s.
-    let pebble = Pebble::start(&env, 30, fwd_port);
+    // 45-second certificates: renewed 15 s before expiry, so rounds come every ~30 s. A
+    // round is ten sequential orders (15-19 s on a loaded 2-core machine); with 30-second
+    // certificates the next round began as one ended, and the per-round order counts
+    // below caught its first order.
+    let pebble = Pebble::start(&env, 45, fwd_port);
     let _keep = KeepOnPanic(&env);
     let hosts: Vec<String> = (0..10).map(|i| format!("c{i}.test")).collect();
     let certs: String =
@@ -753,8 +756,7 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
     fwd.set_targets(http.to_vec());
     // Resumed: it learns it was deposed and commits nothing; it serves what the successor
-    // committed. (Not compared with r4 itself: with 30-second certificates the successor
-    // may already be in round 5.)
+    // committed. (Not compared with r4 itself: the successor may already be in round 5.)
     wait_for(20, "the paused node notices", || c.nodes[paused].log().contains("no longer").then_some(()));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
@@ -781,7 +783,7 @@ fn exactly_one_renewer_orders_through_failover_and_fencing() {
     c.etcd.kill(2);
     wait_for(20, "no renewer without quorum", || c.renewers().is_empty().then_some(()));
     let frozen = pebble.orders();
-    let line = wait_for(40, "an error alert from a node cut off", || {
+    let line = wait_for(60, "an error alert from a node cut off", || {
         fs::read_to_string(&alerts).ok().and_then(|t| t.lines().find(|l| l.starts_with("error c")).map(str::to_owned))
     });
     println!("alert while cut off: {line}");
