@@ -54,7 +54,7 @@ pub async fn serve(
             let _slot = slot;
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let resp = if allowed_host(&req, node.as_deref()) {
-                    answer(req.uri().path(), &prometheus, &snapshot, &reloads, &jobs, cluster.as_ref())
+                    answer(req.uri(), &prometheus, &snapshot, &reloads, &jobs, cluster.as_ref())
                 } else {
                     text(
                         StatusCode::MISDIRECTED_REQUEST,
@@ -103,18 +103,50 @@ fn allowed_host<B>(req: &Request<B>, node: Option<&str>) -> bool {
         || node.is_some_and(|n| n == name || n.split('.').next() == Some(&name))
 }
 
+/// Certificates on one status page unless `limit` says otherwise: a page of 100,000 rows
+/// is tens of megabytes.
+pub const STATUS_PAGE_ROWS: usize = 1000;
+
+/// The page `/status?filter=TEXT&limit=N&offset=N` asks for; a bad value is a one-line
+/// error naming the parameter.
+fn status_page_of(query: Option<&str>) -> Result<crate::ops::ListFilter, String> {
+    let mut page = crate::ops::ListFilter { limit: Some(STATUS_PAGE_ROWS), ..Default::default() };
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let number = |min: usize| {
+            value.parse::<usize>().ok().filter(|n| *n >= min).ok_or_else(|| {
+                format!(
+                    "{key}: expected a whole number of at least {min}, got {:?}",
+                    value.chars().take(40).collect::<String>()
+                )
+            })
+        };
+        match &*key {
+            "filter" => page.text = Some(value.trim().to_owned()).filter(|t| !t.is_empty()),
+            "limit" => page.limit = Some(number(1)?),
+            "offset" => page.offset = number(0)?,
+            _ => {}
+        }
+    }
+    Ok(page)
+}
+
 fn answer(
-    path: &str,
+    uri: &hyper::Uri,
     prometheus: &PrometheusHandle,
     snapshot: &Reader,
     reloads: &ArcSwap<ReloadStatus>,
     jobs: &crate::jobs::result::Recent,
     cluster: Option<&(String, Arc<crate::cluster::Status>)>,
 ) -> Response<Body> {
+    let path = uri.path();
     match path {
         "/status.json" | "/status" => {
+            let page = match status_page_of(uri.query()) {
+                Ok(page) => page,
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("400 Bad Request: {e}\n")),
+            };
             let uptime = STARTED.get().map_or(0, |t| t.elapsed().as_secs());
-            let mut status = daemon_status(&snapshot.load(), &reloads.load(), jobs, uptime);
+            let mut status = daemon_status(&snapshot.load(), &reloads.load(), jobs, uptime, &page);
             status.cluster = cluster.map(|(node, c)| c.view(node));
             let (body, kind) = if path == "/status" {
                 (status_page::render(&status).into_bytes(), "text/html; charset=utf-8")

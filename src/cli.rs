@@ -391,14 +391,19 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
             warn_all("skipped unreadable trust certificate", &problems);
             if ctx.json { print_json(&trust)? } else { print_trust_table(&trust, wide) }
         }
-        CertCommand::List { requests: false, wide, .. } => {
+        CertCommand::List { requests: false, wide, filter, limit, .. } => {
             let store = ctx.open_store()?;
-            let (certs, problems) = ops::list_certs(&store, now, &crate::acme::Policy::of(ctx.config.acme.as_ref()))?;
+            let filter = ops::ListFilter { text: filter, limit, offset: 0 };
+            let policy = crate::acme::Policy::of(ctx.config.acme.as_ref());
+            let (page, problems) = ops::list_certs(&store, now, &policy, &filter)?;
             warn_all("skipped unreadable entry", &problems);
+            if page.rows.len() < page.total {
+                eprintln!("note: {} of {} certificates shown ({} matched)", page.rows.len(), page.total, page.matched);
+            }
             if ctx.json {
-                print_json(&certs)?
+                print_json(&page.rows)?
             } else {
-                print_cert_table(&certs, wide);
+                print_cert_table(&page.rows, wide);
                 print_listener_lines(ctx, &store);
             }
         }
@@ -560,7 +565,9 @@ fn status_of_broken(config: &Config, errors: &[crate::config::Error], json: bool
 fn check_config(ctx: &Ctx, strict: bool) -> Result<ExitCode> {
     let store = ctx.read_store()?;
     let policy = crate::acme::Policy::of(ctx.config.acme.as_ref());
-    let (certs, mut problems) = ops::list_certs(&store, OffsetDateTime::now_utc(), &policy)?;
+    let (certs, mut problems) =
+        ops::list_certs(&store, OffsetDateTime::now_utc(), &policy, &ops::ListFilter::default())?;
+    let certs = certs.rows;
     let (_, bad_requests) = ops::list_requests(&store)?;
     problems.extend(bad_requests);
     // The snapshot the daemon would serve: handler options, keys, listeners.

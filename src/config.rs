@@ -20,6 +20,9 @@ use serde::Deserialize;
 /// The store directory when neither `--store` nor `[store] dir` says otherwise.
 pub const DEFAULT_STORE: &str = "portcullis-data/store";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9900";
+/// Per-certificate series in one `/metrics` scrape: enough for any store that is not a
+/// hosting platform's, and a bound on one that is.
+pub const DEFAULT_CERTIFICATE_SERIES: usize = 1000;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 
 /// A configuration problem, naming the file and, where known, line, column and key.
@@ -191,6 +194,7 @@ mod file {
     #[serde(deny_unknown_fields)]
     pub(super) struct Admin {
         pub listen: String,
+        pub certificate_series: Option<i64>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -545,6 +549,9 @@ pub struct Config {
     pub http_listen: Vec<SocketAddr>,
     /// The port of the https URL they redirect to (443: none in the URL).
     pub redirect_port: u16,
+    /// `[admin] certificate_series`: at most this many per-certificate series in one
+    /// `/metrics` scrape (the soonest to expire); a histogram counts them all.
+    pub certificate_series: usize,
     pub listeners: Vec<Listener>,
     pub routes: Vec<Route>,
     pub acme: Option<Acme>,
@@ -592,6 +599,7 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             http_listen: Vec::new(),
             redirect_port: 443,
+            certificate_series: DEFAULT_CERTIFICATE_SERIES,
             listeners: vec![Listener::new("default", vec![DEFAULT_LISTEN.parse().expect("valid default")])],
             routes: vec![Route {
                 listener: "default".into(),
@@ -675,6 +683,11 @@ impl Config {
                 Err(_) => {
                     errors.push(invalid("admin.listen".into(), format!("{:?} is not an address:port", admin.listen)))
                 }
+            }
+            match admin.certificate_series {
+                None => {}
+                Some(n @ 1..=1_000_000) => config.certificate_series = n as usize,
+                Some(_) => errors.push(invalid("admin.certificate_series".into(), "must be 1 to 1000000".into())),
             }
         }
         if let Some(rt) = raw.runtime {

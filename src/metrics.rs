@@ -20,6 +20,7 @@ pub mod names {
     pub const UPSTREAM_QUEUE_TIMEOUTS: &str = "portcullis_upstream_queue_timeouts_total";
     pub const CLIENT_ERRORS: &str = "portcullis_client_errors_total";
     pub const CERTIFICATE_EXPIRY: &str = "portcullis_certificate_expiry_seconds";
+    pub const CERTIFICATES_BY_EXPIRY: &str = "portcullis_certificates_by_expiry_seconds";
     pub const RELOADS: &str = "portcullis_reloads_total";
     pub const LAST_RELOAD_SUCCESS: &str = "portcullis_last_reload_success_timestamp_seconds";
     pub const ACME_ORDERS: &str = "portcullis_acme_orders_total";

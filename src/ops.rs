@@ -21,8 +21,8 @@ pub mod views;
 pub use export::{ExportParams, ExportedView, export};
 pub use import::{ImportParams, Imported, TrustView, import};
 pub use views::{
-    CertView, InUse, NodeStatus, RequestView, Shown, TrustCert, list_certs, list_requests, list_trust, show, show_csr,
-    status,
+    CertView, InUse, ListFilter, NodeStatus, Page, RequestView, Shown, TrustCert, list_certs, list_requests,
+    list_trust, show, show_csr, status,
 };
 
 /// Errors of an operation: the store's or the PKI's, each naming path, id or flag.

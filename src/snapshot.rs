@@ -201,6 +201,8 @@ pub struct Snapshot {
     /// `[http] redirect_port`: the port of the https URL the plain-HTTP listeners
     /// redirect to.
     pub redirect_port: u16,
+    /// `[admin] certificate_series`: the bound on per-certificate series in `/metrics`.
+    pub certificate_series: usize,
 }
 
 /// Publishes snapshots: held by the daemon alone (and by tests), so only the reload
@@ -297,26 +299,10 @@ fn parse_all(
             Read { cached: Cached::of(&entry, stamp.clone(), keys), damaged_key }
         })
     };
-    let one = |(id, stamp): (String, Stamp)| {
+    // A thread is worth starting for a start or a rescan, not for one changed entry.
+    crate::par_map(ids, |(id, stamp)| {
         let r = one(&id, &stamp);
         (id, stamp, r)
-    };
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get).min(8);
-    // A thread is worth starting for a start or a rescan, not for one changed entry.
-    if threads == 1 || ids.len() < 64 {
-        return ids.into_iter().map(one).collect();
-    }
-    let chunk = ids.len().div_ceil(threads);
-    let mut ids = ids;
-    let mut chunks = Vec::new();
-    while !ids.is_empty() {
-        let rest = ids.split_off(chunk.min(ids.len()));
-        chunks.push(std::mem::replace(&mut ids, rest));
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            chunks.into_iter().map(|part| scope.spawn(move || part.into_iter().map(one).collect::<Vec<_>>())).collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
     })
 }
 
@@ -873,6 +859,7 @@ fn assemble(
         trust,
         acme_policy,
         redirect_port: config.redirect_port,
+        certificate_series: config.certificate_series,
     })
 }
 

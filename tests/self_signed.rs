@@ -181,3 +181,31 @@ fn factory_default_is_created_on_first_use_and_valid() {
     // A second run reuses it.
     assert_eq!(env.list()[0]["fingerprint_sha256"], factory["fingerprint_sha256"]);
 }
+
+#[test]
+fn list_filters_by_name_and_limits() {
+    let env = Env::initialised();
+    for (name, san) in [("Shop EU", "shop.example.eu"), ("Shop US", "www.example.com"), ("Blog", "blog.example.org")] {
+        env.run(&["cert", "create-self-signed", "--name", name, "--san", san]).ok();
+    }
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--json", "cert", "list"];
+        all.extend(args);
+        let v = env.run(&all).json();
+        v.as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect()
+    };
+    // By friendly name, by SAN (case-insensitive), by id.
+    assert_eq!(ids(&["--filter", "shop"]), ["shop-eu", "shop-us"]);
+    assert_eq!(ids(&["--filter", "WWW.EXAMPLE"]), ["shop-us"]);
+    assert_eq!(ids(&["--filter", "blog"]), ["blog"]);
+    assert!(ids(&["--filter", "nothing-like-it"]).is_empty());
+    // A limit, in id order, says how many matched.
+    let limited = env.run(&["cert", "list", "--filter", "example", "--limit", "2"]);
+    let out = limited.ok();
+    assert!(out.contains("blog") && out.contains("shop-eu") && !out.contains("shop-us"), "{out}");
+    assert!(limited.stderr.contains("2 of 4 certificates shown (3 matched)"), "{}", limited.stderr);
+    // A bad limit is named (a usage error, as every bad flag value: status 2).
+    let bad = env.run(&["cert", "list", "--limit", "many"]);
+    assert_eq!(bad.code, Some(2));
+    assert!(bad.stderr.contains("--limit"), "{}", bad.stderr);
+}

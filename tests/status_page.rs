@@ -166,3 +166,93 @@ fn layout(env: &Env, url: &str, width: u32) -> (Vec<i64>, Vec<i64>) {
     let ints = |a: &serde_json::Value| a.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect::<Vec<_>>();
     (ints(&v["page"]), ints(&v["wraps"]))
 }
+
+/// The families and samples of a Prometheus text exposition, parsed by the reference
+/// client library's parser (Debian's python3-prometheus-client), as JSON:
+/// `{family: {"type": T, "samples": [[name, labels, value], ...]}}`.
+fn prometheus_parse(text: &str) -> serde_json::Value {
+    let script = "import sys, json\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        out = {f.name: {'type': f.type, 'samples': [[s.name, s.labels, s.value] for s in f.samples]}\n\
+               for f in text_string_to_metric_families(sys.stdin.read())}\n\
+        print(json.dumps(out))";
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (make test installs python3-prometheus-client)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the exposition does not parse");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn a_large_store_is_paged_filtered_and_its_metrics_bounded() {
+    let env = Env::initialised();
+    // Seven certificates with the factory default; three expire within a week.
+    for (name, days) in
+        [("Page a", "1"), ("Page b", "90"), ("Page c", "3"), ("Page d", "90"), ("Page e", "6"), ("Page f", "90")]
+    {
+        let host = format!("{}.paging.test", name.replace(' ', "-").to_lowercase());
+        env.run(&["cert", "create-self-signed", "--name", name, "--san", &host, "--days", days]).ok();
+    }
+    let (admin, tls) = (free_port(), free_port());
+    let config = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\ncertificate_series = 3\n\
+         [[listener]]\nname = \"public\"\nbind = [\"127.0.0.1:{tls}\"]\n"
+    );
+    let _daemon = env.daemon(&config, &[admin, tls]);
+    let base = format!("http://127.0.0.1:{admin}");
+    let json = |query: &str| -> serde_json::Value {
+        let (ok, body) = common::curl(&[&format!("{base}/status.json{query}")]);
+        assert!(ok, "{body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    };
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["certificates"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect()
+    };
+
+    // A page, in id order, with the counts.
+    let all = json("");
+    assert_eq!(ids(&all).len(), 7, "{all}");
+    let page = json("?limit=2&offset=2");
+    assert_eq!(ids(&page), ["page-c", "page-d"]);
+    assert_eq!((page["page"]["matched"].as_u64(), page["page"]["total"].as_u64()), (Some(7), Some(7)));
+    // The filter: case-insensitive, on a SAN too.
+    let found = json("?filter=E.PAGING");
+    assert_eq!(ids(&found), ["page-e"]);
+    assert_eq!(found["page"]["matched"], 1);
+    // A bad parameter is named.
+    let (_, body) = common::curl(&["-w", "%{http_code}", &format!("{base}/status.json?limit=none")]);
+    assert!(body.starts_with("400 Bad Request: limit: expected a whole number") && body.ends_with("400"), "{body}");
+
+    // In the browser: the page says what it shows, and "next" leads to the next page.
+    let dom = chromium(&env, &["--dump-dom", &format!("{base}/status?limit=3")]);
+    assert!(dom.contains("showing 1–3 of 7"), "{dom}");
+    assert!(dom.contains("<form id=\"filter\""), "{dom}");
+    let href = dom.split("id=\"next\" href=\"").nth(1).and_then(|s| s.split('"').next()).expect("a next link");
+    let next = chromium(&env, &["--dump-dom", &format!("{base}{}", href.replace("&amp;", "&"))]);
+    assert!(next.contains("showing 4–6 of 7") && next.contains("data-id=\"page-d\""), "{next}");
+    assert!(!next.contains("data-id=\"page-a\""), "{next}");
+
+    // /metrics: the three soonest to expire, and every certificate in the histogram.
+    let (_, text) = common::curl(&[&format!("{base}/metrics")]);
+    let m = prometheus_parse(&text);
+    let expiry = &m["portcullis_certificate_expiry_seconds"];
+    let mut shown: Vec<&str> =
+        expiry["samples"].as_array().unwrap().iter().map(|s| s[1]["id"].as_str().unwrap()).collect();
+    shown.sort_unstable();
+    assert_eq!(shown, ["page-a", "page-c", "page-e"], "{text}");
+    let hist = &m["portcullis_certificates_by_expiry_seconds"];
+    assert_eq!(hist["type"], "histogram");
+    let bucket = |le: &str| {
+        hist["samples"].as_array().unwrap().iter().find(|s| s[1]["le"] == le).map(|s| s[2].as_f64().unwrap())
+    };
+    assert_eq!(bucket("0"), Some(0.0), "{hist}");
+    assert_eq!(bucket("86400"), Some(1.0), "{hist}");
+    assert_eq!(bucket("604800"), Some(3.0), "{hist}");
+    assert_eq!(bucket("+Inf"), Some(7.0), "{hist}");
+}

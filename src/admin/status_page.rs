@@ -42,6 +42,42 @@ fn class_of_status(s: &str) -> &'static str {
     }
 }
 
+/// The certificates heading, how many are shown of how many, a filter form (no script),
+/// and links to the previous and next pages.
+fn page_controls(h: &mut String, p: &crate::ops::views::PageInfo, shown: usize) {
+    let filter = p.filter.as_deref().unwrap_or("");
+    let link = |offset: usize| {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if !filter.is_empty() {
+            q.append_pair("filter", filter);
+        }
+        q.append_pair("limit", &p.limit.to_string()).append_pair("offset", &offset.to_string());
+        format!("/status?{}", q.finish())
+    };
+    let range = if shown == 0 { "none".to_owned() } else { format!("{}–{}", p.offset + 1, p.offset + shown) };
+    let of = if p.filter.is_some() {
+        format!("{} matching “{}” ({} in all)", p.matched, esc(filter), p.total)
+    } else {
+        p.total.to_string()
+    };
+    let _ = write!(
+        h,
+        "<h2>Certificates</h2><form id=filter method=get action=/status class=meta>\
+         <label>Filter <input name=filter value='{value}' placeholder='id, name or hostname'></label> \
+         <input type=hidden name=limit value='{limit}'><button>Show</button> \
+         <span id=shown>showing {range} of {of}</span>",
+        value = esc(filter),
+        limit = p.limit,
+    );
+    if p.offset > 0 {
+        let _ = write!(h, " <a id=prev href='{}'>previous</a>", esc(&link(p.offset.saturating_sub(p.limit))));
+    }
+    if p.offset + shown < p.matched {
+        let _ = write!(h, " <a id=next href='{}'>next</a>", esc(&link(p.offset + shown)));
+    }
+    h.push_str("</form>");
+}
+
 /// Renders the page.
 pub fn render(s: &DaemonStatus) -> String {
     let mut h = String::with_capacity(16 * 1024);
@@ -97,9 +133,10 @@ pub fn render(s: &DaemonStatus) -> String {
     }
     h.push_str("</table></div>");
 
+    page_controls(&mut h, &s.page, s.certificates.len());
     let _ = write!(
         h,
-        "<h2>Certificates</h2><div class=wrap><table id=certificates><tr>\
+        "<div class=wrap><table id=certificates><tr>\
          <th>Friendly name<th>Issued to<th>Issued by<th>Expiration<th>Alternative names\
          <th>Private key<th>Default<th>Listeners<th>ACME<th>Warnings</tr>"
     );

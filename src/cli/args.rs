@@ -171,7 +171,7 @@ pub enum AcmeCommand {
 pub enum CertCommand {
     /// List certificates (or, with --requests, pending certificate signing requests)
     #[command(
-        after_help = "Examples:\n  portcullis cert list\n  portcullis cert list --requests\n  portcullis cert list --trust\n  portcullis cert list --wide\n  portcullis cert list --json"
+        after_help = "Examples:\n  portcullis cert list\n  portcullis cert list --requests\n  portcullis cert list --trust\n  portcullis cert list --filter example.com --limit 20\n  portcullis cert list --wide\n  portcullis cert list --json"
     )]
     List {
         /// List pending certificate signing requests instead
@@ -183,6 +183,12 @@ pub enum CertCommand {
         /// Every column in full (the table is cut to 120 columns otherwise)
         #[arg(long)]
         wide: bool,
+        /// Only certificates whose id, friendly name, issued-to name or a SAN contains TEXT (case-insensitive)
+        #[arg(long, value_name = "TEXT", conflicts_with_all = ["requests", "trust"])]
+        filter: Option<String>,
+        /// At most N certificates, in id order (a note on stderr says how many matched)
+        #[arg(long, value_name = "N", conflicts_with_all = ["requests", "trust"])]
+        limit: Option<usize>,
     },
     /// Show one certificate or request by id or friendly name
     #[command(

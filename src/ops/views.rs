@@ -55,6 +55,16 @@ impl CertView {
         now: OffsetDateTime,
         policy: &crate::acme::policy::Policy,
     ) -> Self {
+        Self::with_listeners(entry, state.default_id(), state.listeners_of(&entry.id), now, policy)
+    }
+
+    fn with_listeners(
+        entry: &CertEntry,
+        default_id: &str,
+        listeners: Vec<String>,
+        now: OffsetDateTime,
+        policy: &crate::acme::policy::Policy,
+    ) -> Self {
         let info = &entry.info;
         let warnings = entry.warnings(now);
         Self {
@@ -74,8 +84,8 @@ impl CertView {
             key: info.key.clone(),
             signature: info.signature.clone(),
             has_private_key: entry.key.has_key(),
-            default: state.default_id() == entry.id,
-            listeners: state.listeners_of(&entry.id),
+            default: default_id == entry.id,
+            listeners,
             warnings,
             chain: entry.chain.intermediates.iter().chain(&entry.chain.root).map(|c| c.info.subject.clone()).collect(),
             created: rfc3339(entry.meta.created),
@@ -121,15 +131,63 @@ pub fn show_csr(store: &Store, key: &str) -> Result<String, Error> {
     })
 }
 
-/// `cert list`: every readable certificate, plus one line per entry that is not.
+/// Which rows a listing shows: those matching `text`, at most `limit` of them (in id order).
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    /// A case-insensitive part of the id, friendly name, issued-to name or a SAN.
+    pub text: Option<String>,
+    pub limit: Option<usize>,
+    /// Rows skipped before the first shown (paging).
+    pub offset: usize,
+}
+
+impl ListFilter {
+    /// Whether a row with these texts matches.
+    pub fn matches<'a>(&self, mut fields: impl Iterator<Item = &'a str>) -> bool {
+        let Some(text) = &self.text else { return true };
+        let text = text.to_lowercase();
+        fields.any(|f| f.to_lowercase().contains(&text))
+    }
+}
+
+/// A page of a listing: the rows shown and how many matched in all.
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    pub matched: usize,
+    pub total: usize,
+}
+
+/// `cert list`: the readable certificates the filter selects, plus one line per entry
+/// that is not readable.
 pub fn list_certs(
     store: &Store,
     now: OffsetDateTime,
     policy: &crate::acme::policy::Policy,
-) -> Result<(Vec<CertView>, Vec<String>), Error> {
+    filter: &ListFilter,
+) -> Result<(Page<CertView>, Vec<String>), Error> {
     let (entries, bad) = store.certs()?;
-    let views = entries.iter().map(|e| CertView::with_policy(e, store.state(), now, policy)).collect();
-    Ok((views, bad.iter().map(ToString::to_string).collect()))
+    let state = store.state();
+    let listeners = state.listeners_by_id();
+    let total = entries.len();
+    let matching: Vec<&CertEntry> = entries
+        .iter()
+        .filter(|e| {
+            let names = [e.id.as_str(), e.meta.friendly_name.as_str(), e.info.issued_to.as_str()];
+            filter.matches(names.into_iter().chain(e.info.sans.iter().map(String::as_str)))
+        })
+        .collect();
+    let matched = matching.len();
+    let rows = matching
+        .into_iter()
+        .skip(filter.offset)
+        .take(filter.limit.unwrap_or(usize::MAX))
+        .map(|e| {
+            let on = listeners.get(e.id.as_str()).cloned().unwrap_or_default();
+            CertView::with_listeners(e, state.default_id(), on, now, policy)
+        })
+        .collect();
+    Ok((Page { rows, matched, total }, bad.iter().map(ToString::to_string).collect()))
 }
 
 /// `cert list --requests`.
@@ -260,7 +318,9 @@ pub fn status(
     snapshot: &Result<Snapshot, crate::snapshot::Error>,
 ) -> Result<NodeStatus, Error> {
     let now = OffsetDateTime::now_utc();
-    let (certs, mut problems) = list_certs(store, now, &crate::acme::policy::Policy::of(config.acme.as_ref()))?;
+    let policy = crate::acme::policy::Policy::of(config.acme.as_ref());
+    let (certs, mut problems) = list_certs(store, now, &policy, &ListFilter::default())?;
+    let certs = certs.rows;
     let (requests, bad_requests) = list_requests(store)?;
     problems.extend(bad_requests);
     let state = store.state();
@@ -271,7 +331,8 @@ pub fn status(
         not_after: c.not_after.clone(),
         role,
     };
-    let find = |id: &str| certs.iter().find(|c| c.id == id);
+    let by_id: std::collections::HashMap<&str, &CertView> = certs.iter().map(|c| (c.id.as_str(), c)).collect();
+    let find = |id: &str| by_id.get(id).copied();
     let default_id = state.default_id();
     let default = match find(default_id) {
         Some(c) => in_use_of(c, "default".into()),
@@ -300,17 +361,17 @@ pub fn status(
     // one of its names, which state.toml does not list.
     if let Ok(snapshot) = snapshot {
         let served = snapshot.served_ids();
+        let listed: std::collections::HashSet<String> = in_use.iter().map(|u| u.id.clone()).collect();
         for c in certs.iter().filter(|c| served.contains(c.id.as_str())) {
-            if !in_use.iter().any(|u| u.id == c.id) {
+            if !listed.contains(&c.id) {
                 in_use.push(in_use_of(c, "served by SNI".into()));
             }
         }
     }
-    for c in &certs {
+    let in_use_ids: std::collections::HashSet<&str> = in_use.iter().map(|u| u.id.as_str()).collect();
+    for c in certs.iter().filter(|c| in_use_ids.contains(c.id.as_str())) {
         for w in &c.warnings {
-            if in_use.iter().any(|u| u.id == c.id) {
-                problems.push(format!("{} (in use): {w}", c.id));
-            }
+            problems.push(format!("{} (in use): {w}", c.id));
         }
     }
     let listeners = match snapshot {
@@ -465,8 +526,12 @@ pub struct DaemonStatus {
     pub uptime_secs: u64,
     #[serde(default)]
     pub listeners: Vec<ListenerRow>,
+    /// The page of certificates shown: at most `page.limit` of those matching `page.filter`,
+    /// from `page.offset`, in id order.
     #[serde(default)]
     pub certificates: Vec<CertRow>,
+    #[serde(default)]
+    pub page: PageInfo,
     #[serde(default)]
     pub trust: Vec<TrustRow>,
     pub reload: ReloadStatus,
@@ -483,21 +548,59 @@ pub struct DaemonStatus {
     pub cluster: Option<crate::cluster::StatusView>,
 }
 
-/// The daemon's status from its current snapshot, reload record and last jobs.
+/// Which certificates a status shows, and how many there are: the status page and
+/// `/status.json` of a store of 100,000 certificates show a page, not everything.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct PageInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    pub offset: usize,
+    pub limit: usize,
+    /// Certificates matching the filter (all of them without one).
+    pub matched: usize,
+    /// Certificates in the snapshot.
+    pub total: usize,
+}
+
+/// The daemon's status from its current snapshot, reload record and last jobs, with the
+/// page of certificates (and of ACME certificates) that `page` selects.
 pub fn daemon_status(
     snapshot: &Snapshot,
     reloads: &ReloadStatus,
     jobs: &crate::jobs::result::Recent,
     uptime_secs: u64,
+    page: &ListFilter,
 ) -> DaemonStatus {
     let now = OffsetDateTime::now_utc();
-    let acme = snapshot_views(snapshot);
+    let limit = page.limit.unwrap_or(usize::MAX);
+    let acme: Vec<crate::acme::policy::AcmeView> = snapshot_views(snapshot)
+        .into_iter()
+        .filter(|a| page.matches(std::iter::once(a.id.as_str()).chain(a.hostnames.iter().map(String::as_str))))
+        .skip(page.offset)
+        .take(limit)
+        .collect();
     // By id: one lookup per row, not a scan of the ACME list (10,000+ certificates).
     let acme_status: std::collections::HashMap<&str, crate::acme::policy::Status> =
         acme.iter().map(|a| (a.id.as_str(), a.status)).collect();
-    let certificates = snapshot
+    let matching: Vec<&crate::snapshot::CertSummary> = snapshot
         .certificates
         .iter()
+        .filter(|c| {
+            let names = [&*c.id, &*c.friendly_name, &*c.issued_to];
+            page.matches(names.into_iter().chain(c.sans.iter().map(String::as_str)))
+        })
+        .collect();
+    let info = PageInfo {
+        filter: page.text.clone(),
+        offset: page.offset,
+        limit: page.limit.unwrap_or(matching.len()),
+        matched: matching.len(),
+        total: snapshot.certificates.len(),
+    };
+    let certificates = matching
+        .into_iter()
+        .skip(page.offset)
+        .take(limit)
         .map(|c| {
             let not_after = OffsetDateTime::from_unix_timestamp(c.not_after).unwrap_or(now);
             CertRow {
@@ -525,6 +628,7 @@ pub fn daemon_status(
         uptime_secs,
         listeners: listener_rows(snapshot),
         certificates,
+        page: info,
         trust: snapshot
             .trust
             .iter()
