@@ -404,7 +404,11 @@ fn cert(ctx: &Ctx, cmd: CertCommand) -> Result<ExitCode> {
                 print_json(&page.rows)?
             } else {
                 print_cert_table(&page.rows, wide);
-                print_listener_lines(ctx, &store);
+                // The listeners' lines need the whole snapshot (every entry's key): a
+                // filtered listing of 100,000 would pay for it on every query.
+                if filter.text.is_none() && filter.limit.is_none() {
+                    print_listener_lines(ctx, &store);
+                }
             }
         }
         CertCommand::List { requests: true, wide, .. } => {

@@ -4,6 +4,7 @@
 //! ```text
 //! store/
 //!   .lock  .staging/                     advisory lock of every writer; atomic-write area
+//!   .index.json                          names and keys of every entry (a cache: [`index`])
 //!   certs/<id>/    meta.toml cert.pem chain.pem key.pem
 //!   requests/<id>/ meta.toml request.pem key.pem
 //!   trust/  acme/
@@ -17,6 +18,7 @@
 //! a problem), a damaged or newer `state.toml` stops every command.
 
 pub(crate) mod atomic;
+pub mod index;
 pub mod mirror;
 
 use std::collections::BTreeMap;
@@ -332,6 +334,29 @@ pub struct Store {
     notes: Vec<String>,
     /// The writers' lock; `None` for a read-only view.
     _lock: Option<File>,
+    /// The index, once a lookup needed it (see [`index`]).
+    index: std::sync::Mutex<Option<index::Index>>,
+    /// The store's index stamp when this writer opened it, and the entries it changed
+    /// since: the saved index is patched with them, not rebuilt.
+    opened: Option<index::Stamp>,
+    touched: Vec<(bool, String)>,
+}
+
+impl Drop for Store {
+    /// A writer that changed entries brings the saved index up to date (best effort:
+    /// it is a cache, and a stale one is rebuilt). Only a writer that changed something
+    /// writes it: a command that fails, or only reads, leaves the store as it was.
+    fn drop(&mut self) {
+        if self.touched.is_empty() || self._lock.is_none() {
+            return;
+        }
+        let root = self.root.clone();
+        self.with_index(|idx| {
+            let mut idx = idx.clone();
+            idx.stamp = index::stamp(&root);
+            let _ = idx.save(&root);
+        });
+    }
 }
 
 impl Store {
@@ -358,7 +383,7 @@ impl Store {
             return Err(Error::NoStore(root.to_owned()));
         }
         let state = read_versioned(&state_path)?;
-        Ok(Self { root: root.to_owned(), state, notes: Vec::new(), _lock: None })
+        Ok(Self::unlocked(root, state))
     }
 
     /// Opens the store at `root` for writing, creating and initialising it if it does not
@@ -375,7 +400,8 @@ impl Store {
         let lock_path = root.join(".lock");
         let lock = atomic::open_lock(&lock_path).map_err(io_err(&lock_path))?;
         lock.lock().map_err(io_err(&lock_path))?;
-        let mut store = Self { root: root.to_owned(), state: State::default(), notes: Vec::new(), _lock: Some(lock) };
+        let mut store = Self::unlocked(root, State::default());
+        store._lock = Some(lock);
 
         let removed = atomic::clean_staging(root).map_err(io_err(&root.join(atomic::STAGING)))?;
         let (finished, removed): (Vec<String>, Vec<String>) =
@@ -404,7 +430,94 @@ impl Store {
             ));
         }
         store.finish_consumed_requests()?;
+        store.opened = Some(index::stamp(root));
         Ok(store)
+    }
+
+    fn unlocked(root: &Path, state: State) -> Self {
+        Self {
+            root: root.to_owned(),
+            state,
+            notes: Vec::new(),
+            _lock: None,
+            index: std::sync::Mutex::new(None),
+            opened: None,
+            touched: Vec::new(),
+        }
+    }
+
+    // === the index ===
+
+    /// Runs `f` on the current index: the one in memory, else the saved one (patched
+    /// with this writer's changes), else one built from every entry.
+    fn with_index<R>(&self, f: impl FnOnce(&index::Index) -> R) -> R {
+        let mut slot = self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            let saved = match self.opened {
+                // A writer knows what it changed since it opened the store.
+                Some(opened) => index::Index::load(&self.root, opened).map(|mut idx| {
+                    for (request, id) in &self.touched {
+                        idx.set(*request, id, self.index_record(*request, id));
+                    }
+                    idx
+                }),
+                None => index::Index::load(&self.root, index::stamp(&self.root)),
+            };
+            *slot = Some(saved.unwrap_or_else(|| index::Index::build(self)));
+        }
+        f(slot.as_ref().expect("loaded above"))
+    }
+
+    /// Notes that entry `id` changed: the index in memory is patched, and the saved one
+    /// when this writer is done.
+    fn touch(&mut self, kind: EntryKind, id: &str) {
+        let request = kind == EntryKind::Request;
+        self.touched.push((request, id.to_owned()));
+        let record = self.index_record(request, id);
+        if let Some(idx) = self.index.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            idx.set(request, id, record);
+        }
+    }
+
+    /// What the index keeps of entry `id` (`None`: missing or unreadable).
+    fn index_record(&self, request: bool, id: &str) -> Option<index::Record> {
+        if request {
+            let entry = self.read_request(id).ok()?;
+            let key = read_optional(&entry.dir.join("key.pem"))
+                .ok()
+                .flatten()
+                .and_then(|pem| PrivateKey::from_pem(&pem).ok());
+            let mut names: Vec<String> = entry.meta.subject.common_name.iter().cloned().collect();
+            names.extend(entry.meta.sans);
+            Some(index::Record {
+                request,
+                id: id.to_owned(),
+                friendly_name: entry.meta.friendly_name,
+                names,
+                key: key.map(|k| index::key_hash(k.public_key_raw())).unwrap_or_default(),
+            })
+        } else {
+            let dir = self.cert_dir(id);
+            let meta: CertMeta = read_versioned(&dir.join("meta.toml")).ok()?;
+            let cert_path = dir.join("cert.pem");
+            let leaf = single_cert(&cert_path, &read_text(&cert_path).ok()?).ok()?;
+            let info = CertInfo::from_der(&leaf).ok()?;
+            let mut names = vec![info.issued_to];
+            names.extend(info.sans);
+            Some(index::Record {
+                request,
+                id: id.to_owned(),
+                friendly_name: meta.friendly_name,
+                names,
+                key: index::key_hash(&info.public_key_raw),
+            })
+        }
+    }
+
+    /// The ids of the certificates whose id, friendly name, issued-to name or a SAN
+    /// satisfies `keep`, from the index, in id order.
+    pub fn select_certs(&self, keep: impl Fn(&index::Record) -> bool) -> Vec<String> {
+        self.with_index(|idx| idx.certs().filter(|r| keep(r)).map(|r| r.id.clone()).collect())
     }
 
     /// Importing the answer to a CSR writes `certs/<id>/` with the request's key, then
@@ -538,15 +651,7 @@ impl Store {
     /// Every certificate entry, sorted by id, and the entries that could not be read
     /// (unreadable trust-pool files included).
     pub fn certs(&self) -> Result<(Vec<CertEntry>, Vec<Error>), Error> {
-        let (pool, mut bad) = self.trust_pool()?;
-        let mut ok = Vec::new();
-        for read in crate::par_map(list_ids(&self.root.join("certs"))?, |id| self.read_cert_with(&id, &pool)) {
-            match read {
-                Ok(entry) => ok.push(entry),
-                Err(e) => bad.push(e),
-            }
-        }
-        Ok((ok, bad))
+        self.certs_of(list_ids(&self.root.join("certs"))?)
     }
 
     /// The imported roots and intermediates in `trust/`, and the files that could not be read.
@@ -615,7 +720,21 @@ impl Store {
     /// A stored private key (of a pending request, or of a certificate) whose public key
     /// is `public_raw`.
     pub fn find_key(&self, public_raw: &[u8]) -> Result<Option<(EntryKind, String, PrivateKey)>, Error> {
-        for (kind, sub) in [(EntryKind::Request, "requests"), (EntryKind::Cert, "certs")] {
+        let hash = index::key_hash(public_raw);
+        let hits: Vec<(EntryKind, String)> =
+            self.with_index(|idx| idx.by_key(&hash).into_iter().map(|r| (r.kind(), r.id.clone())).collect());
+        for (kind, id) in hits {
+            let dir = if kind == EntryKind::Cert { self.cert_dir(&id) } else { self.request_dir(&id) };
+            if let Ok(Some(pem)) = read_optional(&dir.join("key.pem"))
+                && let Ok(key) = PrivateKey::from_pem(&pem)
+                && key.public_key_raw() == public_raw
+            {
+                return Ok(Some((kind, id, key)));
+            }
+        }
+        // Only a stale index could miss a pending request's key, so requests (few) are
+        // read to be sure; a certificate's key the index does not know is not looked for.
+        for (kind, sub) in [(EntryKind::Request, "requests")] {
             for id in list_ids(&self.root.join(sub))? {
                 let Ok(Some(pem)) = read_optional(&self.root.join(sub).join(&id).join("key.pem")) else { continue };
                 if let Ok(key) = PrivateKey::from_pem(&pem)
@@ -644,6 +763,19 @@ impl Store {
     pub fn read_cert(&self, id: &str) -> Result<CertEntry, Error> {
         let (pool, _) = self.trust_pool()?;
         self.read_cert_with(id, &pool)
+    }
+
+    /// The entries `ids` read whole, in order, and those that could not be read.
+    pub fn certs_of(&self, ids: Vec<String>) -> Result<(Vec<CertEntry>, Vec<Error>), Error> {
+        let (pool, mut bad) = self.trust_pool()?;
+        let mut ok = Vec::new();
+        for read in crate::par_map(ids, |id| self.read_cert_with(&id, &pool)) {
+            match read {
+                Ok(entry) => ok.push(entry),
+                Err(e) => bad.push(e),
+            }
+        }
+        Ok((ok, bad))
     }
 
     /// Ids of every certificate entry, sorted.
@@ -751,11 +883,28 @@ impl Store {
     /// name passes to the certificate that answers it.
     pub fn find_by_name(&self, name: &str) -> Option<(EntryKind, String)> {
         let wanted = name.trim().to_lowercase();
+        let hit = self.with_index(|idx| idx.by_name(&wanted).map(|r| (r.kind(), r.id.clone())))?;
+        // Checked against the entry: a name edited by hand since the index was built
+        // sends the lookup to the entries themselves.
+        let (kind, id) = &hit;
+        let dir = if *kind == EntryKind::Cert { self.cert_dir(id) } else { self.request_dir(id) };
+        let current = read_versioned::<toml::Table>(&dir.join("meta.toml"))
+            .ok()
+            .and_then(|t| t.get("friendly_name").and_then(|v| v.as_str()).map(str::to_lowercase));
+        if current.as_deref() == Some(wanted.as_str()) {
+            return Some(hit);
+        }
+        self.scan_by_name(&wanted)
+    }
+
+    /// [`Self::find_by_name`] by reading every entry's meta.toml.
+    fn scan_by_name(&self, wanted: &str) -> Option<(EntryKind, String)> {
         for (kind, sub) in [(EntryKind::Cert, "certs"), (EntryKind::Request, "requests")] {
             for id in list_ids(&self.root.join(sub)).ok()? {
                 let meta_path = self.root.join(sub).join(&id).join("meta.toml");
                 let Ok(table) = read_versioned::<toml::Table>(&meta_path) else { continue };
-                if table.get("friendly_name").and_then(|v| v.as_str()).map(str::to_lowercase) == Some(wanted.clone()) {
+                if table.get("friendly_name").and_then(|v| v.as_str()).map(str::to_lowercase).as_deref() == Some(wanted)
+                {
                     return Some((kind, id));
                 }
             }
@@ -825,6 +974,7 @@ impl Store {
     pub fn add_cert(&mut self, new: &NewCert<'_>) -> Result<String, Error> {
         let id = self.new_id(new.friendly_name);
         self.write_cert_entry(&id, new)?;
+        self.touch(EntryKind::Cert, &id);
         Ok(id)
     }
 
@@ -836,8 +986,11 @@ impl Store {
         let csr = read_text(&csr_path)?;
         let extra = [StagedFile { name: "request.pem", bytes: csr.as_bytes(), mode: FILE_MODE }];
         self.write_entry_with(id, new, false, &extra)?;
+        self.touch(EntryKind::Cert, id);
         let dir = self.request_dir(id);
-        atomic::remove_entry(&self.root, &dir).map_err(io_err(&dir))
+        atomic::remove_entry(&self.root, &dir).map_err(io_err(&dir))?;
+        self.touch(EntryKind::Request, id);
+        Ok(())
     }
 
     /// The CSR certificate `id` was issued for, when it answered a request made here.
@@ -848,7 +1001,9 @@ impl Store {
     /// Gives an existing certificate entry its private key.
     pub fn attach_key(&mut self, id: &str, key_pem: &str) -> Result<(), Error> {
         let path = self.cert_dir(id).join("key.pem");
-        atomic::replace_file(&self.root, &path, key_pem.as_bytes(), KEY_MODE).map_err(io_err(&path))
+        atomic::replace_file(&self.root, &path, key_pem.as_bytes(), KEY_MODE).map_err(io_err(&path))?;
+        self.touch(EntryKind::Cert, id);
+        Ok(())
     }
 
     /// Moves `old`'s default roles and listener assignments to `new`, in one state write.
@@ -931,7 +1086,9 @@ impl Store {
         if !self.cert_dir(id).is_dir() {
             return Err(Error::NotFound(id.to_owned()));
         }
-        self.write_entry(id, new, true)
+        self.write_entry(id, new, true)?;
+        self.touch(EntryKind::Cert, id);
+        Ok(())
     }
 
     /// The meta.toml of certificate `id`.
@@ -974,6 +1131,7 @@ impl Store {
         ];
         let dir = self.request_dir(&id);
         atomic::create_entry(&self.root, &dir, &files).map_err(io_err(&dir))?;
+        self.touch(EntryKind::Request, &id);
         Ok(id)
     }
 
@@ -1053,6 +1211,7 @@ impl Store {
         if kind == EntryKind::Request {
             let dir = self.request_dir(id);
             atomic::remove_entry(&self.root, &dir).map_err(io_err(&dir))?;
+            self.touch(kind, id);
             return Ok(Deleted { was_default: false, listeners: Vec::new() });
         }
         if id == FACTORY_ID {
@@ -1066,6 +1225,7 @@ impl Store {
         }
         let dir = self.cert_dir(id);
         atomic::remove_entry(&self.root, &dir).map_err(io_err(&dir))?;
+        self.touch(kind, id);
         Ok(Deleted { was_default, listeners })
     }
 

@@ -225,3 +225,56 @@ fn a_replacement_cut_off_between_its_renames_is_finished() {
     assert_eq!(fs::read_to_string(entry.join("cert.pem")).unwrap(), before);
     assert_eq!(fs::read_dir(store.join(".staging")).unwrap().count(), 0);
 }
+
+/// Copies entry directory `from` to `to` by hand (an operator restoring a backup), with
+/// another friendly name.
+fn copy_entry(from: &std::path::Path, to: &std::path::Path, name: &str) {
+    fs::create_dir(to).unwrap();
+    for f in ["cert.pem", "key.pem", "meta.toml"] {
+        fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+    let meta = fs::read_to_string(to.join("meta.toml")).unwrap();
+    let line = meta.lines().find(|l| l.starts_with("friendly_name")).unwrap().to_owned();
+    fs::write(to.join("meta.toml"), meta.replace(&line, &format!("friendly_name = \"{name}\""))).unwrap();
+}
+
+#[test]
+fn the_index_follows_commands_and_hand_changes() {
+    let env = Env::initialised();
+    let s = env.store();
+    create(&env, "Alpha", "alpha.idx.test");
+    // A writer that changed the store left its index: every entry with its names.
+    let index: serde_json::Value = serde_json::from_str(&fs::read_to_string(s.join(".index.json")).unwrap()).unwrap();
+    let entry = index["entries"].as_array().unwrap().iter().find(|e| e["id"] == "alpha").cloned();
+    let entry = entry.unwrap_or_else(|| panic!("{index}"));
+    assert_eq!(entry["friendly_name"], "Alpha");
+    assert!(entry["names"].as_array().unwrap().iter().any(|n| n == "alpha.idx.test"), "{entry}");
+    // Kept current by commands: a duplicate friendly name is refused, a deleted one is free.
+    create(&env, "Beta", "beta.idx.test");
+    let dup = env.run(&["cert", "create-self-signed", "--name", "beta", "--san", "x.idx.test"]);
+    assert_eq!(dup.code, Some(1));
+    assert!(dup.stderr.contains("already used by certificate beta"), "{}", dup.stderr);
+    env.run(&["cert", "delete", "beta", "--force"]).ok();
+    create(&env, "Beta", "beta2.idx.test");
+
+    // An entry added by hand is seen at once: certs/ changed behind the index's back.
+    copy_entry(&s.join("certs/alpha"), &s.join("certs/handmade"), "Hand Made");
+    let dup = env.run(&["cert", "create-self-signed", "--name", "hand made", "--san", "y.idx.test"]);
+    assert_eq!(dup.code, Some(1), "{}", dup.stderr);
+    assert!(dup.stderr.contains("already used by certificate handmade"), "{}", dup.stderr);
+    let listed = env.run(&["--json", "cert", "list", "--filter", "Hand"]).json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], "handmade");
+    // A name lookup goes by the index and is checked against the entry.
+    assert!(env.run(&["cert", "show", "Hand Made"]).ok().contains("handmade"));
+
+    // A damaged index is rebuilt, never believed; a failed command does not write it.
+    fs::write(s.join(".index.json"), "{ not json").unwrap();
+    let before = env.tree();
+    let dup = env.run(&["cert", "create-self-signed", "--name", "ALPHA", "--san", "z.idx.test"]);
+    assert!(dup.stderr.contains("already used by certificate alpha"), "{}", dup.stderr);
+    assert_eq!(env.tree(), before, "a refused command changed the store");
+    let listed = env.run(&["--json", "cert", "list", "--filter", "idx.test"]).json();
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["alpha", "beta", "handmade"]);
+}

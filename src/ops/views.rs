@@ -159,35 +159,39 @@ pub struct Page<T> {
 }
 
 /// `cert list`: the readable certificates the filter selects, plus one line per entry
-/// that is not readable.
+/// that is not readable. With a filter or a limit, only the selected entries are read
+/// whole (the others only as far as their names).
 pub fn list_certs(
     store: &Store,
     now: OffsetDateTime,
     policy: &crate::acme::policy::Policy,
     filter: &ListFilter,
 ) -> Result<(Page<CertView>, Vec<String>), Error> {
-    let (entries, bad) = store.certs()?;
+    let ids = store.cert_ids()?;
+    let total = ids.len();
+    let mut problems = Vec::new();
+    let (selected, matched) = if filter.text.is_some() {
+        // The store's index holds every entry's names: a filter over 100,000 entries
+        // reads only the entries it selects.
+        let matching = store.select_certs(|r| filter.matches(r.fields()));
+        let matched = matching.len();
+        (matching, matched)
+    } else {
+        (ids, total)
+    };
+    let page: Vec<String> = selected.into_iter().skip(filter.offset).take(filter.limit.unwrap_or(usize::MAX)).collect();
+    let (entries, bad) = store.certs_of(page)?;
+    problems.extend(bad.iter().map(ToString::to_string));
     let state = store.state();
     let listeners = state.listeners_by_id();
-    let total = entries.len();
-    let matching: Vec<&CertEntry> = entries
+    let rows = entries
         .iter()
-        .filter(|e| {
-            let names = [e.id.as_str(), e.meta.friendly_name.as_str(), e.info.issued_to.as_str()];
-            filter.matches(names.into_iter().chain(e.info.sans.iter().map(String::as_str)))
-        })
-        .collect();
-    let matched = matching.len();
-    let rows = matching
-        .into_iter()
-        .skip(filter.offset)
-        .take(filter.limit.unwrap_or(usize::MAX))
         .map(|e| {
             let on = listeners.get(e.id.as_str()).cloned().unwrap_or_default();
             CertView::with_listeners(e, state.default_id(), on, now, policy)
         })
         .collect();
-    Ok((Page { rows, matched, total }, bad.iter().map(ToString::to_string).collect()))
+    Ok((Page { rows, matched, total }, problems))
 }
 
 /// `cert list --requests`.
