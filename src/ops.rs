@@ -357,7 +357,8 @@ pub fn which(store: &Store, config: &Config, hostname: &str, listener: Option<&s
     };
     let hostname = hostname.strip_suffix('.').unwrap_or(hostname).to_ascii_lowercase();
     let shared = crate::snapshot::TlsShared::new()?;
-    let snapshot = crate::snapshot::build(config, store, &shared)?;
+    let ids = deciding_entries(store, std::slice::from_ref(&hostname));
+    let snapshot = crate::snapshot::build_subset(config, store, &shared, ids, None)?;
     let l = snapshot.listener(&name).ok_or_else(|| flag("--listener", format!("{name:?} is not configured")))?;
     let sni = (!hostname.is_empty()).then_some(hostname.as_str());
     let selection = l.certs.lookup(sni);
@@ -486,13 +487,42 @@ fn delete_trust(store: &mut Store, fingerprint: &str, force: bool) -> Result<Rep
     Ok(report)
 }
 
+/// Each listener's assigned certificates that may stand in for "the earliest-assigned
+/// servable one" when the store is read only in part: more than this many unservable
+/// certificates at the head of an assignment list is not a configuration to plan for.
+const FALLBACK_DEPTH: usize = 64;
+
+/// The certificates that can decide what a listener serves for `names`: those whose
+/// names equal or cover one of them, the global and listener defaults, the factory
+/// default, and the head of each listener's assignments (its fallback). From the store's
+/// index: `cert which` and `cert delete` read these, not the whole store.
+fn deciding_entries(store: &Store, names: &[String]) -> HashSet<String> {
+    let mut ids: HashSet<String> = store
+        .select_certs(|r| {
+            r.names
+                .iter()
+                .any(|n| names.iter().any(|h| n.eq_ignore_ascii_case(h) || pki::covers(std::slice::from_ref(n), h)))
+        })
+        .into_iter()
+        .collect();
+    let state = store.state();
+    ids.insert(state.default_id().to_owned());
+    ids.insert(store::FACTORY_ID.to_owned());
+    for l in state.listeners.values() {
+        ids.extend(l.default.iter().cloned());
+        ids.extend(l.assigned.iter().take(FALLBACK_DEPTH).cloned());
+    }
+    ids
+}
+
 /// What deleting certificate `id` would change for clients, one phrase per change:
 /// the snapshot as served now against the snapshot without it.
 fn served_consequences(store: &Store, config: &Config, id: &str) -> Result<Vec<String>, Error> {
     use crate::sni::Selection;
     let shared = crate::snapshot::TlsShared::new()?;
-    let now = crate::snapshot::build(config, store, &shared)?;
-    let after = crate::snapshot::build_without(config, store, &shared, id)?;
+    let ids = deciding_entries(store, &store.cert_names(id));
+    let now = crate::snapshot::build_subset(config, store, &shared, ids.clone(), None)?;
+    let after = crate::snapshot::build_subset(config, store, &shared, ids, Some(id))?;
     let names: Vec<String> =
         now.certificates.iter().find(|c| &*c.id == id).map(|c| c.sans.to_vec()).unwrap_or_default();
     let describe = |sel: &Selection<'_>| match sel.served() {

@@ -622,12 +622,26 @@ pub fn build(config: &Config, store: &Store, shared: &TlsShared) -> Result<Snaps
     build_cached(config, store, shared, &mut EntryCache::default())
 }
 
-/// [`build`] as if certificate `id` were not in the store: what deleting it would serve.
-pub fn build_without(config: &Config, store: &Store, shared: &TlsShared, id: &str) -> Result<Snapshot, Error> {
-    let mut cache = EntryCache::default();
-    let (problems, _) = cache.refresh(store, Scope::All)?;
-    cache.entries.remove(id);
-    assemble(config, store, &store.state().without(id), shared, &cache, problems)
+/// [`build`] from only the entries `ids` (`without`: as if that certificate were
+/// deleted): what `cert which` and `cert delete` need to know about a few names in a
+/// store of 100,000. The caller picks every entry that can decide what is served for
+/// those names (see `ops::deciding_entries`); the others are left out as if missing.
+pub fn build_subset(
+    config: &Config,
+    store: &Store,
+    shared: &TlsShared,
+    ids: std::collections::HashSet<String>,
+    without: Option<&str>,
+) -> Result<Snapshot, Error> {
+    let mut cache = EntryCache { trust: Some(store.trust_stamp()), ..EntryCache::default() };
+    let (problems, _) = cache.refresh(store, Scope::Some { ids, relist: false })?;
+    match without {
+        Some(id) => {
+            cache.entries.remove(id);
+            assemble(config, store, &store.state().without(id), shared, &cache, problems)
+        }
+        None => assemble(config, store, store.state(), shared, &cache, problems),
+    }
 }
 
 /// [`build`] reusing (and updating) what an earlier build parsed.

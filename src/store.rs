@@ -514,6 +514,11 @@ impl Store {
         }
     }
 
+    /// Certificate `id`'s issued-to name and SANs, as the index knows them.
+    pub fn cert_names(&self, id: &str) -> Vec<String> {
+        self.with_index(|idx| idx.cert(id).map(|r| r.names.clone()).unwrap_or_default())
+    }
+
     /// The ids of the certificates whose id, friendly name, issued-to name or a SAN
     /// satisfies `keep`, from the index, in id order.
     pub fn select_certs(&self, keep: impl Fn(&index::Record) -> bool) -> Vec<String> {

@@ -145,6 +145,11 @@ impl Index {
         found
     }
 
+    /// Certificate entry `id`.
+    pub fn cert(&self, id: &str) -> Option<&Record> {
+        self.entries.get(&(false, id.to_owned()))
+    }
+
     /// Every certificate entry, in id order.
     pub fn certs(&self) -> impl Iterator<Item = &Record> {
         self.entries.values().filter(|r| !r.request)
