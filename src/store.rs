@@ -4,7 +4,7 @@
 //! ```text
 //! store/
 //!   .lock  .staging/                     advisory lock of every writer; atomic-write area
-//!   .index.json                          names and keys of every entry (a cache: [`index`])
+//!   .index                               names and keys of every entry (a cache: [`index`])
 //!   certs/<id>/    meta.toml cert.pem chain.pem key.pem
 //!   requests/<id>/ meta.toml request.pem key.pem
 //!   trust/  acme/
@@ -502,8 +502,9 @@ impl Store {
             let cert_path = dir.join("cert.pem");
             let leaf = single_cert(&cert_path, &read_text(&cert_path).ok()?).ok()?;
             let info = CertInfo::from_der(&leaf).ok()?;
-            let mut names = vec![info.issued_to];
-            names.extend(info.sans);
+            let issued_to = info.issued_to;
+            let mut names: Vec<String> = info.sans.into_iter().filter(|n| *n != issued_to).collect();
+            names.insert(0, issued_to);
             Some(index::Record {
                 request,
                 id: id.to_owned(),

@@ -83,7 +83,7 @@ fn relevant(path: &Path, config: Option<&Path>, store: &Path) -> bool {
         let internal = path
             .components()
             .any(|c| c == Component::Normal(".staging".as_ref()) || c == Component::Normal(".cluster-work".as_ref()))
-            || path.file_name().is_some_and(|n| n == ".lock" || n == ".cluster.toml" || n == ".index.json")
+            || path.file_name().is_some_and(|n| n == ".lock" || n == ".cluster.toml" || n == ".index")
             || path.strip_prefix(store).is_ok_and(|rel| rel.starts_with("acme"));
         return !internal;
     }

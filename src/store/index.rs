@@ -1,4 +1,4 @@
-//! The store's index (`.index.json`): each entry's friendly name, hostnames and public
+//! The store's index (`.index`): each entry's friendly name, hostnames and public
 //! key, so that a command in a store of 100,000 entries finds a friendly name, a key or
 //! the entries a listing filter selects without reading every entry.
 //!
@@ -8,18 +8,17 @@
 //! changes them, and the index is then rebuilt. Store writers patch the entries they
 //! changed and save it when done; a command that changed nothing never writes it. A
 //! friendly name edited by hand inside an entry is seen at the next rebuild (`rm
-//! .index.json` forces one).
+//! .index` forces one).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-
 use super::{EntryKind, Store, atomic};
 
-pub const FILE: &str = ".index.json";
-const VERSION: u32 = 1;
+pub const FILE: &str = ".index";
+const MAGIC: &str = "portcullis-index";
+const VERSION: &str = "1";
 
 /// The modification times (nanoseconds since the epoch) and link counts of `certs/`
 /// and `requests/`: the link count of a directory counts its subdirectories, so an entry
@@ -27,7 +26,7 @@ const VERSION: u32 = 1;
 pub type Stamp = [u128; 4];
 
 /// One entry as the index knows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Record {
     pub request: bool,
     pub id: String,
@@ -47,13 +46,6 @@ impl Record {
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         [self.id.as_str(), self.friendly_name.as_str()].into_iter().chain(self.names.iter().map(String::as_str))
     }
-}
-
-#[derive(Serialize, Deserialize)]
-struct OnDisk {
-    version: u32,
-    stamp: Stamp,
-    entries: Vec<Record>,
 }
 
 /// The index in memory: by kind and id.
@@ -89,13 +81,34 @@ impl Index {
     /// The saved index if it was written for `expected` (the store as it is now, or as
     /// it was when this writer opened it).
     pub fn load(root: &Path, expected: Stamp) -> Option<Self> {
-        let bytes = std::fs::read(path(root)).ok()?;
-        let disk: OnDisk = serde_json::from_slice(&bytes).ok()?;
-        if disk.version != VERSION || disk.stamp != expected {
+        let text = std::fs::read_to_string(path(root)).ok()?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next()?.split(' ').collect();
+        let [magic, version, stamp @ ..] = header.as_slice() else { return None };
+        let stamp: Vec<u128> = stamp.iter().map(|n| n.parse().ok()).collect::<Option<_>>()?;
+        if *magic != MAGIC || *version != VERSION || stamp != expected {
             return None;
         }
-        let entries = disk.entries.into_iter().map(|r| ((r.request, r.id.clone()), r)).collect();
-        Some(Self { stamp: disk.stamp, entries })
+        let mut entries = BTreeMap::new();
+        for line in lines {
+            let mut f = line.split('\t');
+            let (kind, id, friendly_name, key) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            let request = match kind {
+                "c" => false,
+                "r" => true,
+                _ => return None,
+            };
+            let names = f.map(str::to_owned).collect();
+            let record = Record {
+                request,
+                id: id.to_owned(),
+                friendly_name: friendly_name.to_owned(),
+                names,
+                key: key.to_owned(),
+            };
+            entries.insert((request, id.to_owned()), record);
+        }
+        Some(Self { stamp: expected, entries })
     }
 
     /// Reads every entry's names and key (on every core); unreadable entries are left out.
@@ -115,11 +128,28 @@ impl Index {
         Self { stamp, entries }
     }
 
-    /// Writes it atomically (a writer holding the store lock only).
+    /// Writes it atomically (a writer holding the store lock only): a header line, then
+    /// one line per entry, its fields separated by tabs (no field can hold a tab or a
+    /// line break: friendly names refuse control characters, names and ids are plain).
     pub fn save(&self, root: &Path) -> std::io::Result<()> {
-        let disk = OnDisk { version: VERSION, stamp: self.stamp, entries: self.entries.values().cloned().collect() };
-        let json = serde_json::to_vec(&disk).map_err(std::io::Error::other)?;
-        atomic::replace_file(root, &path(root), &json, atomic::FILE_MODE)
+        use std::fmt::Write;
+        let mut text = String::with_capacity(64 + self.entries.len() * 128);
+        let [a, b, c, d] = self.stamp;
+        let _ = writeln!(text, "{MAGIC} {VERSION} {a} {b} {c} {d}");
+        for r in self.entries.values() {
+            let plain = |s: &str| !s.contains(['\t', '\n', '\r']);
+            if !(plain(&r.id) && plain(&r.friendly_name) && r.names.iter().all(|n| plain(n))) {
+                // Not written: an index without this entry would miss it.
+                return Ok(());
+            }
+            let kind = if r.request { 'r' } else { 'c' };
+            let _ = write!(text, "{kind}\t{}\t{}\t{}", r.id, r.friendly_name, r.key);
+            for n in &r.names {
+                let _ = write!(text, "\t{n}");
+            }
+            text.push('\n');
+        }
+        atomic::replace_file(root, &path(root), text.as_bytes(), atomic::FILE_MODE)
     }
 
     /// Records what entry `id` is now (`None`: it is gone).
