@@ -522,7 +522,7 @@ impl Store {
 
     /// The ids of the certificates whose id, friendly name, issued-to name or a SAN
     /// satisfies `keep`, from the index, in id order.
-    pub fn select_certs(&self, keep: impl Fn(&index::Record) -> bool) -> Vec<String> {
+    pub fn select_certs(&self, mut keep: impl FnMut(&index::Record) -> bool) -> Vec<String> {
         self.with_index(|idx| idx.certs().filter(|r| keep(r)).map(|r| r.id.clone()).collect())
     }
 

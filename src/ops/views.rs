@@ -167,27 +167,35 @@ pub fn list_certs(
     policy: &crate::acme::policy::Policy,
     filter: &ListFilter,
 ) -> Result<(Page<CertView>, Vec<String>), Error> {
-    let ids = store.cert_ids()?;
-    let total = ids.len();
     let mut problems = Vec::new();
-    let (selected, matched) = if filter.text.is_some() {
+    let (selected, matched, total) = if filter.text.is_some() {
         // The store's index holds every entry's names: a filter over 100,000 entries
         // reads only the entries it selects.
-        let matching = store.select_certs(|r| filter.matches(r.fields()));
+        let mut total = 0;
+        let matching = store.select_certs(|r| {
+            total += 1;
+            filter.matches(r.fields())
+        });
         let matched = matching.len();
-        (matching, matched)
+        (matching, matched, total)
     } else {
-        (ids, total)
+        let ids = store.cert_ids()?;
+        let total = ids.len();
+        (ids, total, total)
     };
     let page: Vec<String> = selected.into_iter().skip(filter.offset).take(filter.limit.unwrap_or(usize::MAX)).collect();
     let (entries, bad) = store.certs_of(page)?;
     problems.extend(bad.iter().map(ToString::to_string));
     let state = store.state();
-    let listeners = state.listeners_by_id();
+    // One pass over state.toml for a long listing, one per row for a short one.
+    let listeners = (entries.len() > 64).then(|| state.listeners_by_id());
     let rows = entries
         .iter()
         .map(|e| {
-            let on = listeners.get(e.id.as_str()).cloned().unwrap_or_default();
+            let on = match &listeners {
+                Some(map) => map.get(e.id.as_str()).cloned().unwrap_or_default(),
+                None => state.listeners_of(&e.id),
+            };
             CertView::with_listeners(e, state.default_id(), on, now, policy)
         })
         .collect();
