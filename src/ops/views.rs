@@ -441,6 +441,9 @@ pub struct ReloadStatus {
     pub last_error_at: Option<String>,
 }
 
+/// Assigned certificates named in a listener's one-line summary.
+pub const SHOWN_ASSIGNED: usize = 20;
+
 /// A listener, its addresses, which certificates it may serve and its fallback.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ListenerRow {
@@ -461,11 +464,15 @@ pub struct ListenerRow {
 
 impl ListenerRow {
     /// "all certificates (auto-selection)" or the assigned ids.
+    /// At most [`SHOWN_ASSIGNED`] ids: a listener with 100,000 assignments is one line.
     pub fn candidates(&self) -> String {
-        if self.assigned.is_empty() {
+        let n = self.assigned.len();
+        if n == 0 {
             "all certificates (auto-selection)".into()
-        } else {
+        } else if n <= SHOWN_ASSIGNED {
             format!("assigned only: {}", self.assigned.join(", "))
+        } else {
+            format!("assigned only: {} (and {} more)", self.assigned[..SHOWN_ASSIGNED].join(", "), n - SHOWN_ASSIGNED)
         }
     }
 }
@@ -627,7 +634,7 @@ pub fn daemon_status(
                 sans: c.sans.to_vec(),
                 private_key: c.has_key,
                 default: c.default,
-                listeners: c.listeners.clone(),
+                listeners: c.listeners.to_vec(),
                 warnings: c.warnings.to_vec(),
                 acme_status: acme_status.get(&*c.id).copied(),
             }
@@ -674,4 +681,24 @@ pub fn query(addr: std::net::SocketAddr) -> Option<DaemonStatus> {
         return None;
     }
     serde_json::from_str(&body).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_assignment_list_is_summed_up() {
+        let row = |n: usize| ListenerRow {
+            name: "public".into(),
+            bind: Vec::new(),
+            assigned: (0..n).map(|i| format!("c{i}")).collect(),
+            fallback: String::new(),
+            fallback_reason: String::new(),
+        };
+        assert_eq!(row(0).candidates(), "all certificates (auto-selection)");
+        assert_eq!(row(2).candidates(), "assigned only: c0, c1");
+        let long = row(100_000).candidates();
+        assert!(long.starts_with("assigned only: c0, c1, ") && long.ends_with("c19 (and 99980 more)"), "{long}");
+    }
 }
