@@ -418,7 +418,7 @@ impl Store {
         }
         let state_path = store.state_path();
         if state_path.exists() {
-            store.state = read_versioned(&state_path)?;
+            store.state = read_state(&state_path)?;
         } else {
             store.initialise()?;
         }
@@ -1328,6 +1328,26 @@ fn read_optional(path: &Path) -> Result<Option<String>, Error> {
 
 /// Reads a TOML file that carries `store_format`, refusing newer formats before looking
 /// at anything else (a newer version may have added fields).
+/// `state.toml`, parsed again only when it was replaced: the daemon opens the store at
+/// every reload, and with 100,000 assignments parsing it is a tenth of a reload. Writers
+/// replace it by rename, so a new file has a new inode; size and modification time
+/// cover an edit in place.
+fn read_state(path: &Path) -> Result<State, Error> {
+    use std::os::unix::fs::MetadataExt;
+    type Key = (PathBuf, u64, i64, i64, u64);
+    static LAST: std::sync::Mutex<Option<(Key, State)>> = std::sync::Mutex::new(None);
+    let key = fs::metadata(path).ok().map(|m| (path.to_owned(), m.ino(), m.mtime(), m.mtime_nsec(), m.size()));
+    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let (Some(k), Some((cached, state))) = (&key, last.as_ref())
+        && k == cached
+    {
+        return Ok(state.clone());
+    }
+    let state: State = read_versioned(path)?;
+    *last = key.map(|k| (k, state.clone()));
+    Ok(state)
+}
+
 fn read_versioned<T: DeserializeOwned>(path: &Path) -> Result<T, Error> {
     let text = read_text(path)?;
     let damaged = |reason: String| Error::Damaged { path: path.to_owned(), reason };
