@@ -350,12 +350,12 @@ impl Drop for Store {
         if self.touched.is_empty() || self._lock.is_none() {
             return;
         }
-        let root = self.root.clone();
-        self.with_index(|idx| {
-            let mut idx = idx.clone();
-            idx.stamp = index::stamp(&root);
-            let _ = idx.save(&root);
-        });
+        self.with_index(|_| ());
+        let stamp = index::stamp(&self.root);
+        if let Some(idx) = self.index.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            idx.stamp = stamp;
+            let _ = idx.save(&self.root);
+        }
     }
 }
 
